@@ -1,0 +1,14 @@
+//! Strait's wire: ids, the record-batch codec, frames, messages and error codes, and the async
+//! client built on them.
+//!
+//! The codec modules (`ids`, `varint`, `batch`, `frame`, `message`, `error`, `partitioner`) are
+//! sans-IO: no sockets, files, clocks or tasks, so they can be tested exhaustively and fuzzed.
+//! The `client` module is the only one that touches QUIC. Nothing here may panic on bytes that
+//! came from the network: every size is checked against a configured maximum before allocation.
+
+pub mod batch;
+pub mod ids;
+pub mod varint;
+
+pub use batch::{BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Provenance, Record, RecordBatch};
+pub use ids::{LeaderEpoch, NodeId, Offset, PartitionId, TopicName};
