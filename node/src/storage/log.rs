@@ -1,0 +1,780 @@
+//! The partition log: an ordered set of segments with one writer position, group-committed
+//! durability, crash recovery and retention.
+//!
+//! Locking: `state` guards the segments and the end offset and is held only for in-memory work
+//! and the `pwrite` of an append; reads copy what they need under it and read the file after
+//! releasing it. `sync` guards the group commit: one appender fsyncs for everyone who wrote
+//! before it started, the others wait on `synced`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use strait_protocol::batch::{self, DecodeLimits};
+use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
+use tracing::{error, info, warn};
+
+use super::config::{FlushPolicy, LogConfig};
+use super::segment::{self, ChunkReader, Segment};
+
+const CHECKPOINT_FILE: &str = "recovery-point";
+const LOG_START_FILE: &str = "log-start-offset";
+/// How often, at most, the recovery checkpoint is rewritten by the group commit.
+const CHECKPOINT_INTERVAL_MS: i64 = 1000;
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("{log}: offset {requested} is out of range; valid offsets are {start}..{end}")]
+    OffsetOutOfRange { log: String, requested: Offset, start: Offset, end: Offset },
+    #[error("{log}: explicit offset {got} is below the log end {expected}; offsets may only grow")]
+    OffsetNotMonotonic { log: String, expected: Offset, got: Offset },
+    #[error("{log} is offline: {reason}; restart the node after fixing the disk")]
+    Offline { log: String, reason: String },
+    #[error("{log}: write failed ({source}); nothing was appended, retry once the disk has room")]
+    WriteFailed { log: String, source: io::Error },
+    #[error("{log}: segment {segment} is corrupt at position {position}: {reason}")]
+    Corrupt { log: String, segment: Offset, position: u64, reason: String },
+    #[error("{log}: {context}: {source}")]
+    Io { log: String, context: String, source: io::Error },
+}
+
+impl LogError {
+    /// Whether the same request may succeed if retried.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, LogError::WriteFailed { .. })
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// Whole batches read from the log, as stored.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    pub batches: Bytes,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub segments_scanned: usize,
+    pub bytes_scanned: u64,
+    pub indexes_rebuilt: usize,
+    /// Offsets from which data was cut, with the reason.
+    pub truncated: Option<(Offset, String)>,
+}
+
+/// Summary numbers for describing a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    pub log_start: Offset,
+    pub log_end: Offset,
+    pub high_watermark: Offset,
+    pub size_bytes: u64,
+    pub segments: usize,
+}
+
+/// Everything before `position` in segment `segment_base` (and all earlier segments) is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecoveryPoint {
+    segment_base: Offset,
+    position: u64,
+    offset: Offset,
+}
+
+struct LogState {
+    config: LogConfig,
+    segments: BTreeMap<Offset, Segment>,
+    log_start: Offset,
+    next_offset: Offset,
+    epoch: LeaderEpoch,
+    offline: Option<String>,
+    /// Sealed segment files written since their last fsync.
+    unsynced_sealed: Vec<Arc<File>>,
+}
+
+struct SyncState {
+    syncing: bool,
+    durable: RecoveryPoint,
+    failed: Option<String>,
+    checkpoint_written_ms: i64,
+}
+
+/// One partition's log on disk.
+pub struct PartitionLog {
+    dir: PathBuf,
+    name: String,
+    state: Mutex<LogState>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering whatever a crash left behind.
+    pub fn open(dir: &Path, name: &str, config: LogConfig, now_ms: i64) -> Result<(PartitionLog, RecoveryReport), LogError> {
+        let io_err = |context: &str| {
+            let log = name.to_string();
+            let context = context.to_string();
+            move |source| LogError::Io { log, context, source }
+        };
+        fs::create_dir_all(dir).map_err(io_err("creating the log directory"))?;
+        let bases = list_segments(dir).map_err(io_err("listing segments"))?;
+        let checkpoint = read_checkpoint(dir);
+        let stored_start = read_offset_file(&dir.join(LOG_START_FILE));
+        let mut report = RecoveryReport { segments: bases.len(), ..Default::default() };
+        let limits = config.decode_limits();
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let mut seg = Segment::open(dir, base, config.index_interval_bytes, now_ms)
+                .map_err(io_err("opening a segment"))?;
+            let next_base = bases.get(i + 1).copied();
+            let trusted = matches!((checkpoint, next_base), (Some(cp), Some(nb)) if nb <= cp.segment_base);
+            if trusted {
+                if !seg.load_indexes(next_base.unwrap_or(base)) {
+                    report.indexes_rebuilt += 1;
+                    if let Err(stop) = seg.rebuild(&limits).map_err(io_err("rebuilding an index"))? {
+                        error!(log = name, segment = base.0, position = stop.position, reason = %stop.reason,
+                            "sealed segment is corrupt; reads past this position will fail");
+                    }
+                    seg.write_indexes().map_err(io_err("writing a rebuilt index"))?;
+                }
+                seg.next_offset = seg.next_offset.max(next_base.unwrap_or(base));
+                segments.insert(base, seg);
+                continue;
+            }
+            report.segments_scanned += 1;
+            report.bytes_scanned += seg.size;
+            let stop = seg.rebuild(&limits).map_err(io_err("scanning a segment"))?;
+            let segment_next = seg.next_offset;
+            segments.insert(base, seg);
+            if let Err(stop) = stop {
+                let later: Vec<Offset> = bases[i + 1..].to_vec();
+                truncate_after_corruption(dir, name, &mut segments, base, stop.position, &later)
+                    .map_err(io_err("truncating a torn tail"))?;
+                warn!(log = name, segment = base.0, position = stop.position, reason = %stop.reason,
+                    first_lost_offset = segment_next.0, dropped_segments = later.len(),
+                    "truncated the log at the first invalid batch; offsets from {segment_next} were lost");
+                report.truncated = Some((segment_next, stop.reason));
+                break;
+            }
+        }
+        if segments.is_empty() {
+            let base = stored_start.unwrap_or_default();
+            let seg = Segment::create(dir, base, config.index_interval_bytes, now_ms)
+                .map_err(io_err("creating the first segment"))?;
+            segments.insert(base, seg);
+        }
+        let (_, last) = segments.iter().next_back().unwrap_or_else(|| unreachable!("a segment was just ensured"));
+        let next_offset = last.next_offset;
+        last.file.sync_data().map_err(io_err("syncing the recovered tail"))?;
+        let durable = RecoveryPoint { segment_base: last.base, position: last.size, offset: next_offset };
+        write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
+        let first_base = segments.keys().next().copied().unwrap_or_default();
+        let log_start = stored_start.unwrap_or(first_base).max(first_base).min(next_offset);
+        info!(log = name, start = log_start.0, end = next_offset.0, segments = segments.len(),
+            scanned_bytes = report.bytes_scanned, "log recovered");
+        let state = LogState {
+            config,
+            segments,
+            log_start,
+            next_offset,
+            epoch: LeaderEpoch(0),
+            offline: None,
+            unsynced_sealed: Vec::new(),
+        };
+        let sync = SyncState { syncing: false, durable, failed: None, checkpoint_written_ms: now_ms };
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            state: Mutex::new(state),
+            sync: Mutex::new(sync),
+            synced: Condvar::new(),
+        };
+        Ok((log, report))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        lock(&self.state).config.clone()
+    }
+
+    /// Replaces the settings; they apply from the next append, roll and cleaning on.
+    pub fn set_config(&self, config: LogConfig) {
+        lock(&self.state).config = config;
+    }
+
+    pub fn set_leader_epoch(&self, epoch: LeaderEpoch) {
+        lock(&self.state).epoch = epoch;
+    }
+
+    /// Appends a batch at the log end, assigning its offsets. Returns once the batch is as
+    /// durable as the flush policy promises (with `always`, after an fsync that covers it).
+    pub fn append(&self, batch: RecordBatch, now_ms: i64) -> Result<Appended, LogError> {
+        self.append_inner(batch, false, now_ms)
+    }
+
+    /// Appends a batch at the offsets it already carries (mirrors, followers). Gaps are
+    /// accepted; going backwards is not.
+    pub fn append_at(&self, batch: RecordBatch, now_ms: i64) -> Result<Appended, LogError> {
+        self.append_inner(batch, true, now_ms)
+    }
+
+    fn append_inner(&self, batch: RecordBatch, explicit: bool, now_ms: i64) -> Result<Appended, LogError> {
+        let (appended, flush) = {
+            let mut st = lock(&self.state);
+            if let Some(reason) = &st.offline {
+                return Err(LogError::Offline { log: self.name.clone(), reason: reason.clone() });
+            }
+            let base = if explicit {
+                if batch.base_offset() < st.next_offset {
+                    return Err(LogError::OffsetNotMonotonic {
+                        log: self.name.clone(),
+                        expected: st.next_offset,
+                        got: batch.base_offset(),
+                    });
+                }
+                batch.base_offset()
+            } else {
+                st.next_offset
+            };
+            let batch = batch.with_position(base, st.epoch);
+            self.roll_if_needed(&mut st, &batch, now_ms)?;
+            let active = last_segment(&mut st.segments);
+            let before = active.size;
+            if let Err(source) = active.append(&batch) {
+                return Err(self.undo_failed_write(&mut st, before, source));
+            }
+            st.next_offset = batch.next_offset();
+            (Appended { base_offset: base, last_offset: batch.last_offset() }, st.config.flush)
+        };
+        if flush == FlushPolicy::Always {
+            self.sync_through(appended.last_offset.plus(1), now_ms)?;
+        }
+        Ok(appended)
+    }
+
+    /// A failed `pwrite` may have left part of the batch behind: cut it off so the log stays
+    /// valid, or take the partition offline if even that fails.
+    fn undo_failed_write(&self, st: &mut LogState, before: u64, source: io::Error) -> LogError {
+        let active = last_segment(&mut st.segments);
+        match active.file.set_len(before) {
+            Ok(()) => {
+                active.size = before;
+                LogError::WriteFailed { log: self.name.clone(), source }
+            }
+            Err(e) => {
+                let reason = format!("write failed ({source}) and the partial batch could not be cut off ({e})");
+                st.offline = Some(reason.clone());
+                error!(log = %self.name, %reason, "partition offline");
+                LogError::Offline { log: self.name.clone(), reason }
+            }
+        }
+    }
+
+    fn roll_if_needed(&self, st: &mut LogState, batch: &RecordBatch, now_ms: i64) -> Result<(), LogError> {
+        let config = st.config.clone();
+        let active = last_segment(&mut st.segments);
+        if active.is_empty() {
+            if active.base != batch.base_offset() && active.next_offset == active.base {
+                // An empty segment whose base does not match an explicit offset: re-base it.
+                let dir = self.dir.clone();
+                let old = std::mem::replace(
+                    active,
+                    Segment::create(&dir, batch.base_offset(), config.index_interval_bytes, now_ms)
+                        .map_err(|source| self.io("creating a segment", source))?,
+                );
+                let old_base = old.base;
+                old.delete_files().map_err(|source| self.io("removing an empty segment", source))?;
+                let seg = st.segments.remove(&old_base).unwrap_or_else(|| unreachable!("the active segment"));
+                st.segments.insert(seg.base, seg);
+            }
+            return Ok(());
+        }
+        let incoming = batch.size_bytes() as u64;
+        let full = active.size + incoming > config.segment_bytes || active.size + incoming > u64::from(u32::MAX);
+        let aged = config.segment_ms.is_some_and(|ms| now_ms.saturating_sub(active.created_ms) >= ms as i64);
+        let far = batch.base_offset().0 - active.base.0 > u64::from(u32::MAX);
+        if !(full || aged || far) {
+            return Ok(());
+        }
+        active.write_indexes().map_err(|source| self.io("writing indexes of a sealed segment", source))?;
+        let sealed_file = active.file.clone();
+        let seg = Segment::create(&self.dir, batch.base_offset(), config.index_interval_bytes, now_ms)
+            .map_err(|source| self.io("creating a segment", source))?;
+        st.unsynced_sealed.push(sealed_file);
+        st.segments.insert(seg.base, seg);
+        Ok(())
+    }
+
+    /// Waits until every offset below `end` is on disk, sharing one fsync among all appenders
+    /// that arrive while another fsync runs.
+    pub fn sync_through(&self, end: Offset, now_ms: i64) -> Result<(), LogError> {
+        let mut s = lock(&self.sync);
+        loop {
+            if let Some(reason) = &s.failed {
+                return Err(LogError::Offline { log: self.name.clone(), reason: reason.clone() });
+            }
+            if s.durable.offset >= end {
+                return Ok(());
+            }
+            if s.syncing {
+                s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            s.syncing = true;
+            drop(s);
+            let result = self.sync_now();
+            s = lock(&self.sync);
+            s.syncing = false;
+            match result {
+                Ok(point) => {
+                    let rolled = point.segment_base != s.durable.segment_base;
+                    s.durable = point;
+                    if rolled || now_ms - s.checkpoint_written_ms >= CHECKPOINT_INTERVAL_MS {
+                        s.checkpoint_written_ms = now_ms;
+                        if let Err(e) = write_checkpoint(&self.dir, point) {
+                            warn!(log = %self.name, error = %e, "could not write the recovery checkpoint; recovery will scan more");
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A failed fsync may have dropped dirty pages: never pretend it worked.
+                    let reason = format!("fsync failed: {e}");
+                    error!(log = %self.name, %reason, "partition offline");
+                    s.failed = Some(reason.clone());
+                    lock(&self.state).offline = Some(reason);
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    fn sync_now(&self) -> io::Result<RecoveryPoint> {
+        let (files, point) = {
+            let mut st = lock(&self.state);
+            let mut files: Vec<Arc<File>> = std::mem::take(&mut st.unsynced_sealed);
+            let next_offset = st.next_offset;
+            let active = last_segment(&mut st.segments);
+            files.push(active.file.clone());
+            (files, RecoveryPoint { segment_base: active.base, position: active.size, offset: next_offset })
+        };
+        for f in &files {
+            f.sync_data()?;
+        }
+        Ok(point)
+    }
+
+    /// Makes everything appended so far durable (interval flusher, clean shutdown).
+    pub fn flush(&self, now_ms: i64) -> Result<(), LogError> {
+        let end = lock(&self.state).next_offset;
+        self.sync_through(end, now_ms)
+    }
+
+    /// Fsyncs segments sealed since the last call, so recovery only scans the active segment
+    /// even under `flush = os`.
+    pub fn flush_sealed(&self, now_ms: i64) -> Result<(), LogError> {
+        let (files, active_base) = {
+            let mut st = lock(&self.state);
+            let files = std::mem::take(&mut st.unsynced_sealed);
+            let base = last_segment(&mut st.segments).base;
+            (files, base)
+        };
+        if files.is_empty() {
+            return Ok(());
+        }
+        for f in &files {
+            if let Err(e) = f.sync_data() {
+                let reason = format!("fsync of a sealed segment failed: {e}");
+                lock(&self.sync).failed = Some(reason.clone());
+                lock(&self.state).offline = Some(reason.clone());
+                return Err(LogError::Offline { log: self.name.clone(), reason });
+            }
+        }
+        let mut s = lock(&self.sync);
+        if s.durable.segment_base < active_base {
+            s.durable = RecoveryPoint { segment_base: active_base, position: 0, offset: active_base };
+            s.checkpoint_written_ms = now_ms;
+            write_checkpoint(&self.dir, s.durable).map_err(|source| self.io("writing the recovery checkpoint", source))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything, writes indexes and the checkpoint: the next open scans nothing.
+    pub fn close(&self, now_ms: i64) -> Result<(), LogError> {
+        self.flush(now_ms)?;
+        let st = lock(&self.state);
+        for seg in st.segments.values() {
+            seg.write_indexes().map_err(|source| self.io("writing indexes", source))?;
+        }
+        let s = lock(&self.sync);
+        write_checkpoint(&self.dir, s.durable).map_err(|source| self.io("writing the recovery checkpoint", source))
+    }
+
+    /// The offset below which consumers may read. Under `flush = always` only durable records
+    /// are visible, so a consumer never sees a record that a crash could take back.
+    pub fn high_watermark(&self) -> Offset {
+        let (end, flush) = {
+            let st = lock(&self.state);
+            (st.next_offset, st.config.flush)
+        };
+        if flush == FlushPolicy::Always {
+            lock(&self.sync).durable.offset.min(end)
+        } else {
+            end
+        }
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let hw = self.high_watermark();
+        let st = lock(&self.state);
+        LogStats {
+            log_start: st.log_start,
+            log_end: st.next_offset,
+            high_watermark: hw,
+            size_bytes: st.segments.values().map(|s| s.size).sum(),
+            segments: st.segments.len(),
+        }
+    }
+
+    pub fn log_start(&self) -> Offset {
+        lock(&self.state).log_start
+    }
+
+    pub fn log_end(&self) -> Offset {
+        lock(&self.state).next_offset
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, up to `max_bytes` (at
+    /// least one batch, so a consumer always makes progress). Every batch is CRC-checked.
+    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<LogRead, LogError> {
+        let high_watermark = self.high_watermark();
+        let (log_start, limits) = {
+            let st = lock(&self.state);
+            if let Some(reason) = &st.offline {
+                return Err(LogError::Offline { log: self.name.clone(), reason: reason.clone() });
+            }
+            if from < st.log_start || from > st.next_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    log: self.name.clone(),
+                    requested: from,
+                    start: st.log_start,
+                    end: st.next_offset,
+                });
+            }
+            (st.log_start, st.config.decode_limits())
+        };
+        let empty = LogRead { batches: Bytes::new(), high_watermark, log_start };
+        let mut previous: Option<Offset> = None;
+        while from < high_watermark {
+            // A segment may hold nothing at or after `from` (gaps, a compacted-away tail): move
+            // on to the next one, taking the lock again for each step.
+            let target = {
+                let st = lock(&self.state);
+                let seg = match previous {
+                    None => st.segments.range(..=from).next_back().or_else(|| st.segments.iter().next()),
+                    Some(p) => st.segments.range((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded)).next(),
+                };
+                seg.map(|(_, s)| (s.base, s.file.clone(), s.lookup(from), s.size))
+            };
+            let Some((base, file, position, size)) = target else { break };
+            if base >= high_watermark {
+                break;
+            }
+            let found = self.read_segment(base, &file, position, size, from, high_watermark, max_bytes, &limits)?;
+            if !found.is_empty() {
+                return Ok(LogRead { batches: found, high_watermark, log_start });
+            }
+            previous = Some(base);
+        }
+        Ok(empty)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_segment(
+        &self,
+        base: Offset,
+        file: &File,
+        position: u64,
+        size: u64,
+        from: Offset,
+        high_watermark: Offset,
+        max_bytes: usize,
+        limits: &DecodeLimits,
+    ) -> Result<Bytes, LogError> {
+        let mut reader = ChunkReader::new(file, size);
+        let mut at = position;
+        let mut start: Option<u64> = None;
+        let mut end = at;
+        while at < size {
+            let corrupt = |reason: String| LogError::Corrupt { log: self.name.clone(), segment: base, position: at, reason };
+            let head = reader
+                .read(at, batch::LENGTH_PREFIX_LEN)
+                .map_err(|source| self.io("reading a segment", source))?
+                .ok_or_else(|| corrupt("torn batch header".into()))?;
+            let len = batch::total_len(&head, limits).map_err(|e| corrupt(e.to_string()))?;
+            let (batch_base, _) = batch::peek_header(&head).ok_or_else(|| corrupt("torn batch header".into()))?;
+            if batch_base >= high_watermark {
+                break;
+            }
+            if let Some(s) = start {
+                if (at + len as u64 - s) as usize > max_bytes {
+                    break;
+                }
+            }
+            let bytes = reader
+                .read(at, len)
+                .map_err(|source| self.io("reading a segment", source))?
+                .ok_or_else(|| corrupt("torn batch".into()))?;
+            let parsed = RecordBatch::parse(bytes, limits).map_err(|e| corrupt(e.to_string()))?;
+            if parsed.next_offset() > from && start.is_none() {
+                start = Some(at);
+            }
+            at += len as u64;
+            if start.is_some() {
+                end = at;
+            }
+        }
+        let Some(start) = start else { return Ok(Bytes::new()) };
+        // The walk validated every batch in [start, end); hand out one contiguous buffer.
+        let mut out = vec![0u8; (end - start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut out, start)
+            .map_err(|source| self.io("reading a segment", source))?;
+        Ok(Bytes::from(out))
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, with that
+    /// timestamp; None when every record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        let (targets, limits) = {
+            let st = lock(&self.state);
+            let targets: Vec<(Offset, Arc<File>, u64, u64)> = st
+                .segments
+                .values()
+                .filter(|s| s.max_timestamp_ms >= timestamp_ms)
+                .map(|s| (s.base, s.file.clone(), s.lookup_time(timestamp_ms), s.size))
+                .collect();
+            (targets, st.config.decode_limits())
+        };
+        for (base, file, position, size) in targets {
+            let mut reader = ChunkReader::new(&file, size);
+            let mut at = position;
+            while at < size {
+                let corrupt = |reason: String| LogError::Corrupt { log: self.name.clone(), segment: base, position: at, reason };
+                let head = reader.read(at, batch::LENGTH_PREFIX_LEN).map_err(|s| self.io("reading", s))?;
+                let head = head.ok_or_else(|| corrupt("torn header".into()))?;
+                let len = batch::total_len(&head, &limits).map_err(|e| corrupt(e.to_string()))?;
+                let bytes = reader.read(at, len).map_err(|s| self.io("reading", s))?;
+                let bytes = bytes.ok_or_else(|| corrupt("torn batch".into()))?;
+                let parsed = RecordBatch::parse(bytes, &limits).map_err(|e| corrupt(e.to_string()))?;
+                if parsed.max_timestamp_ms() >= timestamp_ms {
+                    let records = parsed.records(limits.batch_bytes_decompressed_max).map_err(|e| corrupt(e.to_string()))?;
+                    if let Some(r) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
+                        return Ok(Some((r.offset, r.timestamp_ms)));
+                    }
+                }
+                at += len as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments past `retention.ms` or beyond `retention.bytes` and
+    /// advances the log start. Returns the base offsets of the deleted segments.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<Vec<Offset>, LogError> {
+        let mut st = lock(&self.state);
+        if !st.config.cleanup.delete {
+            return Ok(Vec::new());
+        }
+        let mut total: u64 = st.segments.values().map(|s| s.size).sum();
+        let active_base = last_segment(&mut st.segments).base;
+        let mut doomed = Vec::new();
+        for seg in st.segments.values() {
+            if seg.base == active_base {
+                break;
+            }
+            let expired = st.config.retention_ms.is_some_and(|ms| {
+                seg.max_timestamp_ms == i64::MIN || seg.max_timestamp_ms < now_ms.saturating_sub(ms as i64)
+            });
+            let oversize = st.config.retention_bytes.is_some_and(|max| total - seg.size >= max);
+            if !(expired || oversize) {
+                break;
+            }
+            total -= seg.size;
+            doomed.push(seg.base);
+        }
+        for base in &doomed {
+            if let Some(seg) = st.segments.remove(base) {
+                seg.delete_files().map_err(|source| self.io("deleting an expired segment", source))?;
+            }
+        }
+        if let Some(first) = st.segments.keys().next().copied() {
+            if first > st.log_start {
+                st.log_start = first;
+                write_offset_file(&self.dir.join(LOG_START_FILE), first)
+                    .map_err(|source| self.io("writing the log start offset", source))?;
+                info!(log = %self.name, log_start = first.0, deleted = doomed.len(), "retention advanced the log start");
+            }
+        }
+        Ok(doomed)
+    }
+
+    /// Sealed segments as (base, file, size, next offset): the cleaner's snapshot.
+    pub(crate) fn sealed_segments(&self) -> Vec<(Offset, Arc<File>, u64, Offset)> {
+        let st = lock(&self.state);
+        let n = st.segments.len();
+        st.segments.values().take(n.saturating_sub(1)).map(|s| (s.base, s.file.clone(), s.size, s.next_offset)).collect()
+    }
+
+    /// The active segment as (base, file, size): read by the cleaner to learn the latest keys.
+    pub(crate) fn active_segment(&self) -> (Offset, Arc<File>, u64) {
+        let mut st = lock(&self.state);
+        let a = last_segment(&mut st.segments);
+        (a.base, a.file.clone(), a.size)
+    }
+
+    /// Swaps in a cleaned copy of a sealed segment. The old index files go first, so a crash at
+    /// any step leaves either file with no stale index; indexes are rebuilt from the new file.
+    pub(crate) fn replace_segment(&self, base: Offset, cleaned: &Path) -> Result<bool, LogError> {
+        let mut st = lock(&self.state);
+        let active_base = last_segment(&mut st.segments).base;
+        let interval = st.config.index_interval_bytes;
+        let limits = st.config.decode_limits();
+        let Some(old) = st.segments.get(&base) else {
+            let _ = fs::remove_file(cleaned);
+            return Ok(false);
+        };
+        if base == active_base {
+            let _ = fs::remove_file(cleaned);
+            return Ok(false);
+        }
+        let next_offset = old.next_offset;
+        let max_ts = old.max_timestamp_ms;
+        let created = old.created_ms;
+        old.delete_index_files().map_err(|source| self.io("removing a stale index", source))?;
+        fs::rename(cleaned, segment::log_path(&self.dir, base)).map_err(|source| self.io("swapping a cleaned segment", source))?;
+        let mut seg = Segment::open(&self.dir, base, interval, created).map_err(|source| self.io("reopening a cleaned segment", source))?;
+        if let Err(stop) = seg.rebuild(&limits).map_err(|source| self.io("indexing a cleaned segment", source))? {
+            return Err(LogError::Corrupt { log: self.name.clone(), segment: base, position: stop.position, reason: stop.reason });
+        }
+        seg.next_offset = next_offset;
+        seg.max_timestamp_ms = seg.max_timestamp_ms.max(max_ts.min(seg.max_timestamp_ms));
+        seg.write_indexes().map_err(|source| self.io("writing indexes of a cleaned segment", source))?;
+        st.segments.insert(base, seg);
+        Ok(true)
+    }
+
+    pub(crate) fn io(&self, context: &str, source: io::Error) -> LogError {
+        LogError::Io { log: self.name.clone(), context: context.into(), source }
+    }
+}
+
+fn last_segment(segments: &mut BTreeMap<Offset, Segment>) -> &mut Segment {
+    segments.values_mut().next_back().unwrap_or_else(|| unreachable!("a log always has an active segment"))
+}
+
+/// Locks a mutex, recovering the guard if a panicking thread poisoned it: the state it guards
+/// is kept consistent by construction (every mutation is completed before it can panic).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn truncate_after_corruption(
+    dir: &Path,
+    name: &str,
+    segments: &mut BTreeMap<Offset, Segment>,
+    base: Offset,
+    position: u64,
+    later: &[Offset],
+) -> io::Result<()> {
+    if let Some(seg) = segments.get_mut(&base) {
+        seg.truncate(position)?;
+    }
+    for b in later {
+        warn!(log = name, segment = b.0, "dropping a segment that follows a truncated tail");
+        let _ = fs::remove_file(segment::index_path(dir, *b));
+        let _ = fs::remove_file(segment::time_index_path(dir, *b));
+        fs::remove_file(segment::log_path(dir, *b))?;
+    }
+    Ok(())
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<Offset>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".cleaned") || name.ends_with(".tmp") {
+            // A cleaner or checkpoint write that a crash interrupted; the original is intact.
+            fs::remove_file(entry.path())?;
+            continue;
+        }
+        if let Some(base) = segment::parse_log_name(&name) {
+            bases.push(base);
+        }
+    }
+    bases.sort();
+    Ok(bases)
+}
+
+fn read_checkpoint(dir: &Path) -> Option<RecoveryPoint> {
+    let raw = fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
+    if raw.len() != 28 {
+        return None;
+    }
+    let crc = u32::from_le_bytes(raw[24..28].try_into().ok()?);
+    if crc32c::crc32c(&raw[..24]) != crc {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    Some(RecoveryPoint { segment_base: Offset(word(0)), position: word(1), offset: Offset(word(2)) })
+}
+
+fn write_checkpoint(dir: &Path, point: RecoveryPoint) -> io::Result<()> {
+    let mut raw = Vec::with_capacity(28);
+    raw.extend_from_slice(&point.segment_base.0.to_le_bytes());
+    raw.extend_from_slice(&point.position.to_le_bytes());
+    raw.extend_from_slice(&point.offset.0.to_le_bytes());
+    raw.extend_from_slice(&crc32c::crc32c(&raw).to_le_bytes());
+    write_atomically(&dir.join(CHECKPOINT_FILE), &raw)
+}
+
+fn read_offset_file(path: &Path) -> Option<Offset> {
+    let raw = fs::read(path).ok()?;
+    if raw.len() != 12 || crc32c::crc32c(&raw[..8]).to_le_bytes() != raw[8..12] {
+        return None;
+    }
+    Some(Offset(u64::from_le_bytes(raw[..8].try_into().ok()?)))
+}
+
+fn write_offset_file(path: &Path, offset: Offset) -> io::Result<()> {
+    let mut raw = offset.0.to_le_bytes().to_vec();
+    raw.extend_from_slice(&crc32c::crc32c(&raw).to_le_bytes());
+    write_atomically(path, &raw)
+}
+
+/// Writes a small file so that a crash leaves either the old or the new content.
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data)?;
+    fs::rename(tmp, path)
+}
