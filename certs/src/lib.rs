@@ -1,1 +1,40 @@
-//! placeholder
+//! Strait's certificates: a small CA that issues node, client and mirror certificates, PEM
+//! loading, and the rustls configs every connection uses.
+//!
+//! Every config here is built with one explicit crypto provider (ring) and TLS 1.3 only, as QUIC
+//! requires; nothing relies on a process-wide default provider. Private keys are written with
+//! mode 0600. A peer's principal is the common name of its certificate.
+
+mod authority;
+mod inspect;
+mod tls;
+
+use std::path::PathBuf;
+
+pub use authority::{init_ca, issue, issue_with_validity, Role};
+pub use inspect::{inspect, principal_of, CertInfo};
+pub use tls::{client_config, client_config_without_identity, load_certs, load_key, server_config, ALPN};
+
+/// Why a certificate operation failed; each message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    #[error("cannot read {path}: {source}; check the path and permissions")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} already exists; remove it or use another --dir to make a new CA")]
+    Exists { path: PathBuf },
+    #[error("{path} holds no {what} in PEM form; pass the right file")]
+    NoPem { path: PathBuf, what: &'static str },
+    #[error("{path} is not a valid {what}: {reason}")]
+    Invalid { path: PathBuf, what: &'static str, reason: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the client certificate verifier could not be built: {0}")]
+    Verifier(String),
+    #[error("{0:?} is not a valid host: use a DNS name or an IP address")]
+    BadHost(String),
+}
