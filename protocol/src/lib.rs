@@ -3,12 +3,21 @@
 //!
 //! The codec modules (`ids`, `varint`, `batch`, `frame`, `message`, `error`, `partitioner`) are
 //! sans-IO: no sockets, files, clocks or tasks, so they can be tested exhaustively and fuzzed.
-//! The `client` module is the only one that touches QUIC. Nothing here may panic on bytes that
-//! came from the network: every size is checked against a configured maximum before allocation.
+//! `client` and `transport` are the only modules that touch QUIC. Nothing here may panic on bytes
+//! that came from the network: every size is checked against a configured maximum before
+//! allocation.
 
 pub mod batch;
+pub mod client;
+pub mod error;
+pub mod frame;
 pub mod ids;
+pub mod message;
+pub mod partitioner;
+pub mod transport;
 pub mod varint;
 
 pub use batch::{BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Provenance, Record, RecordBatch};
+pub use error::{ErrorCode, WireError};
 pub use ids::{LeaderEpoch, NodeId, Offset, PartitionId, TopicName};
+pub use message::{Acks, OffsetSpec, Request, Response};

@@ -1,0 +1,296 @@
+//! One QUIC connection to a node, and the reconnecting client that hands it out.
+//!
+//! Each request runs on its own bidirectional stream, so a slow fetch never holds up a produce
+//! to another partition (no head-of-line blocking between requests).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::error::{ErrorCode, WireError};
+use crate::frame::{self, FrameError, FrameLimits, PREFIX_LEN};
+use crate::message::{Request, Response, VERSION_MAX, VERSION_MIN};
+use crate::transport::{transport_config, TransportLimits};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to {address}: {reason}; check that a node listens there and that its certificate is for that host")]
+    Connect { address: String, reason: String },
+    #[error("no bootstrap address given; pass --bootstrap HOST:PORT or set STRAIT_BOOTSTRAP")]
+    NoBootstrap,
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("{0}")]
+    Wire(WireError),
+    #[error("bad frame from the node: {0}")]
+    Frame(#[from] FrameError),
+    #[error("bad batch from the node: {0}")]
+    Decode(#[from] crate::batch::DecodeError),
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("the node answered {got} to a {request} request")]
+    UnexpectedResponse { request: &'static str, got: String },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// Whether retrying the same request (after reconnecting) may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Wire(e) => e.code.is_retriable(),
+            ClientError::ConnectionLost(_) | ClientError::Connect { .. } | ClientError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Wire(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach and talk to a cluster.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub bootstrap: Vec<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub client_id: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub frame_limits: FrameLimits,
+    pub transport: TransportLimits,
+    /// Longest wait between reconnect attempts.
+    pub reconnect_backoff_max: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(bootstrap: Vec<String>, tls: rustls::ClientConfig) -> Self {
+        ClientOptions {
+            bootstrap,
+            tls: Arc::new(tls),
+            client_id: "strait".into(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            frame_limits: FrameLimits::default(),
+            transport: TransportLimits::default(),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the node said in its hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    pub version: u16,
+    pub cluster: String,
+    pub node_id: u32,
+    pub principal: String,
+}
+
+/// One live connection to a node, after the hello exchange.
+pub struct Connection {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    pub hello: HelloInfo,
+    pub address: String,
+    limits: FrameLimits,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connects, completes the TLS handshake and the hello exchange.
+    pub async fn connect(address: &str, opts: &ClientOptions) -> Result<Connection, ClientError> {
+        let fail = |reason: String| ClientError::Connect { address: address.into(), reason };
+        let (addr, host) = resolve(address).map_err(fail)?;
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .unwrap_or_else(|_| unreachable!("a literal socket address"));
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
+        let quic = QuicClientConfig::try_from(opts.tls.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport_config(&opts.transport));
+        endpoint.set_default_client_config(config);
+        let connecting = endpoint.connect(addr, &host).map_err(|e| fail(e.to_string()))?;
+        let conn = tokio::time::timeout(opts.connect_timeout, connecting)
+            .await
+            .map_err(|_| fail(format!("no answer within {:?}", opts.connect_timeout)))?
+            .map_err(|e| fail(e.to_string()))?;
+        let mut c = Connection {
+            conn,
+            _endpoint: endpoint,
+            hello: HelloInfo { version: 0, cluster: String::new(), node_id: 0, principal: String::new() },
+            address: address.into(),
+            limits: opts.frame_limits,
+            timeout: opts.request_timeout,
+        };
+        let hello = Request::Hello { version_min: VERSION_MIN, version_max: VERSION_MAX, client_id: opts.client_id.clone() };
+        // The first stream proves the handshake really succeeded: a node that rejects our
+        // certificate closes the connection here.
+        let (resp, _) = c.request(&hello, &[]).await.map_err(|e| fail(e.to_string()))?;
+        match resp {
+            Response::Hello { version, cluster, node_id, principal } => {
+                c.hello = HelloInfo { version, cluster, node_id, principal };
+                debug!(address, cluster = %c.hello.cluster, node = c.hello.node_id, "connected");
+                Ok(c)
+            }
+            other => Err(fail(format!("unexpected hello answer {other:?}"))),
+        }
+    }
+
+    /// Sends one request with its payload chunks and waits for the answer.
+    pub async fn request(&self, request: &Request, payload: &[Bytes]) -> Result<(Response, Bytes), ClientError> {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(lost)?;
+            let payload_len: usize = payload.iter().map(Bytes::len).sum();
+            let head = frame::encode(request, payload_len)?;
+            send.write_chunk(head).await.map_err(lost)?;
+            for chunk in payload {
+                send.write_chunk(chunk.clone()).await.map_err(lost)?;
+            }
+            send.finish().map_err(lost)?;
+            read_frame::<Response>(&mut recv, &self.limits).await
+        };
+        let (resp, payload) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))??;
+        match resp {
+            Response::Error(e) => Err(ClientError::Wire(e)),
+            other => Ok((other, payload)),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+
+    /// The underlying QUIC connection (for stats).
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+}
+
+/// Reads one frame (header and payload) from a stream.
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    limits: &FrameLimits,
+) -> Result<(T, Bytes), ClientError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.map_err(lost)?;
+    let lengths = frame::decode_prefix(prefix, limits)?;
+    let mut body = BytesMut::zeroed(lengths.total());
+    recv.read_exact(&mut body).await.map_err(lost)?;
+    let mut body = body.freeze();
+    let header = body.split_to(lengths.header as usize);
+    Ok((frame::decode_header(&header)?, body))
+}
+
+fn lost(e: impl std::fmt::Display) -> ClientError {
+    ClientError::ConnectionLost(e.to_string())
+}
+
+fn resolve(address: &str) -> Result<(SocketAddr, String), String> {
+    let host = address.rsplit_once(':').map(|(h, _)| h).ok_or_else(|| format!("{address:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolves to nothing"))?;
+    Ok((addr, host))
+}
+
+/// A handle to a cluster that keeps one connection and replaces it, with backoff, when lost.
+pub struct Client {
+    opts: ClientOptions,
+    current: Mutex<Option<Arc<Connection>>>,
+}
+
+impl Client {
+    pub fn new(opts: ClientOptions) -> Arc<Client> {
+        Arc::new(Client { opts, current: Mutex::new(None) })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    /// The live connection, connecting (trying each bootstrap address) if there is none.
+    pub async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        if self.opts.bootstrap.is_empty() {
+            return Err(ClientError::NoBootstrap);
+        }
+        let mut last = None;
+        for address in &self.opts.bootstrap {
+            match Connection::connect(address, &self.opts).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    *current = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoBootstrap))
+    }
+
+    /// Sends a request; on a lost connection, reconnects with backoff and tries again, up to
+    /// `attempts` times in all.
+    pub async fn call_with_retries(
+        &self,
+        request: &Request,
+        payload: &[Bytes],
+        attempts: u32,
+    ) -> Result<(Response, Bytes), ClientError> {
+        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.connection().await {
+                Ok(c) => c.request(request, payload).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retriable() && attempt < attempts => {
+                    warn!(request = request.kind(), attempt, error = %e, "retrying");
+                    if matches!(e, ClientError::ConnectionLost(_) | ClientError::Timeout(_)) {
+                        self.current.lock().await.take();
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.opts.reconnect_backoff_max);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends a request, retrying connection failures a few times.
+    pub async fn call(&self, request: &Request, payload: &[Bytes]) -> Result<(Response, Bytes), ClientError> {
+        self.call_with_retries(request, payload, 4).await
+    }
+}
+
+pub(crate) fn unexpected(request: &'static str, got: Response) -> ClientError {
+    ClientError::UnexpectedResponse { request, got: format!("{got:?}") }
+}

@@ -1,0 +1,13 @@
+//! The async client: connections, `Admin`, `Producer` and `Consumer`.
+//!
+//! This is the only part of the crate that does I/O; it sits on top of the sans-IO codec.
+
+pub mod admin;
+pub mod conn;
+pub mod consumer;
+pub mod producer;
+
+pub use admin::Admin;
+pub use conn::{Client, ClientError, ClientOptions, Connection, HelloInfo};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+pub use producer::{DeliveryFuture, Producer, ProducerConfig};

@@ -1,0 +1,147 @@
+//! Requests and responses, encoded with postcard inside a [`crate::frame`].
+//!
+//! Enums only ever grow at the end, so an older peer decodes every variant it knows. Record
+//! batches never pass through postcard: they travel in the frame's raw payload, as stored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+
+/// Protocol versions this build speaks.
+pub const VERSION_MIN: u16 = 1;
+pub const VERSION_MAX: u16 = 1;
+
+/// How many replicas must have a batch before the produce is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
+pub enum Acks {
+    /// Fire and forget: the node answers as soon as it has read the request.
+    None,
+    /// The leader has appended it (and fsynced, if the topic's flush policy says so).
+    #[default]
+    Leader,
+    /// Every in-sync replica has it; on a one-node cluster, the same as `Leader`.
+    All,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" | "0" => Ok(Acks::None),
+            "leader" | "1" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(format!("unknown acks {other:?}; use none, leader or all")),
+        }
+    }
+}
+
+/// Which offset `ListOffsets` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The first offset whose timestamp is at or after this one (ms).
+    Timestamp(i64),
+}
+
+/// A request; each travels on its own QUIC stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    Hello { version_min: u16, version_max: u16, client_id: String },
+    Metadata { topics: Option<Vec<String>> },
+    CreateTopic { name: String, partitions: u32, configs: Vec<(String, String)> },
+    DeleteTopic { name: String },
+    DescribeTopic { name: String },
+    /// The frame payload holds one or more whole batches for this partition.
+    Produce { topic: String, partition: u32, acks: Acks },
+    Fetch { topic: String, partition: u32, offset: u64, max_wait_ms: u32, min_bytes: u32, max_bytes: u32 },
+    ListOffsets { topic: String, partition: u32, spec: OffsetSpec },
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Metadata { .. } => "metadata",
+            Request::CreateTopic { .. } => "create_topic",
+            Request::DeleteTopic { .. } => "delete_topic",
+            Request::DescribeTopic { .. } => "describe_topic",
+            Request::Produce { .. } => "produce",
+            Request::Fetch { .. } => "fetch",
+            Request::ListOffsets { .. } => "list_offsets",
+        }
+    }
+}
+
+/// A node of the cluster, as metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u32,
+    pub address: String,
+}
+
+/// A partition's placement: who leads it, in which epoch, and who replicates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub id: u32,
+    pub leader: u32,
+    pub leader_epoch: u32,
+    pub replicas: Vec<u32>,
+    pub in_sync: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub cluster: String,
+    pub nodes: Vec<NodeInfo>,
+    pub topics: Vec<TopicInfo>,
+}
+
+/// One partition's numbers in a topic description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStats {
+    pub id: u32,
+    pub leader: u32,
+    pub leader_epoch: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub high_watermark: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDescription {
+    pub name: String,
+    pub configs: Vec<(String, String)>,
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// A response; `Error` answers any request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    Error(WireError),
+    Hello { version: u16, cluster: String, node_id: u32, principal: String },
+    Metadata(Metadata),
+    TopicCreated { name: String, partitions: u32 },
+    TopicDeleted { name: String },
+    TopicDescription(TopicDescription),
+    /// `base_offset` of the first batch and `last_offset` of the last one written.
+    Produced { base_offset: u64, last_offset: u64, log_start: u64 },
+    /// The frame payload holds whole batches as stored, possibly none.
+    Fetched { high_watermark: u64, log_start: u64 },
+    Offsets { offset: u64, timestamp_ms: Option<i64> },
+    /// Nothing to say (a produce with `acks = none`).
+    Ack,
+}
