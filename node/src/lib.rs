@@ -13,3 +13,6 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+pub mod broker;
+pub mod server;

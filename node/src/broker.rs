@@ -1,0 +1,252 @@
+//! The broker: the topics of this node, their partition logs, and the background work that
+//! keeps them flushed, trimmed and compacted.
+//!
+//! Layout on disk: `<data>/topics/<topic>/topic.json` (partition count and settings) and one
+//! directory per partition, `<data>/topics/<topic>/<partition>/`, holding its segments.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use strait_protocol::{ErrorCode, TopicName, WireError};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::now_ms;
+use crate::storage::{compaction, FlushPolicy, LogConfig, PartitionLog};
+
+/// Most partitions one topic may have.
+pub const PARTITIONS_MAX: u32 = 10_000;
+const TOPIC_FILE: &str = "topic.json";
+
+/// One partition: its log and a watch that wakes long-polling fetches when it grows.
+pub struct Partition {
+    pub log: PartitionLog,
+    pub grown: watch::Sender<u64>,
+}
+
+/// A topic and its partitions.
+pub struct Topic {
+    pub name: TopicName,
+    pub config: LogConfig,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicFile {
+    partitions: u32,
+    settings: Vec<(String, String)>,
+}
+
+/// The node's topics.
+pub struct Broker {
+    pub cluster: String,
+    pub node_id: u32,
+    data_dir: PathBuf,
+    defaults: LogConfig,
+    topics: DashMap<TopicName, Arc<Topic>>,
+}
+
+impl Broker {
+    /// Opens every topic found under `data_dir`, recovering each partition log.
+    pub fn open(cluster: &str, node_id: u32, data_dir: &Path, defaults: LogConfig) -> anyhow::Result<Arc<Broker>> {
+        let topics_dir = data_dir.join("topics");
+        fs::create_dir_all(&topics_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}; check --data-dir", topics_dir.display()))?;
+        let broker = Broker {
+            cluster: cluster.into(),
+            node_id,
+            data_dir: data_dir.into(),
+            defaults,
+            topics: DashMap::new(),
+        };
+        for entry in fs::read_dir(&topics_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.contains(".deleted-") {
+                let _ = fs::remove_dir_all(entry.path());
+                continue;
+            }
+            let Ok(topic) = TopicName::new(name.clone()) else {
+                warn!(dir = %entry.path().display(), "ignoring a directory that is not a topic name");
+                continue;
+            };
+            let raw = match fs::read(entry.path().join(TOPIC_FILE)) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    warn!(topic = %name, error = %e, "topic directory without topic.json; skipped");
+                    continue;
+                }
+            };
+            let file: TopicFile = serde_json::from_slice(&raw)?;
+            let config = broker.defaults.clone().with_settings(file.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(String::as_str))?;
+            let t = broker.open_topic(topic.clone(), file.partitions, config)?;
+            broker.topics.insert(topic, Arc::new(t));
+        }
+        info!(cluster, node_id, topics = broker.topics.len(), "broker opened");
+        Ok(Arc::new(broker))
+    }
+
+    fn open_topic(&self, name: TopicName, partitions: u32, config: LogConfig) -> anyhow::Result<Topic> {
+        let mut parts = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let dir = self.topic_dir(&name).join(p.to_string());
+            let (log, report) = PartitionLog::open(&dir, &format!("{name}/{p}"), config.clone(), now_ms())?;
+            if let Some((offset, reason)) = report.truncated {
+                warn!(topic = %name, partition = p, first_lost_offset = offset.0, %reason, "recovery truncated a torn tail");
+            }
+            let (grown, _) = watch::channel(log.high_watermark().0);
+            parts.push(Arc::new(Partition { log, grown }));
+        }
+        Ok(Topic { name, config, partitions: parts })
+    }
+
+    fn topic_dir(&self, name: &TopicName) -> PathBuf {
+        self.data_dir.join("topics").join(name.as_str())
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, WireError> {
+        let parsed = TopicName::new(name).map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
+        self.topics.get(&parsed).map(|t| t.clone()).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::UNKNOWN_TOPIC,
+                format!("topic {name:?} does not exist on cluster {}; create it with `strait topic create {name} --partitions N`", self.cluster),
+            )
+        })
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, WireError> {
+        let t = self.topic(topic)?;
+        t.partitions.get(partition as usize).cloned().ok_or_else(|| {
+            WireError::new(
+                ErrorCode::UNKNOWN_PARTITION,
+                format!("topic {topic:?} has partitions 0..{}; partition {partition} does not exist", t.partitions.len()),
+            )
+        })
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<Arc<Topic>> = self.topics.iter().map(|t| t.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Creates a topic; its settings are the node defaults overridden by `settings`.
+    pub fn create_topic(&self, name: &str, partitions: u32, settings: &[(String, String)]) -> Result<Arc<Topic>, WireError> {
+        let parsed = TopicName::new(name).map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("a topic needs 1 to {PARTITIONS_MAX} partitions, not {partitions}"),
+            ));
+        }
+        let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let config = self
+            .defaults
+            .clone()
+            .with_settings(pairs.iter().map(String::as_str))
+            .map_err(|e| WireError::new(ErrorCode::INVALID_CONFIG, e.to_string()))?;
+        let entry = self.topics.entry(parsed.clone());
+        if let dashmap::Entry::Occupied(_) = entry {
+            return Err(WireError::new(ErrorCode::TOPIC_EXISTS, format!("topic {name:?} already exists; describe it with `strait topic describe {name}`")));
+        }
+        let storage = |e: &dyn std::fmt::Display| WireError::new(ErrorCode::STORAGE, format!("cannot create topic {name:?}: {e}"));
+        let dir = self.topic_dir(&parsed);
+        fs::create_dir_all(&dir).map_err(|e| storage(&e))?;
+        let file = TopicFile { partitions, settings: settings.to_vec() };
+        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
+        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw).map_err(|e| storage(&e))?;
+        let topic = Arc::new(self.open_topic(parsed, partitions, config).map_err(|e| storage(&e))?);
+        entry.or_insert(topic.clone());
+        info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic: it disappears at once, its files are removed in the background.
+    pub fn delete_topic(&self, name: &str) -> Result<(), WireError> {
+        let topic = self.topic(name)?;
+        self.topics.remove(&topic.name);
+        let dir = self.topic_dir(&topic.name);
+        let doomed = dir.with_file_name(format!("{name}.deleted-{}", now_ms()));
+        fs::rename(&dir, &doomed).map_err(|e| WireError::new(ErrorCode::STORAGE, format!("cannot delete topic {name:?}: {e}")))?;
+        std::thread::spawn(move || {
+            drop(topic);
+            let _ = fs::remove_dir_all(doomed);
+        });
+        info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Starts the background workers: interval flushes, sealed-segment syncs, retention and
+    /// compaction. They run on blocking threads since they do file I/O.
+    pub fn start_background(self: &Arc<Self>, retention_check: Duration) {
+        let broker = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("strait-maintenance".into())
+            .spawn(move || {
+                let mut last_retention = std::time::Instant::now();
+                let mut last_flush: BTreeMap<String, i64> = BTreeMap::new();
+                loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let Some(b) = broker.upgrade() else { return };
+                    let now = now_ms();
+                    let check = last_retention.elapsed() >= retention_check;
+                    for t in b.topics() {
+                        for p in &t.partitions {
+                            b.maintain(&t, p, now, check, &mut last_flush);
+                        }
+                    }
+                    if check {
+                        last_retention = std::time::Instant::now();
+                    }
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the maintenance thread: {e}"));
+    }
+
+    fn maintain(&self, t: &Topic, p: &Partition, now: i64, check: bool, last_flush: &mut BTreeMap<String, i64>) {
+        let log = &p.log;
+        if let FlushPolicy::IntervalMs(ms) = t.config.flush {
+            let last = last_flush.entry(log.name().to_string()).or_insert(now);
+            if now - *last >= ms as i64 {
+                *last = now;
+                if let Err(e) = log.flush(now) {
+                    warn!(log = log.name(), error = %e, "interval flush failed");
+                }
+                p.grown.send_replace(log.high_watermark().0);
+            }
+        }
+        if let Err(e) = log.flush_sealed(now) {
+            warn!(log = log.name(), error = %e, "sealed segment sync failed");
+        }
+        if check {
+            if let Err(e) = log.apply_retention(now) {
+                warn!(log = log.name(), error = %e, "retention failed");
+            }
+            if t.config.cleanup.compact {
+                match compaction::clean(log, now) {
+                    Ok(s) if s.segments_cleaned > 0 => info!(log = log.name(), cleaned = s.segments_cleaned,
+                        records_before = s.records_before, records_after = s.records_after, "compacted"),
+                    Ok(_) => {}
+                    Err(e) => warn!(log = log.name(), error = %e, "compaction failed"),
+                }
+            }
+        }
+    }
+
+    /// Flushes and closes every log: the next start recovers nothing.
+    pub fn close(&self) {
+        for t in self.topics() {
+            for p in &t.partitions {
+                if let Err(e) = p.log.close(now_ms()) {
+                    warn!(log = p.log.name(), error = %e, "close failed");
+                }
+            }
+        }
+        info!("broker closed");
+    }
+}

@@ -1,0 +1,280 @@
+//! `strait topic …`, `strait produce`, `strait consume`.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use strait_protocol::client::{Admin, Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use strait_protocol::{Acks, Compression, OffsetSpec};
+
+use super::output::table;
+use super::ConnArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: u32,
+        /// KEY=VALUE (retention.ms, retention.bytes, segment.bytes, cleanup.policy, flush …).
+        #[arg(long = "config")]
+        configs: Vec<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// List topics.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show a topic's settings and per-partition offsets and sizes.
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    topic: String,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long)]
+    key_separator: Option<String>,
+    #[arg(long)]
+    partition: Option<u32>,
+    #[arg(long, default_value = "leader")]
+    acks: Acks,
+    #[arg(long, default_value = "none")]
+    compression: Compression,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    topic: String,
+    /// Start at the earliest offset of every partition (default: the latest).
+    #[arg(long, conflicts_with = "offset")]
+    from_beginning: bool,
+    /// Read only this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Start at this offset (needs --partition).
+    #[arg(long, requires = "partition")]
+    offset: Option<u64>,
+    /// Stop after this many records.
+    #[arg(long)]
+    max_records: Option<u64>,
+    /// Stop after this long without a new record.
+    #[arg(long)]
+    idle_exit_ms: Option<u64>,
+    /// One JSON object per record.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+pub fn client(conn: &ConnArgs) -> anyhow::Result<Arc<Client>> {
+    let tls = strait_certs::client_config(&conn.ca, &conn.cert, &conn.key)
+        .context("cannot load the client certificate; check --ca, --cert and --key")?;
+    Ok(Client::new(ClientOptions::new(conn.bootstrap.clone(), tls)))
+}
+
+fn parse_configs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    configs
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--config {c:?} has no '='; write KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
+    match command {
+        TopicCommand::Create { name, partitions, configs, conn } => {
+            Admin::new(client(&conn)?).create_topic(&name, partitions, parse_configs(&configs)?).await?;
+            println!("created topic {name} with {partitions} partitions");
+        }
+        TopicCommand::Delete { name, conn } => {
+            Admin::new(client(&conn)?).delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+        TopicCommand::List { json, conn } => {
+            let meta = Admin::new(client(&conn)?).metadata(None).await?;
+            if json {
+                let topics: Vec<Value> =
+                    meta.topics.iter().map(|t| json!({"name": t.name, "partitions": t.partitions.len()})).collect();
+                println!("{}", json!({"cluster": meta.cluster, "topics": topics}));
+            } else {
+                let rows = meta.topics.iter().map(|t| vec![t.name.clone(), t.partitions.len().to_string()]).collect();
+                print!("{}", table(&["TOPIC", "PARTITIONS"], rows));
+            }
+        }
+        TopicCommand::Describe { name, json, conn } => {
+            let d = Admin::new(client(&conn)?).describe_topic(&name).await?;
+            if json {
+                let parts: Vec<Value> = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        json!({"partition": p.id, "leader": p.leader, "leader_epoch": p.leader_epoch,
+                        "start_offset": p.start_offset, "end_offset": p.end_offset,
+                        "high_watermark": p.high_watermark, "size_bytes": p.size_bytes, "segments": p.segments})
+                    })
+                    .collect();
+                let configs: serde_json::Map<String, Value> = d.configs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                println!("{}", json!({"name": d.name, "configs": configs, "partitions": parts}));
+            } else {
+                println!("topic {}", d.name);
+                for (k, v) in &d.configs {
+                    println!("  {k} = {v}");
+                }
+                let rows = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![p.id.to_string(), p.leader.to_string(), p.start_offset.to_string(), p.end_offset.to_string(), p.size_bytes.to_string()]
+                    })
+                    .collect();
+                print!("{}", table(&["PARTITION", "LEADER", "START", "END", "SIZE_BYTES"], rows));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let config = ProducerConfig { acks: args.acks, compression: args.compression, ..ProducerConfig::default() };
+    let producer = Producer::new(client(&args.conn)?, config);
+    let stdin = std::io::stdin();
+    let mut reader = stdin.lock();
+    let mut line = Vec::new();
+    let mut deliveries = Vec::new();
+    let sep = args.key_separator.as_deref().map(str::as_bytes);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        let (key, value) = match sep.and_then(|s| find(&line, s).map(|i| (i, s.len()))) {
+            Some((i, n)) => (Some(&line[..i]), &line[i + n..]),
+            None => (None, &line[..]),
+        };
+        deliveries.push(producer.send(&args.topic, args.partition, key, Some(value), &[]).await?);
+    }
+    producer.flush().await;
+    let mut acked = 0u64;
+    let mut first_error = None;
+    for d in deliveries {
+        match d.wait().await {
+            Ok(_) => acked += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", json!({"acknowledged": acked, "failed": first_error.as_ref().map(|e| e.to_string())}));
+    } else {
+        println!("{acked} records acknowledged");
+    }
+    match first_error {
+        Some(e) => Err(anyhow::anyhow!(e).context("some records were not acknowledged")),
+        None => Ok(()),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let client = client(&args.conn)?;
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    let spec = if args.from_beginning { OffsetSpec::Earliest } else { OffsetSpec::Latest };
+    match (args.partition, args.offset) {
+        (Some(p), Some(o)) => {
+            consumer.assign(&[(args.topic.clone(), p)], OffsetSpec::Earliest).await?;
+            consumer.seek(&args.topic, p, o);
+        }
+        (Some(p), None) => consumer.assign(&[(args.topic.clone(), p)], spec).await?,
+        _ => consumer.assign_topic(&args.topic, spec).await?,
+    }
+    let mut seen = 0u64;
+    let mut last_record = Instant::now();
+    let stdout = std::io::stdout();
+    loop {
+        let records = consumer.poll(Duration::from_millis(200)).await?;
+        let mut out = stdout.lock();
+        if !records.is_empty() {
+            last_record = Instant::now();
+        }
+        for r in records {
+            if args.json {
+                let mut obj = serde_json::Map::new();
+                obj.insert("topic".into(), json!(r.topic));
+                obj.insert("partition".into(), json!(r.partition));
+                obj.insert("offset".into(), json!(r.offset));
+                obj.insert("timestamp_ms".into(), json!(r.timestamp_ms));
+                put_bytes(&mut obj, "key", r.key.as_deref());
+                put_bytes(&mut obj, "value", r.value.as_deref());
+                writeln!(out, "{}", Value::Object(obj))?;
+            } else {
+                let value = r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                writeln!(out, "{value}")?;
+            }
+            seen += 1;
+            if args.max_records.is_some_and(|m| seen >= m) {
+                return Ok(());
+            }
+        }
+        out.flush()?;
+        if args.idle_exit_ms.is_some_and(|ms| last_record.elapsed() >= Duration::from_millis(ms)) {
+            return Ok(());
+        }
+    }
+}
+
+/// `key`/`value` as a UTF-8 string, `key_base64`/`value_base64` when not UTF-8, null when absent.
+fn put_bytes(obj: &mut serde_json::Map<String, Value>, field: &str, data: Option<&[u8]>) {
+    match data {
+        None => {
+            obj.insert(field.into(), Value::Null);
+        }
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                obj.insert(field.into(), json!(s));
+            }
+            Err(_) => {
+                obj.insert(format!("{field}_base64"), json!(base64::engine::general_purpose::STANDARD.encode(bytes)));
+            }
+        },
+    }
+}

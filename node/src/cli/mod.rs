@@ -1,0 +1,88 @@
+//! Command-line parsing and the subcommands' entry points. Human output by default, `--json`
+//! for scripts; errors carry their cause and fix up to `main`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+mod certs_cmd;
+mod client_cmd;
+mod debug_cmd;
+mod node_cmd;
+mod output;
+
+#[derive(Parser, Debug)]
+#[command(name = "strait", version, about = "A commit-log broker that federates clusters across regions over QUIC")]
+pub struct Cli {
+    /// Log format: human or json.
+    #[arg(long, global = true, default_value = "human")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(client_cmd::TopicCommand),
+    /// Produce one record per line of standard input.
+    Produce(client_cmd::ProduceArgs),
+    /// Consume records and print them.
+    Consume(client_cmd::ConsumeArgs),
+    /// Make and inspect certificates.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
+    /// Test helpers for the crash suites.
+    #[command(subcommand, hide = true)]
+    Debug(debug_cmd::DebugCommand),
+}
+
+/// How a client reaches a cluster.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Node addresses, HOST:PORT[,HOST:PORT…].
+    #[arg(long, env = "STRAIT_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// CA certificate that signed the nodes' certificates.
+    #[arg(long, env = "STRAIT_CA")]
+    pub ca: PathBuf,
+    /// This client's certificate.
+    #[arg(long, env = "STRAIT_CERT")]
+    pub cert: PathBuf,
+    /// This client's private key.
+    #[arg(long, env = "STRAIT_KEY")]
+    pub key: PathBuf,
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level(&cli.command)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn default_level(command: &Command) -> &'static str {
+    match command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node(c) => node_cmd::run(c).await,
+        Command::Topic(c) => client_cmd::topic(c).await,
+        Command::Produce(a) => client_cmd::produce(a).await,
+        Command::Consume(a) => client_cmd::consume(a).await,
+        Command::Certs(c) => certs_cmd::run(c),
+        Command::Debug(c) => debug_cmd::run(c),
+    }
+}

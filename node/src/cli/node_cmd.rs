@@ -1,0 +1,167 @@
+//! `strait node run`: flags override an optional TOML file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use strait_node::broker::Broker;
+use strait_node::server::{ListenConfig, Server};
+use strait_node::storage::LogConfig;
+use strait_protocol::frame::FrameLimits;
+use strait_protocol::transport::TransportLimits;
+use tracing::info;
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Run a node until Ctrl-C or SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// TOML file with the same settings, plus [topic_defaults] and [limits].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// UDP address to listen on, e.g. 127.0.0.1:7400.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address clients are told to use; defaults to --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+/// The node config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    cluster: Option<String>,
+    node_id: Option<u32>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// Topic settings every new topic starts from, e.g. `flush = "always"`.
+    #[serde(default)]
+    topic_defaults: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Limits {
+    frame_bytes_max: u32,
+    streams_per_connection_max: u32,
+    stream_window_bytes: u32,
+    connection_window_bytes: u32,
+    idle_timeout_ms: u32,
+    request_read_timeout_ms: u64,
+    handshake_timeout_ms: u64,
+    retention_check_interval_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let t = TransportLimits::default();
+        Limits {
+            frame_bytes_max: FrameLimits::default().frame_bytes_max,
+            streams_per_connection_max: t.streams_max,
+            stream_window_bytes: t.stream_window_bytes,
+            connection_window_bytes: t.connection_window_bytes,
+            idle_timeout_ms: t.idle_timeout_ms,
+            request_read_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+            retention_check_interval_ms: 30_000,
+        }
+    }
+}
+
+pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
+    let NodeCommand::Run(args) = command;
+    let file: NodeFile = match &args.config {
+        Some(path) => {
+            let raw = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&raw).with_context(|| format!("{} is not a valid node config", path.display()))?
+        }
+        None => NodeFile::default(),
+    };
+    let need = |flag: &str| anyhow::anyhow!("missing --{flag} (or `{}` in --config)", flag.replace('-', "_"));
+    let cluster = args.cluster.or(file.cluster).ok_or_else(|| need("cluster"))?;
+    let node_id = args.node_id.or(file.node_id).ok_or_else(|| need("node-id"))?;
+    let listen = args.listen.or(file.listen).ok_or_else(|| need("listen"))?;
+    let data_dir = args.data_dir.or(file.data_dir).ok_or_else(|| need("data-dir"))?;
+    let ca = args.ca.or(file.ca).ok_or_else(|| need("ca"))?;
+    let cert = args.cert.or(file.cert).ok_or_else(|| need("cert"))?;
+    let key = args.key.or(file.key).ok_or_else(|| need("key"))?;
+    let advertise = args.advertise.or(file.advertise).unwrap_or_else(|| listen.to_string());
+    let mut defaults = LogConfig::default();
+    for (k, v) in &file.topic_defaults {
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        defaults.set(k, &value).context("in [topic_defaults]")?;
+    }
+    let limits = file.limits;
+    if limits.frame_bytes_max < 1 << 16 {
+        bail!("limits.frame_bytes_max must be at least 65536");
+    }
+    let broker = Broker::open(&cluster, node_id, &data_dir, defaults)?;
+    broker.start_background(Duration::from_millis(limits.retention_check_interval_ms));
+    let listen_config = ListenConfig {
+        listen,
+        advertised: advertise,
+        ca,
+        cert,
+        key,
+        frame_limits: FrameLimits { frame_bytes_max: limits.frame_bytes_max },
+        transport: TransportLimits {
+            streams_max: limits.streams_per_connection_max,
+            stream_window_bytes: limits.stream_window_bytes,
+            connection_window_bytes: limits.connection_window_bytes,
+            idle_timeout_ms: limits.idle_timeout_ms,
+            ..TransportLimits::default()
+        },
+        request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
+        handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+    };
+    let server = Server::start(broker.clone(), listen_config)?;
+    println!("strait node {node_id} of cluster {cluster} listening on {}", server.local_addr);
+    wait_for_shutdown().await;
+    info!("shutting down");
+    server.shutdown().await;
+    tokio::task::spawn_blocking(move || broker.close()).await?;
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

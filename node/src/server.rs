@@ -1,0 +1,365 @@
+//! The QUIC listener: mutual TLS on every connection, one request per stream, answers that
+//! name the cause and the fix.
+//!
+//! A peer that sends garbage gets an error on that stream (or a closed stream); other streams and
+//! other connections are unaffected, since each stream is its own task with its own deadline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls_pki_types::CertificateDer;
+use strait_protocol::batch::split_batches;
+use strait_protocol::client::conn::read_frame;
+use strait_protocol::client::ClientError;
+use strait_protocol::frame::{self, FrameError, FrameLimits};
+use strait_protocol::message::{
+    Metadata, NodeInfo, OffsetSpec, PartitionInfo, PartitionStats, TopicDescription, TopicInfo, VERSION_MAX, VERSION_MIN,
+};
+use strait_protocol::transport::{transport_config, TransportLimits};
+use strait_protocol::{Acks, ErrorCode, Offset, Request, Response, WireError};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, Partition};
+use crate::now_ms;
+use crate::storage::{FlushPolicy, LogError};
+
+/// Where and how the node listens.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub listen: SocketAddr,
+    pub advertised: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub frame_limits: FrameLimits,
+    pub transport: TransportLimits,
+    /// Longest a peer may take to send one whole request.
+    pub request_read_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+struct Ctx {
+    broker: Arc<Broker>,
+    config: ListenConfig,
+}
+
+/// A running listener.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    pub local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds the endpoint and starts accepting connections.
+    pub fn start(broker: Arc<Broker>, config: ListenConfig) -> anyhow::Result<Server> {
+        let tls = strait_certs::server_config(&config.ca, &config.cert, &config.key)
+            .context("cannot build the node's TLS config; check --ca, --cert and --key")?;
+        let quic = QuicServerConfig::try_from(tls).context("the TLS config is not usable for QUIC")?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server_config.transport_config(transport_config(&config.transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("cannot listen on {}; is another process using it?", config.listen))?;
+        let local_addr = endpoint.local_addr()?;
+        info!(listen = %local_addr, cluster = %broker.cluster, node = broker.node_id, "listening");
+        let ctx = Arc::new(Ctx { broker, config });
+        let accept = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accept.accept().await {
+                tokio::spawn(handle_connection(incoming, ctx.clone()));
+            }
+        });
+        Ok(Server { endpoint, local_addr })
+    }
+
+    /// Stops accepting, closes connections and waits briefly for them to go.
+    pub async fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
+    let peer = incoming.remote_address();
+    let conn = match tokio::time::timeout(ctx.config.handshake_timeout, async { incoming.await }).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!(%peer, reason = %e, "TLS handshake failed; connection refused");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, "TLS handshake timed out; connection dropped");
+            return;
+        }
+    };
+    let principal = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().and_then(|c| strait_certs::principal_of(c)));
+    let Some(principal) = principal else {
+        warn!(%peer, "peer certificate has no common name; connection refused");
+        conn.close(1u32.into(), b"certificate without a common name");
+        return;
+    };
+    info!(%peer, %principal, "connection accepted");
+    let hello = Arc::new(AtomicBool::new(false));
+    let principal: Arc<str> = principal.into();
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(handle_stream(send, recv, ctx.clone(), hello.clone(), principal.clone()));
+            }
+            Err(e) => {
+                debug!(%peer, %principal, reason = %e, "connection closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn handle_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Ctx>,
+    hello: Arc<AtomicBool>,
+    principal: Arc<str>,
+) {
+    let read = tokio::time::timeout(ctx.config.request_read_timeout, read_frame::<Request>(&mut recv, &ctx.config.frame_limits));
+    let (response, payload) = match read.await {
+        Err(_) => (error(ErrorCode::TIMEOUT, format!("request not received within {:?}", ctx.config.request_read_timeout)), Vec::new()),
+        Ok(Err(ClientError::Frame(e))) => {
+            let code = match e {
+                FrameError::TooLarge { .. } | FrameError::HeaderTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+                _ => ErrorCode::MALFORMED_FRAME,
+            };
+            warn!(%principal, error = %e, "bad frame");
+            let _ = recv.stop(1u32.into());
+            (error(code, e.to_string()), Vec::new())
+        }
+        Ok(Err(_)) => return,
+        Ok(Ok((request, payload))) => {
+            let kind = request.kind();
+            match dispatch(&ctx, &hello, &principal, request, payload).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    debug!(%principal, request = kind, error = %e, "request failed");
+                    (Response::Error(e), Vec::new())
+                }
+            }
+        }
+    };
+    let len: usize = payload.iter().map(Bytes::len).sum();
+    let Ok(head) = frame::encode(&response, len) else { return };
+    if send.write_chunk(head).await.is_err() {
+        return;
+    }
+    for chunk in payload {
+        if send.write_chunk(chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+type Answer = (Response, Vec<Bytes>);
+
+async fn dispatch(ctx: &Ctx, hello: &AtomicBool, principal: &str, request: Request, payload: Bytes) -> Result<Answer, WireError> {
+    let broker = &ctx.broker;
+    if !matches!(request, Request::Hello { .. }) && !hello.load(Ordering::Acquire) {
+        return Err(WireError::new(ErrorCode::HELLO_REQUIRED, "send Hello first on a new connection"));
+    }
+    let plain = |r: Response| Ok((r, Vec::new()));
+    match request {
+        Request::Hello { version_min, version_max, .. } => {
+            if version_max < VERSION_MIN || version_min > VERSION_MAX {
+                return Err(WireError::new(
+                    ErrorCode::UNSUPPORTED_VERSION,
+                    format!("client speaks versions {version_min}..={version_max}, node speaks {VERSION_MIN}..={VERSION_MAX}; upgrade the older side"),
+                ));
+            }
+            hello.store(true, Ordering::Release);
+            plain(Response::Hello {
+                version: version_max.min(VERSION_MAX),
+                cluster: broker.cluster.clone(),
+                node_id: broker.node_id,
+                principal: principal.into(),
+            })
+        }
+        Request::Metadata { topics } => plain(Response::Metadata(metadata(ctx, topics))),
+        Request::CreateTopic { name, partitions, configs } => {
+            broker.create_topic(&name, partitions, &configs)?;
+            plain(Response::TopicCreated { name, partitions })
+        }
+        Request::DeleteTopic { name } => {
+            broker.delete_topic(&name)?;
+            plain(Response::TopicDeleted { name })
+        }
+        Request::DescribeTopic { name } => plain(Response::TopicDescription(describe(broker, &name)?)),
+        Request::Produce { topic, partition, acks } => produce(broker, &topic, partition, acks, payload).await,
+        Request::Fetch { topic, partition, offset, max_wait_ms, min_bytes, max_bytes } => {
+            fetch(broker, &topic, partition, Offset(offset), max_wait_ms, min_bytes, max_bytes).await
+        }
+        Request::ListOffsets { topic, partition, spec } => {
+            let p = broker.partition(&topic, partition)?;
+            let (offset, timestamp_ms) = match spec {
+                OffsetSpec::Earliest => (p.log.log_start(), None),
+                OffsetSpec::Latest => (p.log.high_watermark(), None),
+                OffsetSpec::Timestamp(ts) => {
+                    let log = &p.log;
+                    match log.offset_for_timestamp(ts).map_err(log_error)? {
+                        Some((o, t)) => (o, Some(t)),
+                        None => (log.high_watermark(), None),
+                    }
+                }
+                _ => return Err(WireError::new(ErrorCode::INVALID_REQUEST, "unknown offset spec; upgrade the node")),
+            };
+            plain(Response::Offsets { offset: offset.0, timestamp_ms })
+        }
+        _ => Err(WireError::new(ErrorCode::INVALID_REQUEST, "this node does not know that request; upgrade it")),
+    }
+}
+
+fn metadata(ctx: &Ctx, filter: Option<Vec<String>>) -> Metadata {
+    let broker = &ctx.broker;
+    let topics = broker
+        .topics()
+        .into_iter()
+        .filter(|t| filter.as_ref().is_none_or(|f| f.iter().any(|n| n == t.name.as_str())))
+        .map(|t| TopicInfo {
+            name: t.name.to_string(),
+            partitions: (0..t.partitions.len() as u32)
+                .map(|id| PartitionInfo {
+                    id,
+                    leader: broker.node_id,
+                    leader_epoch: 0,
+                    replicas: vec![broker.node_id],
+                    in_sync: vec![broker.node_id],
+                })
+                .collect(),
+        })
+        .collect();
+    Metadata {
+        cluster: broker.cluster.clone(),
+        nodes: vec![NodeInfo { id: broker.node_id, address: ctx.config.advertised.clone() }],
+        topics,
+    }
+}
+
+fn describe(broker: &Broker, name: &str) -> Result<TopicDescription, WireError> {
+    let t = broker.topic(name)?;
+    let partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let s = p.log.stats();
+            PartitionStats {
+                id: i as u32,
+                leader: broker.node_id,
+                leader_epoch: 0,
+                start_offset: s.log_start.0,
+                end_offset: s.log_end.0,
+                high_watermark: s.high_watermark.0,
+                size_bytes: s.size_bytes,
+                segments: s.segments as u32,
+            }
+        })
+        .collect();
+    Ok(TopicDescription { name: t.name.to_string(), configs: t.config.to_pairs(), partitions })
+}
+
+async fn produce(broker: &Broker, topic: &str, partition: u32, acks: Acks, payload: Bytes) -> Result<Answer, WireError> {
+    let t = broker.topic(topic)?;
+    let p = broker.partition(topic, partition)?;
+    let batches = split_batches(payload, &t.config.decode_limits())
+        .map_err(|e| WireError::new(ErrorCode::CORRUPT_BATCH, format!("{topic}/{partition}: {e}")))?;
+    if batches.is_empty() {
+        return Err(WireError::new(ErrorCode::INVALID_REQUEST, "produce carried no batch; send at least one record"));
+    }
+    let p2 = p.clone();
+    let append = move || -> Result<(u64, u64), LogError> {
+        let mut first = None;
+        let mut last = 0;
+        let now = now_ms();
+        for b in batches {
+            let a = p2.log.append(b, now)?;
+            first.get_or_insert(a.base_offset.0);
+            last = a.last_offset.0;
+        }
+        Ok((first.unwrap_or(0), last))
+    };
+    // `always` waits for an fsync: keep that off the async workers.
+    let result = if t.config.flush == FlushPolicy::Always {
+        tokio::task::spawn_blocking(append)
+            .await
+            .map_err(|e| WireError::new(ErrorCode::INTERNAL, format!("append task failed: {e}")))?
+    } else {
+        append()
+    };
+    let (base_offset, last_offset) = result.map_err(log_error)?;
+    wake(&p);
+    if acks == Acks::None {
+        return Ok((Response::Ack, Vec::new()));
+    }
+    Ok((Response::Produced { base_offset, last_offset, log_start: p.log.log_start().0 }, Vec::new()))
+}
+
+fn wake(p: &Partition) {
+    p.grown.send_replace(p.log.high_watermark().0);
+}
+
+/// Longest long-poll a fetch may ask for.
+const FETCH_WAIT_MS_MAX: u32 = 30_000;
+/// Most bytes one fetch answer may carry.
+const FETCH_BYTES_MAX: u32 = 32 << 20;
+
+async fn fetch(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    offset: Offset,
+    max_wait_ms: u32,
+    min_bytes: u32,
+    max_bytes: u32,
+) -> Result<Answer, WireError> {
+    let p = broker.partition(topic, partition)?;
+    let deadline = Instant::now() + Duration::from_millis(u64::from(max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+    let mut grown: watch::Receiver<u64> = p.grown.subscribe();
+    loop {
+        grown.borrow_and_update();
+        let read = p.log.read(offset, max_bytes).map_err(log_error)?;
+        let enough = read.batches.len() >= min_bytes.max(1) as usize;
+        if enough || Instant::now() >= deadline {
+            let response = Response::Fetched { high_watermark: read.high_watermark.0, log_start: read.log_start.0 };
+            return Ok((response, vec![read.batches]));
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Err(_)) = tokio::time::timeout(wait, grown.changed()).await {
+            // The partition went away (topic deleted): answer at the deadline.
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error(WireError::new(code, message))
+}
+
+fn log_error(e: LogError) -> WireError {
+    let code = match &e {
+        LogError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
+        LogError::OffsetNotMonotonic { .. } => ErrorCode::INVALID_REQUEST,
+        LogError::Offline { .. } => ErrorCode::PARTITION_OFFLINE,
+        LogError::WriteFailed { .. } => ErrorCode::WRITE_FAILED,
+        LogError::Corrupt { .. } => ErrorCode::STORAGE,
+        _ => ErrorCode::STORAGE,
+    };
+    WireError::new(code, e.to_string())
+}
