@@ -1,1 +1,174 @@
-//! test support
+//! Support for the cross-crate suites: certificates in a temp dir, real `strait` node processes
+//! on loopback, and clients that talk to them.
+//!
+//! Nodes are separate processes so that the suites can `kill -9` them and so that a node's
+//! behaviour under hostile clients is observed from outside, as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use strait_certs::Role;
+use strait_protocol::client::{Client, ClientOptions};
+
+/// The `strait` binary, building it first if this test run has not.
+pub fn strait_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("STRAIT_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        // target/<profile>/deps/<test> → target/<profile>/strait
+        let profile_dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let bin = profile_dir.join("strait");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "strait-node", "--bin", "strait"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+        assert!(status.is_ok_and(|s| s.success()) || bin.exists(), "cannot build the strait binary");
+        assert!(bin.exists(), "no strait binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A CA with a node certificate and a client certificate, in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        strait_certs::init_ca(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        strait_certs::issue(dir.path(), "node-1", Role::Node, &[]).unwrap_or_else(|e| panic!("{e}"));
+        strait_certs::issue(dir.path(), "app", Role::Client, &[]).unwrap_or_else(|e| panic!("{e}"));
+        Pki { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.crt")
+    }
+
+    /// TLS for a client named `name` (issued by this CA if it does not exist yet).
+    pub fn client_tls(&self, name: &str) -> rustls::ClientConfig {
+        if !self.path(&format!("{name}.crt")).exists() {
+            strait_certs::issue(self.dir.path(), name, Role::Client, &[]).unwrap_or_else(|e| panic!("{e}"));
+        }
+        strait_certs::client_config(&self.ca(), &self.path(&format!("{name}.crt")), &self.path(&format!("{name}.key")))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn client(&self, address: &str) -> Arc<Client> {
+        Client::new(ClientOptions::new(vec![address.to_string()], self.client_tls("app")))
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
+/// A free UDP port on loopback (bound, then released).
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    s.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A `strait node run` child process.
+pub struct NodeProcess {
+    child: Child,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    /// Starts a node of cluster `cluster` with the given data dir and extra config file text.
+    pub fn start(pki: &Pki, cluster: &str, data_dir: &Path, config_toml: &str) -> NodeProcess {
+        let port = free_udp_port();
+        let address = format!("127.0.0.1:{port}");
+        let config = data_dir.with_extension("toml");
+        std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&config, config_toml).unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(strait_bin())
+            .args(["node", "run", "--cluster", cluster, "--node-id", "1", "--listen", &address])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--config")
+            .arg(&config)
+            .arg("--ca")
+            .arg(pki.ca())
+            .arg("--cert")
+            .arg(pki.path("node-1.crt"))
+            .arg("--key")
+            .arg(pki.path("node-1.key"))
+            .env("STRAIT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start strait: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            if let Some(s) = stderr {
+                for line in BufReader::new(s).lines().map_while(Result::ok) {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            }
+        });
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("listening on") => break,
+                _ if Instant::now() > deadline => panic!("node did not start; log: {:?}", log.lock()),
+                _ => {}
+            }
+        }
+        NodeProcess { child, address, data_dir: data_dir.to_path_buf(), log }
+    }
+
+    /// Kills the node with SIGKILL: no flush, no close.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the node with SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Lines the node logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
