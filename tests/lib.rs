@@ -23,13 +23,20 @@ pub fn strait_bin() -> PathBuf {
         }
         let exe = std::env::current_exe().unwrap_or_default();
         // target/<profile>/deps/<test> → target/<profile>/strait
-        let profile_dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let bin = profile_dir.join("strait");
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "strait-node", "--bin", "strait"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status();
-        assert!(status.is_ok_and(|s| s.success()) || bin.exists(), "cannot build the strait binary");
+        assert!(
+            status.is_ok_and(|s| s.success()) || bin.exists(),
+            "cannot build the strait binary"
+        );
         assert!(bin.exists(), "no strait binary at {}", bin.display());
         bin
     })
@@ -45,7 +52,8 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         strait_certs::init_ca(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        strait_certs::issue(dir.path(), "node-1", Role::Node, &[]).unwrap_or_else(|e| panic!("{e}"));
+        strait_certs::issue(dir.path(), "node-1", Role::Node, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
         strait_certs::issue(dir.path(), "app", Role::Client, &[]).unwrap_or_else(|e| panic!("{e}"));
         Pki { dir }
     }
@@ -61,14 +69,22 @@ impl Pki {
     /// TLS for a client named `name` (issued by this CA if it does not exist yet).
     pub fn client_tls(&self, name: &str) -> rustls::ClientConfig {
         if !self.path(&format!("{name}.crt")).exists() {
-            strait_certs::issue(self.dir.path(), name, Role::Client, &[]).unwrap_or_else(|e| panic!("{e}"));
+            strait_certs::issue(self.dir.path(), name, Role::Client, &[])
+                .unwrap_or_else(|e| panic!("{e}"));
         }
-        strait_certs::client_config(&self.ca(), &self.path(&format!("{name}.crt")), &self.path(&format!("{name}.key")))
-            .unwrap_or_else(|e| panic!("{e}"))
+        strait_certs::client_config(
+            &self.ca(),
+            &self.path(&format!("{name}.crt")),
+            &self.path(&format!("{name}.key")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn client(&self, address: &str) -> Arc<Client> {
-        Client::new(ClientOptions::new(vec![address.to_string()], self.client_tls("app")))
+        Client::new(ClientOptions::new(
+            vec![address.to_string()],
+            self.client_tls("app"),
+        ))
     }
 }
 
@@ -81,7 +97,9 @@ impl Default for Pki {
 /// A free UDP port on loopback (bound, then released).
 pub fn free_udp_port() -> u16 {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    s.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
+    s.local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A `strait node run` child process.
@@ -101,7 +119,16 @@ impl NodeProcess {
         std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&config, config_toml).unwrap_or_else(|e| panic!("{e}"));
         let mut child = Command::new(strait_bin())
-            .args(["node", "run", "--cluster", cluster, "--node-id", "1", "--listen", &address])
+            .args([
+                "node",
+                "run",
+                "--cluster",
+                cluster,
+                "--node-id",
+                "1",
+                "--listen",
+                &address,
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--config")
@@ -138,11 +165,18 @@ impl NodeProcess {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.contains("listening on") => break,
-                _ if Instant::now() > deadline => panic!("node did not start; log: {:?}", log.lock()),
+                _ if Instant::now() > deadline => {
+                    panic!("node did not start; log: {:?}", log.lock())
+                }
                 _ => {}
             }
         }
-        NodeProcess { child, address, data_dir: data_dir.to_path_buf(), log }
+        NodeProcess {
+            child,
+            address,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
     }
 
     /// Kills the node with SIGKILL: no flush, no close.
@@ -153,7 +187,10 @@ impl NodeProcess {
 
     /// Stops the node with SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().is_ok_and(|s| s.success())
     }
 

@@ -6,8 +6,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -48,7 +48,10 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 
 /// Makes a new CA in `dir`: `ca.crt` and `ca.key` (mode 0600). Refuses to overwrite one.
 pub fn init_ca(dir: &Path) -> Result<(), CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Write { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| CertError::Write {
+        path: dir.into(),
+        source,
+    })?;
     let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     for path in [&crt, &key] {
         if path.exists() {
@@ -62,7 +65,11 @@ pub fn init_ca(dir: &Path) -> Result<(), CertError> {
     dn.push(DnType::OrganizationName, "Strait");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
@@ -72,9 +79,21 @@ pub fn init_ca(dir: &Path) -> Result<(), CertError> {
 }
 
 /// Issues `DIR/NAME.crt` and `DIR/NAME.key` for a role, valid for a year from now.
-pub fn issue(dir: &Path, name: &str, role: Role, hosts: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
+pub fn issue(
+    dir: &Path,
+    name: &str,
+    role: Role,
+    hosts: &[String],
+) -> Result<(PathBuf, PathBuf), CertError> {
     let now = OffsetDateTime::now_utc();
-    issue_with_validity(dir, name, role, hosts, now - Duration::hours(1), now + Duration::days(365))
+    issue_with_validity(
+        dir,
+        name,
+        role,
+        hosts,
+        now - Duration::hours(1),
+        now + Duration::days(365),
+    )
 }
 
 /// Issues a certificate with an explicit validity window (tests use it to make expired ones).
@@ -88,10 +107,17 @@ pub fn issue_with_validity(
 ) -> Result<(PathBuf, PathBuf), CertError> {
     let ca_crt = dir.join("ca.crt");
     let ca_key = dir.join("ca.key");
-    let ca_pem = fs::read_to_string(&ca_crt).map_err(|source| CertError::Read { path: ca_crt.clone(), source })?;
-    let key_pem = fs::read_to_string(&ca_key).map_err(|source| CertError::Read { path: ca_key.clone(), source })?;
+    let ca_pem = fs::read_to_string(&ca_crt).map_err(|source| CertError::Read {
+        path: ca_crt.clone(),
+        source,
+    })?;
+    let key_pem = fs::read_to_string(&ca_key).map_err(|source| CertError::Read {
+        path: ca_key.clone(),
+        source,
+    })?;
     let ca_pair = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&ca_key, "CA key", e))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_pair).map_err(|e| invalid(&ca_crt, "CA certificate", e))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_pair)
+        .map_err(|e| invalid(&ca_crt, "CA certificate", e))?;
 
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -103,16 +129,25 @@ pub fn issue_with_validity(
     params.not_after = not_after;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match role {
-        Role::Node => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
         Role::Client | Role::Mirror => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
     params.subject_alt_names = subject_alt_names(name, role, hosts)?;
     let key_pair = KeyPair::generate()?;
     let cert = params.signed_by(&key_pair, &issuer)?;
-    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     write_private(&key, key_pair.serialize_pem().as_bytes())?;
-    fs::write(&crt, cert.pem()).map_err(|source| CertError::Write { path: crt.clone(), source })?;
+    fs::write(&crt, cert.pem()).map_err(|source| CertError::Write {
+        path: crt.clone(),
+        source,
+    })?;
     Ok((crt, key))
 }
 
@@ -126,7 +161,10 @@ fn subject_alt_names(name: &str, role: Role, hosts: &[String]) -> Result<Vec<San
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             sans.push(SanType::IpAddress(ip));
         } else {
-            let dns = host.to_string().try_into().map_err(|_| CertError::BadHost(host.into()))?;
+            let dns = host
+                .to_string()
+                .try_into()
+                .map_err(|_| CertError::BadHost(host.into()))?;
             sans.push(SanType::DnsName(dns));
         }
     }
@@ -139,14 +177,26 @@ fn subject_alt_names(name: &str, role: Role, hosts: &[String]) -> Result<Vec<San
 }
 
 fn invalid(path: &Path, what: &'static str, e: rcgen::Error) -> CertError {
-    CertError::Invalid { path: path.into(), what, reason: e.to_string() }
+    CertError::Invalid {
+        path: path.into(),
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// Writes a key file readable by its owner only.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
         f.write_all(data)
     };
-    write().map_err(|source| CertError::Write { path: path.into(), source })
+    write().map_err(|source| CertError::Write {
+        path: path.into(),
+        source,
+    })
 }

@@ -25,7 +25,11 @@ pub struct CertInfo {
 /// Describes the first certificate of a PEM file.
 pub fn inspect(path: &Path) -> Result<CertInfo, CertError> {
     let certs = load_certs(path)?;
-    let invalid = |reason: String| CertError::Invalid { path: path.into(), what: "certificate", reason };
+    let invalid = |reason: String| CertError::Invalid {
+        path: path.into(),
+        what: "certificate",
+        reason,
+    };
     let (_, cert) = X509Certificate::from_der(&certs[0]).map_err(|e| invalid(e.to_string()))?;
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
@@ -44,9 +48,19 @@ pub fn inspect(path: &Path) -> Result<CertInfo, CertError> {
         .unwrap_or(0);
     let info = CertInfo {
         subject: cert.subject().to_string(),
-        common_name: cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).map(str::to_string),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string),
         issuer: cert.issuer().to_string(),
-        role: cert.subject().iter_organizational_unit().next().and_then(|a| a.as_str().ok()).map(str::to_string),
+        role: cert
+            .subject()
+            .iter_organizational_unit()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string),
         sans,
         is_ca: cert.is_ca(),
         not_before_unix: cert.validity().not_before.timestamp(),
@@ -59,7 +73,13 @@ pub fn inspect(path: &Path) -> Result<CertInfo, CertError> {
 /// The principal a certificate authenticates: its common name.
 pub fn principal_of(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     drop(cert);
     Some(cn)
 }
@@ -79,20 +99,36 @@ fn ip_string(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{init_ca, issue, server_config, client_config, Role};
+    use crate::{client_config, init_ca, issue, server_config, Role};
 
     #[test]
     fn a_ca_issues_certificates_that_inspect_and_configure() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        assert!(init_ca(dir.path()).is_err(), "an existing CA is never overwritten");
+        assert!(
+            init_ca(dir.path()).is_err(),
+            "an existing CA is never overwritten"
+        );
         let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
-        let (crt, key) = issue(dir.path(), "node-1", Role::Node, &["127.0.0.1".into(), "localhost".into()]).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
+        let (crt, key) = issue(
+            dir.path(),
+            "node-1",
+            Role::Node,
+            &["127.0.0.1".into(), "localhost".into()],
+        )
+        .unwrap();
         let info = inspect(&crt).unwrap();
         assert_eq!(info.common_name.as_deref(), Some("node-1"));
         assert_eq!(info.role.as_deref(), Some("node"));
-        assert!(info.sans.contains(&"IP:127.0.0.1".to_string()), "{:?}", info.sans);
+        assert!(
+            info.sans.contains(&"IP:127.0.0.1".to_string()),
+            "{:?}",
+            info.sans
+        );
         assert!(info.expires_in_seconds > 300 * 24 * 3600);
         server_config(&dir.path().join("ca.crt"), &crt, &key).unwrap();
         let (ccrt, ckey) = issue(dir.path(), "app", Role::Client, &[]).unwrap();

@@ -13,22 +13,34 @@ use std::path::PathBuf;
 
 pub use authority::{init_ca, issue, issue_with_validity, Role};
 pub use inspect::{inspect, principal_of, CertInfo};
-pub use tls::{client_config, client_config_without_identity, load_certs, load_key, server_config, ALPN};
+pub use tls::{
+    client_config, client_config_without_identity, load_certs, load_key, server_config, ALPN,
+};
 
 /// Why a certificate operation failed; each message names the file and the fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertError {
     #[error("cannot read {path}: {source}; check the path and permissions")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} already exists; remove it or use another --dir to make a new CA")]
     Exists { path: PathBuf },
     #[error("{path} holds no {what} in PEM form; pass the right file")]
     NoPem { path: PathBuf, what: &'static str },
     #[error("{path} is not a valid {what}: {reason}")]
-    Invalid { path: PathBuf, what: &'static str, reason: String },
+    Invalid {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS setup failed: {0}")]

@@ -21,27 +21,45 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Loads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let raw = std::fs::read(path).map_err(|source| CertError::Read { path: path.into(), source })?;
+    let raw = std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.into(),
+        source,
+    })?;
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&raw).collect();
-    let certs = certs.map_err(|e| CertError::Invalid { path: path.into(), what: "certificate", reason: e.to_string() })?;
+    let certs = certs.map_err(|e| CertError::Invalid {
+        path: path.into(),
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(CertError::NoPem { path: path.into(), what: "certificate" });
+        return Err(CertError::NoPem {
+            path: path.into(),
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
 
 /// Loads the private key from a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
-    let raw = std::fs::read(path).map_err(|source| CertError::Read { path: path.into(), source })?;
-    PrivateKeyDer::from_pem_slice(&raw).map_err(|_| CertError::NoPem { path: path.into(), what: "private key" })
+    let raw = std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.into(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&raw).map_err(|_| CertError::NoPem {
+        path: path.into(),
+        what: "private key",
+    })
 }
 
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, CertError> {
     let mut store = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        store
-            .add(cert)
-            .map_err(|e| CertError::Invalid { path: ca.into(), what: "CA certificate", reason: e.to_string() })?;
+        store.add(cert).map_err(|e| CertError::Invalid {
+            path: ca.into(),
+            what: "CA certificate",
+            reason: e.to_string(),
+        })?;
     }
     Ok(Arc::new(store))
 }

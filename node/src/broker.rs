@@ -53,10 +53,19 @@ pub struct Broker {
 
 impl Broker {
     /// Opens every topic found under `data_dir`, recovering each partition log.
-    pub fn open(cluster: &str, node_id: u32, data_dir: &Path, defaults: LogConfig) -> anyhow::Result<Arc<Broker>> {
+    pub fn open(
+        cluster: &str,
+        node_id: u32,
+        data_dir: &Path,
+        defaults: LogConfig,
+    ) -> anyhow::Result<Arc<Broker>> {
         let topics_dir = data_dir.join("topics");
-        fs::create_dir_all(&topics_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}; check --data-dir", topics_dir.display()))?;
+        fs::create_dir_all(&topics_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create {}: {e}; check --data-dir",
+                topics_dir.display()
+            )
+        })?;
         let broker = Broker {
             cluster: cluster.into(),
             node_id,
@@ -83,26 +92,48 @@ impl Broker {
                 }
             };
             let file: TopicFile = serde_json::from_slice(&raw)?;
-            let config = broker.defaults.clone().with_settings(file.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(String::as_str))?;
+            let config = broker.defaults.clone().with_settings(
+                file.settings
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            )?;
             let t = broker.open_topic(topic.clone(), file.partitions, config)?;
             broker.topics.insert(topic, Arc::new(t));
         }
-        info!(cluster, node_id, topics = broker.topics.len(), "broker opened");
+        info!(
+            cluster,
+            node_id,
+            topics = broker.topics.len(),
+            "broker opened"
+        );
         Ok(Arc::new(broker))
     }
 
-    fn open_topic(&self, name: TopicName, partitions: u32, config: LogConfig) -> anyhow::Result<Topic> {
+    fn open_topic(
+        &self,
+        name: TopicName,
+        partitions: u32,
+        config: LogConfig,
+    ) -> anyhow::Result<Topic> {
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let dir = self.topic_dir(&name).join(p.to_string());
-            let (log, report) = PartitionLog::open(&dir, &format!("{name}/{p}"), config.clone(), now_ms())?;
+            let (log, report) =
+                PartitionLog::open(&dir, &format!("{name}/{p}"), config.clone(), now_ms())?;
             if let Some((offset, reason)) = report.truncated {
                 warn!(topic = %name, partition = p, first_lost_offset = offset.0, %reason, "recovery truncated a torn tail");
             }
             let (grown, _) = watch::channel(log.high_watermark().0);
             parts.push(Arc::new(Partition { log, grown }));
         }
-        Ok(Topic { name, config, partitions: parts })
+        Ok(Topic {
+            name,
+            config,
+            partitions: parts,
+        })
     }
 
     fn topic_dir(&self, name: &TopicName) -> PathBuf {
@@ -110,7 +141,8 @@ impl Broker {
     }
 
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, WireError> {
-        let parsed = TopicName::new(name).map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
+        let parsed = TopicName::new(name)
+            .map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
         self.topics.get(&parsed).map(|t| t.clone()).ok_or_else(|| {
             WireError::new(
                 ErrorCode::UNKNOWN_TOPIC,
@@ -136,8 +168,14 @@ impl Broker {
     }
 
     /// Creates a topic; its settings are the node defaults overridden by `settings`.
-    pub fn create_topic(&self, name: &str, partitions: u32, settings: &[(String, String)]) -> Result<Arc<Topic>, WireError> {
-        let parsed = TopicName::new(name).map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: &[(String, String)],
+    ) -> Result<Arc<Topic>, WireError> {
+        let parsed = TopicName::new(name)
+            .map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
         if partitions == 0 || partitions > PARTITIONS_MAX {
             return Err(WireError::new(
                 ErrorCode::INVALID_REQUEST,
@@ -154,13 +192,25 @@ impl Broker {
         if let dashmap::Entry::Occupied(_) = entry {
             return Err(WireError::new(ErrorCode::TOPIC_EXISTS, format!("topic {name:?} already exists; describe it with `strait topic describe {name}`")));
         }
-        let storage = |e: &dyn std::fmt::Display| WireError::new(ErrorCode::STORAGE, format!("cannot create topic {name:?}: {e}"));
+        let storage = |e: &dyn std::fmt::Display| {
+            WireError::new(
+                ErrorCode::STORAGE,
+                format!("cannot create topic {name:?}: {e}"),
+            )
+        };
         let dir = self.topic_dir(&parsed);
         fs::create_dir_all(&dir).map_err(|e| storage(&e))?;
-        let file = TopicFile { partitions, settings: settings.to_vec() };
+        let file = TopicFile {
+            partitions,
+            settings: settings.to_vec(),
+        };
         let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
-        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw).map_err(|e| storage(&e))?;
-        let topic = Arc::new(self.open_topic(parsed, partitions, config).map_err(|e| storage(&e))?);
+        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
+            .map_err(|e| storage(&e))?;
+        let topic = Arc::new(
+            self.open_topic(parsed, partitions, config)
+                .map_err(|e| storage(&e))?,
+        );
         entry.or_insert(topic.clone());
         info!(topic = name, partitions, "topic created");
         Ok(topic)
@@ -172,7 +222,12 @@ impl Broker {
         self.topics.remove(&topic.name);
         let dir = self.topic_dir(&topic.name);
         let doomed = dir.with_file_name(format!("{name}.deleted-{}", now_ms()));
-        fs::rename(&dir, &doomed).map_err(|e| WireError::new(ErrorCode::STORAGE, format!("cannot delete topic {name:?}: {e}")))?;
+        fs::rename(&dir, &doomed).map_err(|e| {
+            WireError::new(
+                ErrorCode::STORAGE,
+                format!("cannot delete topic {name:?}: {e}"),
+            )
+        })?;
         std::thread::spawn(move || {
             drop(topic);
             let _ = fs::remove_dir_all(doomed);
@@ -208,7 +263,14 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot start the maintenance thread: {e}"));
     }
 
-    fn maintain(&self, t: &Topic, p: &Partition, now: i64, check: bool, last_flush: &mut BTreeMap<String, i64>) {
+    fn maintain(
+        &self,
+        t: &Topic,
+        p: &Partition,
+        now: i64,
+        check: bool,
+        last_flush: &mut BTreeMap<String, i64>,
+    ) {
         let log = &p.log;
         if let FlushPolicy::IntervalMs(ms) = t.config.flush {
             let last = last_flush.entry(log.name().to_string()).or_insert(now);
@@ -229,8 +291,13 @@ impl Broker {
             }
             if t.config.cleanup.compact {
                 match compaction::clean(log, now) {
-                    Ok(s) if s.segments_cleaned > 0 => info!(log = log.name(), cleaned = s.segments_cleaned,
-                        records_before = s.records_before, records_after = s.records_after, "compacted"),
+                    Ok(s) if s.segments_cleaned > 0 => info!(
+                        log = log.name(),
+                        cleaned = s.segments_cleaned,
+                        records_before = s.records_before,
+                        records_after = s.records_after,
+                        "compacted"
+                    ),
                     Ok(_) => {}
                     Err(e) => warn!(log = log.name(), error = %e, "compaction failed"),
                 }

@@ -19,7 +19,8 @@ use strait_protocol::client::conn::read_frame;
 use strait_protocol::client::ClientError;
 use strait_protocol::frame::{self, FrameError, FrameLimits};
 use strait_protocol::message::{
-    Metadata, NodeInfo, OffsetSpec, PartitionInfo, PartitionStats, TopicDescription, TopicInfo, VERSION_MAX, VERSION_MIN,
+    Metadata, NodeInfo, OffsetSpec, PartitionInfo, PartitionStats, TopicDescription, TopicInfo,
+    VERSION_MAX, VERSION_MIN,
 };
 use strait_protocol::transport::{transport_config, TransportLimits};
 use strait_protocol::{Acks, ErrorCode, Offset, Request, Response, WireError};
@@ -61,11 +62,17 @@ impl Server {
     pub fn start(broker: Arc<Broker>, config: ListenConfig) -> anyhow::Result<Server> {
         let tls = strait_certs::server_config(&config.ca, &config.cert, &config.key)
             .context("cannot build the node's TLS config; check --ca, --cert and --key")?;
-        let quic = QuicServerConfig::try_from(tls).context("the TLS config is not usable for QUIC")?;
+        let quic =
+            QuicServerConfig::try_from(tls).context("the TLS config is not usable for QUIC")?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(transport_config(&config.transport));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .with_context(|| format!("cannot listen on {}; is another process using it?", config.listen))?;
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.listen).with_context(|| {
+                format!(
+                    "cannot listen on {}; is another process using it?",
+                    config.listen
+                )
+            })?;
         let local_addr = endpoint.local_addr()?;
         info!(listen = %local_addr, cluster = %broker.cluster, node = broker.node_id, "listening");
         let ctx = Arc::new(Ctx { broker, config });
@@ -75,7 +82,10 @@ impl Server {
                 tokio::spawn(handle_connection(incoming, ctx.clone()));
             }
         });
-        Ok(Server { endpoint, local_addr })
+        Ok(Server {
+            endpoint,
+            local_addr,
+        })
     }
 
     /// Stops accepting, closes connections and waits briefly for them to go.
@@ -87,17 +97,18 @@ impl Server {
 
 async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     let peer = incoming.remote_address();
-    let conn = match tokio::time::timeout(ctx.config.handshake_timeout, async { incoming.await }).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            warn!(%peer, reason = %e, "TLS handshake failed; connection refused");
-            return;
-        }
-        Err(_) => {
-            warn!(%peer, "TLS handshake timed out; connection dropped");
-            return;
-        }
-    };
+    let conn =
+        match tokio::time::timeout(ctx.config.handshake_timeout, async { incoming.await }).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!(%peer, reason = %e, "TLS handshake failed; connection refused");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, "TLS handshake timed out; connection dropped");
+                return;
+            }
+        };
     let principal = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -113,7 +124,13 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(handle_stream(send, recv, ctx.clone(), hello.clone(), principal.clone()));
+                tokio::spawn(handle_stream(
+                    send,
+                    recv,
+                    ctx.clone(),
+                    hello.clone(),
+                    principal.clone(),
+                ));
             }
             Err(e) => {
                 debug!(%peer, %principal, reason = %e, "connection closed");
@@ -130,12 +147,26 @@ async fn handle_stream(
     hello: Arc<AtomicBool>,
     principal: Arc<str>,
 ) {
-    let read = tokio::time::timeout(ctx.config.request_read_timeout, read_frame::<Request>(&mut recv, &ctx.config.frame_limits));
+    let read = tokio::time::timeout(
+        ctx.config.request_read_timeout,
+        read_frame::<Request>(&mut recv, &ctx.config.frame_limits),
+    );
     let (response, payload) = match read.await {
-        Err(_) => (error(ErrorCode::TIMEOUT, format!("request not received within {:?}", ctx.config.request_read_timeout)), Vec::new()),
+        Err(_) => (
+            error(
+                ErrorCode::TIMEOUT,
+                format!(
+                    "request not received within {:?}",
+                    ctx.config.request_read_timeout
+                ),
+            ),
+            Vec::new(),
+        ),
         Ok(Err(ClientError::Frame(e))) => {
             let code = match e {
-                FrameError::TooLarge { .. } | FrameError::HeaderTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+                FrameError::TooLarge { .. } | FrameError::HeaderTooLarge { .. } => {
+                    ErrorCode::FRAME_TOO_LARGE
+                }
                 _ => ErrorCode::MALFORMED_FRAME,
             };
             warn!(%principal, error = %e, "bad frame");
@@ -155,7 +186,9 @@ async fn handle_stream(
         }
     };
     let len: usize = payload.iter().map(Bytes::len).sum();
-    let Ok(head) = frame::encode(&response, len) else { return };
+    let Ok(head) = frame::encode(&response, len) else {
+        return;
+    };
     if send.write_chunk(head).await.is_err() {
         return;
     }
@@ -169,14 +202,27 @@ async fn handle_stream(
 
 type Answer = (Response, Vec<Bytes>);
 
-async fn dispatch(ctx: &Ctx, hello: &AtomicBool, principal: &str, request: Request, payload: Bytes) -> Result<Answer, WireError> {
+async fn dispatch(
+    ctx: &Ctx,
+    hello: &AtomicBool,
+    principal: &str,
+    request: Request,
+    payload: Bytes,
+) -> Result<Answer, WireError> {
     let broker = &ctx.broker;
     if !matches!(request, Request::Hello { .. }) && !hello.load(Ordering::Acquire) {
-        return Err(WireError::new(ErrorCode::HELLO_REQUIRED, "send Hello first on a new connection"));
+        return Err(WireError::new(
+            ErrorCode::HELLO_REQUIRED,
+            "send Hello first on a new connection",
+        ));
     }
     let plain = |r: Response| Ok((r, Vec::new()));
     match request {
-        Request::Hello { version_min, version_max, .. } => {
+        Request::Hello {
+            version_min,
+            version_max,
+            ..
+        } => {
             if version_max < VERSION_MIN || version_min > VERSION_MAX {
                 return Err(WireError::new(
                     ErrorCode::UNSUPPORTED_VERSION,
@@ -192,7 +238,11 @@ async fn dispatch(ctx: &Ctx, hello: &AtomicBool, principal: &str, request: Reque
             })
         }
         Request::Metadata { topics } => plain(Response::Metadata(metadata(ctx, topics))),
-        Request::CreateTopic { name, partitions, configs } => {
+        Request::CreateTopic {
+            name,
+            partitions,
+            configs,
+        } => {
             broker.create_topic(&name, partitions, &configs)?;
             plain(Response::TopicCreated { name, partitions })
         }
@@ -200,12 +250,38 @@ async fn dispatch(ctx: &Ctx, hello: &AtomicBool, principal: &str, request: Reque
             broker.delete_topic(&name)?;
             plain(Response::TopicDeleted { name })
         }
-        Request::DescribeTopic { name } => plain(Response::TopicDescription(describe(broker, &name)?)),
-        Request::Produce { topic, partition, acks } => produce(broker, &topic, partition, acks, payload).await,
-        Request::Fetch { topic, partition, offset, max_wait_ms, min_bytes, max_bytes } => {
-            fetch(broker, &topic, partition, Offset(offset), max_wait_ms, min_bytes, max_bytes).await
+        Request::DescribeTopic { name } => {
+            plain(Response::TopicDescription(describe(broker, &name)?))
         }
-        Request::ListOffsets { topic, partition, spec } => {
+        Request::Produce {
+            topic,
+            partition,
+            acks,
+        } => produce(broker, &topic, partition, acks, payload).await,
+        Request::Fetch {
+            topic,
+            partition,
+            offset,
+            max_wait_ms,
+            min_bytes,
+            max_bytes,
+        } => {
+            fetch(
+                broker,
+                &topic,
+                partition,
+                Offset(offset),
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+            )
+            .await
+        }
+        Request::ListOffsets {
+            topic,
+            partition,
+            spec,
+        } => {
             let p = broker.partition(&topic, partition)?;
             let (offset, timestamp_ms) = match spec {
                 OffsetSpec::Earliest => (p.log.log_start(), None),
@@ -217,11 +293,22 @@ async fn dispatch(ctx: &Ctx, hello: &AtomicBool, principal: &str, request: Reque
                         None => (log.high_watermark(), None),
                     }
                 }
-                _ => return Err(WireError::new(ErrorCode::INVALID_REQUEST, "unknown offset spec; upgrade the node")),
+                _ => {
+                    return Err(WireError::new(
+                        ErrorCode::INVALID_REQUEST,
+                        "unknown offset spec; upgrade the node",
+                    ))
+                }
             };
-            plain(Response::Offsets { offset: offset.0, timestamp_ms })
+            plain(Response::Offsets {
+                offset: offset.0,
+                timestamp_ms,
+            })
         }
-        _ => Err(WireError::new(ErrorCode::INVALID_REQUEST, "this node does not know that request; upgrade it")),
+        _ => Err(WireError::new(
+            ErrorCode::INVALID_REQUEST,
+            "this node does not know that request; upgrade it",
+        )),
     }
 }
 
@@ -230,7 +317,11 @@ fn metadata(ctx: &Ctx, filter: Option<Vec<String>>) -> Metadata {
     let topics = broker
         .topics()
         .into_iter()
-        .filter(|t| filter.as_ref().is_none_or(|f| f.iter().any(|n| n == t.name.as_str())))
+        .filter(|t| {
+            filter
+                .as_ref()
+                .is_none_or(|f| f.iter().any(|n| n == t.name.as_str()))
+        })
         .map(|t| TopicInfo {
             name: t.name.to_string(),
             partitions: (0..t.partitions.len() as u32)
@@ -246,7 +337,10 @@ fn metadata(ctx: &Ctx, filter: Option<Vec<String>>) -> Metadata {
         .collect();
     Metadata {
         cluster: broker.cluster.clone(),
-        nodes: vec![NodeInfo { id: broker.node_id, address: ctx.config.advertised.clone() }],
+        nodes: vec![NodeInfo {
+            id: broker.node_id,
+            address: ctx.config.advertised.clone(),
+        }],
         topics,
     }
 }
@@ -271,16 +365,33 @@ fn describe(broker: &Broker, name: &str) -> Result<TopicDescription, WireError> 
             }
         })
         .collect();
-    Ok(TopicDescription { name: t.name.to_string(), configs: t.config.to_pairs(), partitions })
+    Ok(TopicDescription {
+        name: t.name.to_string(),
+        configs: t.config.to_pairs(),
+        partitions,
+    })
 }
 
-async fn produce(broker: &Broker, topic: &str, partition: u32, acks: Acks, payload: Bytes) -> Result<Answer, WireError> {
+async fn produce(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    acks: Acks,
+    payload: Bytes,
+) -> Result<Answer, WireError> {
     let t = broker.topic(topic)?;
     let p = broker.partition(topic, partition)?;
-    let batches = split_batches(payload, &t.config.decode_limits())
-        .map_err(|e| WireError::new(ErrorCode::CORRUPT_BATCH, format!("{topic}/{partition}: {e}")))?;
+    let batches = split_batches(payload, &t.config.decode_limits()).map_err(|e| {
+        WireError::new(
+            ErrorCode::CORRUPT_BATCH,
+            format!("{topic}/{partition}: {e}"),
+        )
+    })?;
     if batches.is_empty() {
-        return Err(WireError::new(ErrorCode::INVALID_REQUEST, "produce carried no batch; send at least one record"));
+        return Err(WireError::new(
+            ErrorCode::INVALID_REQUEST,
+            "produce carried no batch; send at least one record",
+        ));
     }
     let p2 = p.clone();
     let append = move || -> Result<(u64, u64), LogError> {
@@ -307,7 +418,14 @@ async fn produce(broker: &Broker, topic: &str, partition: u32, acks: Acks, paylo
     if acks == Acks::None {
         return Ok((Response::Ack, Vec::new()));
     }
-    Ok((Response::Produced { base_offset, last_offset, log_start: p.log.log_start().0 }, Vec::new()))
+    Ok((
+        Response::Produced {
+            base_offset,
+            last_offset,
+            log_start: p.log.log_start().0,
+        },
+        Vec::new(),
+    ))
 }
 
 fn wake(p: &Partition) {
@@ -329,7 +447,8 @@ async fn fetch(
     max_bytes: u32,
 ) -> Result<Answer, WireError> {
     let p = broker.partition(topic, partition)?;
-    let deadline = Instant::now() + Duration::from_millis(u64::from(max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::from(max_wait_ms.min(FETCH_WAIT_MS_MAX)));
     let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
     let mut grown: watch::Receiver<u64> = p.grown.subscribe();
     loop {
@@ -337,7 +456,10 @@ async fn fetch(
         let read = p.log.read(offset, max_bytes).map_err(log_error)?;
         let enough = read.batches.len() >= min_bytes.max(1) as usize;
         if enough || Instant::now() >= deadline {
-            let response = Response::Fetched { high_watermark: read.high_watermark.0, log_start: read.log_start.0 };
+            let response = Response::Fetched {
+                high_watermark: read.high_watermark.0,
+                log_start: read.log_start.0,
+            };
             return Ok((response, vec![read.batches]));
         }
         let wait = deadline.saturating_duration_since(Instant::now());

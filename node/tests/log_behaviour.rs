@@ -1,5 +1,7 @@
 //! The partition log against a simple in-memory model, and against damaged files.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -20,18 +22,34 @@ fn batch_of(values: &[(Option<String>, Option<Vec<u8>>)], ts: i64) -> RecordBatc
 }
 
 fn simple_batch(tag: u64, records: usize) -> RecordBatch {
-    let values: Vec<_> = (0..records).map(|i| (Some(format!("k{}", i % 3)), Some(format!("{tag}-{i}").into_bytes()))).collect();
+    let values: Vec<_> = (0..records)
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 3)),
+                Some(format!("{tag}-{i}").into_bytes()),
+            )
+        })
+        .collect();
     batch_of(&values, 1_000 + tag as i64)
 }
 
 /// A batch of `records` records of 100 bytes each.
 fn padded_batch(tag: u64, records: usize) -> RecordBatch {
-    let values: Vec<_> = (0..records).map(|i| (None, Some(format!("{tag}-{i}-{}", "x".repeat(90)).into_bytes()))).collect();
+    let values: Vec<_> = (0..records)
+        .map(|i| {
+            (
+                None,
+                Some(format!("{tag}-{i}-{}", "x".repeat(90)).into_bytes()),
+            )
+        })
+        .collect();
     batch_of(&values, 1_000 + tag as i64)
 }
 
 fn config(settings: &[&str]) -> LogConfig {
-    LogConfig::default().with_settings(settings.iter().copied()).unwrap()
+    LogConfig::default()
+        .with_settings(settings.iter().copied())
+        .unwrap()
 }
 
 /// Every record from `from` to the high watermark, as (offset, value).
@@ -191,11 +209,17 @@ fn a_flipped_bit_in_a_sealed_segment_is_an_error_on_read() {
     }
     assert!(log.stats().segments > 2);
     let path = dir.path().join(format!("{:020}.log", 0));
-    let file = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     let mut byte = [0u8; 1];
     file.read_exact_at(&mut byte, 300).unwrap();
     file.write_all_at(&[byte[0] ^ 0x04], 300).unwrap();
-    let err = (0..10).find_map(|o| log.read(Offset(o), 1 << 20).err()).expect("the corruption is noticed");
+    let err = (0..10)
+        .find_map(|o| log.read(Offset(o), 1 << 20).err())
+        .expect("the corruption is noticed");
     assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("CRC mismatch"), "{err}");
 }
@@ -219,7 +243,10 @@ fn missing_truncated_and_garbage_indexes_are_rebuilt() {
     indexes.sort();
     assert!(indexes.len() >= 3);
     fs::remove_file(&indexes[0]).unwrap();
-    let f = fs::OpenOptions::new().write(true).open(&indexes[1]).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&indexes[1])
+        .unwrap();
     f.set_len(f.metadata().unwrap().len() - 3).unwrap();
     fs::write(&indexes[2], [0xffu8; 16]).unwrap();
     let (log, report) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
@@ -244,20 +271,31 @@ fn a_zero_length_segment_file_is_handled() {
     fs::write(dir.path().join(format!("{:020}.log", 2)), b"").unwrap();
     let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
     assert_eq!(log.log_end(), Offset(2));
-    assert_eq!(log.append(simple_batch(2, 1), 0).unwrap().base_offset, Offset(2));
+    assert_eq!(
+        log.append(simple_batch(2, 1), 0).unwrap().base_offset,
+        Offset(2)
+    );
     assert_eq!(read_all(&log, Offset(0)).len(), 3);
 }
 
 #[test]
 fn reads_by_timestamp_find_the_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = PartitionLog::open(dir.path(), "t/0", config(&["segment.bytes=4096"]), 0).unwrap();
+    let (log, _) =
+        PartitionLog::open(dir.path(), "t/0", config(&["segment.bytes=4096"]), 0).unwrap();
     for tag in 0..50u64 {
         let values = vec![(None, Some(vec![1u8; 100])), (None, Some(vec![2u8; 100]))];
-        log.append(batch_of(&values, 10_000 + tag as i64 * 10), 0).unwrap();
+        log.append(batch_of(&values, 10_000 + tag as i64 * 10), 0)
+            .unwrap();
     }
-    assert_eq!(log.offset_for_timestamp(10_000).unwrap(), Some((Offset(0), 10_000)));
-    assert_eq!(log.offset_for_timestamp(10_205).unwrap(), Some((Offset(42), 10_210)));
+    assert_eq!(
+        log.offset_for_timestamp(10_000).unwrap(),
+        Some((Offset(0), 10_000))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(10_205).unwrap(),
+        Some((Offset(42), 10_210))
+    );
     assert_eq!(log.offset_for_timestamp(99_999).unwrap(), None);
 }
 
@@ -287,7 +325,11 @@ fn retention_by_time_deletes_old_segments_and_reports_the_valid_range() {
 #[test]
 fn compaction_keeps_exactly_the_latest_value_per_key_at_its_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&["segment.bytes=1048576", "cleanup.policy=compact", "delete.retention.ms=1000"]);
+    let cfg = config(&[
+        "segment.bytes=1048576",
+        "cleanup.policy=compact",
+        "delete.retention.ms=1000",
+    ]);
     let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
     const KEYS: u64 = 10_000;
     const RECORDS: u64 = 1_000_000;
@@ -297,7 +339,12 @@ fn compaction_keeps_exactly_the_latest_value_per_key_at_its_offset() {
         let mut b = BatchBuilder::new(Compression::Lz4);
         for _ in 0..500 {
             let key = (offset * 7919) % KEYS;
-            b.push(100, Some(format!("key-{key}").as_bytes()), Some(format!("v{offset}").as_bytes()), &[]);
+            b.push(
+                100,
+                Some(format!("key-{key}").as_bytes()),
+                Some(format!("v{offset}").as_bytes()),
+                &[],
+            );
             latest.insert(key, offset);
             offset += 1;
         }
@@ -313,19 +360,34 @@ fn compaction_keeps_exactly_the_latest_value_per_key_at_its_offset() {
     log.append(b.finish(), 0).unwrap();
     // Roll so every record above sits in a sealed segment.
     let roll_offset = offset;
-    log.append(batch_of(&[(Some("roll".into()), Some(vec![0u8; 2_000_000]))], 100), 0).unwrap();
+    log.append(
+        batch_of(&[(Some("roll".into()), Some(vec![0u8; 2_000_000]))], 100),
+        0,
+    )
+    .unwrap();
 
     let stats = compaction::clean(&log, 500).unwrap();
     assert!(stats.segments_cleaned > 0);
     let latest_offsets: std::collections::HashSet<u64> = latest.values().copied().collect();
-    let kept: std::collections::BTreeMap<u64, Option<Bytes>> =
-        read_all(&log, Offset(0)).into_iter().filter(|(o, _)| *o != roll_offset).collect();
+    let kept: std::collections::BTreeMap<u64, Option<Bytes>> = read_all(&log, Offset(0))
+        .into_iter()
+        .filter(|(o, _)| *o != roll_offset)
+        .collect();
     for o in kept.keys() {
-        assert!(latest_offsets.contains(o), "offset {o} is not the latest of any key");
+        assert!(
+            latest_offsets.contains(o),
+            "offset {o} is not the latest of any key"
+        );
     }
-    assert_eq!(kept.len() as u64, KEYS, "one record per key, tombstones still inside delete.retention.ms");
+    assert_eq!(
+        kept.len() as u64,
+        KEYS,
+        "one record per key, tombstones still inside delete.retention.ms"
+    );
     for (key, o) in &latest {
-        let v = kept.get(o).unwrap_or_else(|| panic!("latest offset {o} of key {key} is kept"));
+        let v = kept
+            .get(o)
+            .unwrap_or_else(|| panic!("latest offset {o} of key {key} is kept"));
         if *key < 100 {
             assert_eq!(*v, None, "a tombstone is kept until its retention");
         } else {
@@ -338,7 +400,11 @@ fn compaction_keeps_exactly_the_latest_value_per_key_at_its_offset() {
     let after = read_all(&log, Offset(0));
     assert_eq!(after.len() as u64, KEYS - 100 + 1);
     assert!(after.iter().all(|(_, v)| v.is_some()));
-    assert_eq!(log.log_end(), Offset(roll_offset + 1), "offsets are unchanged");
+    assert_eq!(
+        log.log_end(),
+        Offset(roll_offset + 1),
+        "offsets are unchanged"
+    );
 }
 
 #[test]
@@ -352,7 +418,11 @@ fn an_interrupted_clean_leaves_the_log_complete() {
     let want = read_all(&log, Offset(0));
     drop(log);
     // A crash while writing the copy leaves a partial `.cleaned` file and no index.
-    fs::write(dir.path().join(format!("{:020}.log.cleaned", 0)), b"partial garbage").unwrap();
+    fs::write(
+        dir.path().join(format!("{:020}.log.cleaned", 0)),
+        b"partial garbage",
+    )
+    .unwrap();
     let _ = fs::remove_file(dir.path().join(format!("{:020}.index", 0)));
     let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
     assert_eq!(read_all(&log, Offset(0)), want);

@@ -61,7 +61,9 @@ const ATTR_KNOWN: u16 = ATTR_CODEC_MASK | ATTR_LOG_APPEND_TIME | ATTR_PROVENANCE
 pub const RECORD_COUNT_MAX: u32 = 1 << 20;
 
 /// Compression applied to the records section of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[non_exhaustive]
 pub enum Compression {
     #[default]
@@ -96,7 +98,9 @@ impl std::str::FromStr for Compression {
             "none" => Ok(Compression::None),
             "lz4" => Ok(Compression::Lz4),
             "zstd" => Ok(Compression::Zstd),
-            other => Err(format!("unknown compression {other:?}; use none, lz4 or zstd")),
+            other => Err(format!(
+                "unknown compression {other:?}; use none, lz4 or zstd"
+            )),
         }
     }
 }
@@ -112,7 +116,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { batch_bytes_max: 16 << 20, batch_bytes_decompressed_max: 64 << 20 }
+        DecodeLimits {
+            batch_bytes_max: 16 << 20,
+            batch_bytes_decompressed_max: 64 << 20,
+        }
     }
 }
 
@@ -155,7 +162,11 @@ pub enum DecodeError {
     #[error("batch magic {0} is not supported (expected {MAGIC}); upgrade the client or node")]
     BadMagic(u8),
     #[error("batch CRC mismatch at base offset {base_offset}: stored {stored:#010x}, computed {computed:#010x}; the bytes were corrupted")]
-    CrcMismatch { base_offset: u64, stored: u32, computed: u32 },
+    CrcMismatch {
+        base_offset: u64,
+        stored: u32,
+        computed: u32,
+    },
     #[error("batch attributes {0:#06x} carry unknown bits or codec")]
     BadAttributes(u16),
     #[error("batch declares {count} records; must be 1..={RECORD_COUNT_MAX} and at most last offset delta + 1 ({span})")]
@@ -188,7 +199,10 @@ impl RecordBatch {
             });
         }
         if bytes.len() < HEADER_LEN {
-            return Err(DecodeError::Truncated { needed: HEADER_LEN, available: bytes.len() });
+            return Err(DecodeError::Truncated {
+                needed: HEADER_LEN,
+                available: bytes.len(),
+            });
         }
         if bytes[AT_MAGIC] != MAGIC {
             return Err(DecodeError::BadMagic(bytes[AT_MAGIC]));
@@ -203,7 +217,9 @@ impl RecordBatch {
             });
         }
         let attributes = read_u16(&bytes, AT_ATTRIBUTES);
-        if attributes & !ATTR_KNOWN != 0 || Compression::from_code(attributes & ATTR_CODEC_MASK).is_none() {
+        if attributes & !ATTR_KNOWN != 0
+            || Compression::from_code(attributes & ATTR_CODEC_MASK).is_none()
+        {
             return Err(DecodeError::BadAttributes(attributes));
         }
         let count = read_u32(&bytes, AT_RECORD_COUNT);
@@ -216,7 +232,10 @@ impl RecordBatch {
         } else {
             0
         };
-        Ok(RecordBatch { bytes, provenance_len })
+        Ok(RecordBatch {
+            bytes,
+            provenance_len,
+        })
     }
 
     /// The batch's bytes as stored and sent.
@@ -254,7 +273,8 @@ impl RecordBatch {
     }
 
     pub fn compression(&self) -> Compression {
-        Compression::from_code(read_u16(&self.bytes, AT_ATTRIBUTES) & ATTR_CODEC_MASK).unwrap_or_default()
+        Compression::from_code(read_u16(&self.bytes, AT_ATTRIBUTES) & ATTR_CODEC_MASK)
+            .unwrap_or_default()
     }
 
     pub fn first_timestamp_ms(&self) -> i64 {
@@ -270,7 +290,10 @@ impl RecordBatch {
     }
 
     pub fn producer_epoch(&self) -> i16 {
-        i16::from_le_bytes([self.bytes[AT_PRODUCER_EPOCH], self.bytes[AT_PRODUCER_EPOCH + 1]])
+        i16::from_le_bytes([
+            self.bytes[AT_PRODUCER_EPOCH],
+            self.bytes[AT_PRODUCER_EPOCH + 1],
+        ])
     }
 
     pub fn base_sequence(&self) -> i32 {
@@ -301,7 +324,10 @@ impl RecordBatch {
         };
         bytes[AT_BASE_OFFSET..AT_BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_le_bytes());
         bytes[AT_LEADER_EPOCH..AT_LEADER_EPOCH + 4].copy_from_slice(&epoch.0.to_le_bytes());
-        RecordBatch { bytes: bytes.freeze(), provenance_len: self.provenance_len }
+        RecordBatch {
+            bytes: bytes.freeze(),
+            provenance_len: self.provenance_len,
+        }
     }
 
     /// Decodes every record, decompressing at most `decompressed_max` bytes.
@@ -315,7 +341,9 @@ impl RecordBatch {
         let raw = self.bytes.slice(start..);
         let declared = read_u32(&self.bytes, AT_RECORDS_SIZE);
         if declared > decompressed_max {
-            return Err(DecodeError::DecompressedTooLarge { max: decompressed_max });
+            return Err(DecodeError::DecompressedTooLarge {
+                max: decompressed_max,
+            });
         }
         let declared = declared as usize;
         let out = match self.compression() {
@@ -344,25 +372,40 @@ impl RecordBatch {
 /// [`LENGTH_PREFIX_LEN`] bytes. Fails before anything is allocated for an oversized batch.
 pub fn total_len(buf: &[u8], limits: &DecodeLimits) -> Result<usize, DecodeError> {
     if buf.len() < LENGTH_PREFIX_LEN {
-        return Err(DecodeError::Truncated { needed: LENGTH_PREFIX_LEN, available: buf.len() });
+        return Err(DecodeError::Truncated {
+            needed: LENGTH_PREFIX_LEN,
+            available: buf.len(),
+        });
     }
     let total = u64::from(read_u32(buf, AT_BATCH_LENGTH)) + LENGTH_PREFIX_LEN as u64;
     if total > u64::from(limits.batch_bytes_max) {
-        return Err(DecodeError::TooLarge { size: total, max: limits.batch_bytes_max });
+        return Err(DecodeError::TooLarge {
+            size: total,
+            max: limits.batch_bytes_max,
+        });
     }
     if total < HEADER_LEN as u64 {
-        return Err(DecodeError::Truncated { needed: HEADER_LEN, available: total as usize });
+        return Err(DecodeError::Truncated {
+            needed: HEADER_LEN,
+            available: total as usize,
+        });
     }
     Ok(total as usize)
 }
 
 /// Splits a buffer of concatenated batches into validated batches without copying.
-pub fn split_batches(mut buf: Bytes, limits: &DecodeLimits) -> Result<Vec<RecordBatch>, DecodeError> {
+pub fn split_batches(
+    mut buf: Bytes,
+    limits: &DecodeLimits,
+) -> Result<Vec<RecordBatch>, DecodeError> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let len = total_len(&buf, limits)?;
         if len > buf.len() {
-            return Err(DecodeError::Truncated { needed: len, available: buf.len() });
+            return Err(DecodeError::Truncated {
+                needed: len,
+                available: buf.len(),
+            });
         }
         out.push(RecordBatch::parse(buf.split_to(len), limits)?);
     }
@@ -427,8 +470,18 @@ impl BatchBuilder {
     }
 
     /// Appends a record at the next offset delta.
-    pub fn push(&mut self, timestamp_ms: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) {
-        let delta = if self.count == 0 { 0 } else { self.last_offset_delta + 1 };
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        let delta = if self.count == 0 {
+            0
+        } else {
+            self.last_offset_delta + 1
+        };
         self.push_at(delta, timestamp_ms, key, value, headers);
     }
 
@@ -448,9 +501,13 @@ impl BatchBuilder {
         self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
         self.last_offset_delta = offset_delta;
         self.count += 1;
-        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+        let mut body =
+            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
         body.push(0u8);
-        varint::put_i64(&mut body, timestamp_ms.wrapping_sub(self.first_timestamp_ms));
+        varint::put_i64(
+            &mut body,
+            timestamp_ms.wrapping_sub(self.first_timestamp_ms),
+        );
         varint::put_u64(&mut body, u64::from(offset_delta));
         put_nullable(&mut body, key);
         put_nullable(&mut body, value);
@@ -474,7 +531,11 @@ impl BatchBuilder {
                 .unwrap_or_else(|_| unreachable!("zstd compression into a Vec cannot fail"))
                 .into(),
         };
-        let provenance = self.provenance.as_ref().map(encode_provenance).unwrap_or_default();
+        let provenance = self
+            .provenance
+            .as_ref()
+            .map(encode_provenance)
+            .unwrap_or_default();
         let total = HEADER_LEN + provenance.len() + section.len();
         let mut buf = BytesMut::with_capacity(total);
         buf.put_u64_le(0);
@@ -499,7 +560,10 @@ impl BatchBuilder {
         buf.extend_from_slice(&section);
         let crc = crc32c::crc32c(&buf[AT_ATTRIBUTES..]);
         buf[AT_CRC..AT_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        RecordBatch { bytes: buf.freeze(), provenance_len: provenance.len() }
+        RecordBatch {
+            bytes: buf.freeze(),
+            provenance_len: provenance.len(),
+        }
     }
 }
 
@@ -528,14 +592,21 @@ fn encode_provenance(p: &Provenance) -> Vec<u8> {
 fn provenance_len(buf: &[u8]) -> Result<usize, DecodeError> {
     let mut at = 0;
     for _ in 0..2 {
-        let len = buf.get(at..at + 2).ok_or(DecodeError::Truncated { needed: at + 2, available: buf.len() })?;
+        let len = buf.get(at..at + 2).ok_or(DecodeError::Truncated {
+            needed: at + 2,
+            available: buf.len(),
+        })?;
         at += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
     }
     at += 12;
     if at > buf.len() {
-        return Err(DecodeError::Truncated { needed: at, available: buf.len() });
+        return Err(DecodeError::Truncated {
+            needed: at,
+            available: buf.len(),
+        });
     }
-    decode_provenance(&buf[..at]).ok_or_else(|| DecodeError::BadRecords("provenance is not UTF-8".into()))?;
+    decode_provenance(&buf[..at])
+        .ok_or_else(|| DecodeError::BadRecords("provenance is not UTF-8".into()))?;
     Ok(at)
 }
 
@@ -551,7 +622,12 @@ fn decode_provenance(buf: &[u8]) -> Option<Provenance> {
     let offset = u64::from_le_bytes(buf.get(at + 4..at + 12)?.try_into().ok()?);
     let origin_topic = strings.pop()?;
     let origin_cluster = strings.pop()?;
-    Some(Provenance { origin_cluster, origin_topic, origin_partition: partition, origin_base_offset: offset })
+    Some(Provenance {
+        origin_cluster,
+        origin_topic,
+        origin_partition: partition,
+        origin_base_offset: offset,
+    })
 }
 
 fn decode_records(batch: &RecordBatch, section: Bytes) -> Result<Vec<Record>, DecodeError> {
@@ -569,24 +645,33 @@ fn decode_records(batch: &RecordBatch, section: Bytes) -> Result<Vec<Record>, De
         let ts_delta = cursor.i64()?;
         let delta = cursor.u64()?;
         if delta > last_delta || prev_delta.is_some_and(|p| delta <= p) {
-            return Err(DecodeError::BadRecords(format!("offset delta {delta} out of order")));
+            return Err(DecodeError::BadRecords(format!(
+                "offset delta {delta} out of order"
+            )));
         }
         prev_delta = Some(delta);
         let key = nullable(&mut cursor, &section)?;
         let value = nullable(&mut cursor, &section)?;
         let header_count = cursor.u64()?;
         if header_count > len as u64 {
-            return Err(DecodeError::BadRecords(format!("{header_count} headers in a {len}-byte record")));
+            return Err(DecodeError::BadRecords(format!(
+                "{header_count} headers in a {len}-byte record"
+            )));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
             let key_len = cursor.u64()? as usize;
             let key = String::from_utf8(cursor.bytes(key_len)?.to_vec())
                 .map_err(|_| DecodeError::BadRecords("header key is not UTF-8".into()))?;
-            headers.push(Header { key, value: nullable(&mut cursor, &section)? });
+            headers.push(Header {
+                key,
+                value: nullable(&mut cursor, &section)?,
+            });
         }
         if cursor.position() - body_start != len {
-            return Err(DecodeError::BadRecords(format!("record length {len} does not match its body")));
+            return Err(DecodeError::BadRecords(format!(
+                "record length {len} does not match its body"
+            )));
         }
         records.push(Record {
             offset: base.plus(delta),
@@ -597,12 +682,17 @@ fn decode_records(batch: &RecordBatch, section: Bytes) -> Result<Vec<Record>, De
         });
     }
     if cursor.position() != section.len() {
-        return Err(DecodeError::BadRecords("bytes left over after the last record".into()));
+        return Err(DecodeError::BadRecords(
+            "bytes left over after the last record".into(),
+        ));
     }
     Ok(records)
 }
 
-fn nullable(cursor: &mut varint::Cursor<'_>, section: &Bytes) -> Result<Option<Bytes>, DecodeError> {
+fn nullable(
+    cursor: &mut varint::Cursor<'_>,
+    section: &Bytes,
+) -> Result<Option<Bytes>, DecodeError> {
     let len = cursor.i64()?;
     if len < 0 {
         return Ok(None);
@@ -636,7 +726,10 @@ pub fn peek_header(buf: &[u8]) -> Option<(Offset, usize)> {
     if buf.len() < LENGTH_PREFIX_LEN {
         return None;
     }
-    Some((Offset(read_u64(buf, AT_BASE_OFFSET)), read_u32(buf, AT_BATCH_LENGTH) as usize + LENGTH_PREFIX_LEN))
+    Some((
+        Offset(read_u64(buf, AT_BASE_OFFSET)),
+        read_u32(buf, AT_BATCH_LENGTH) as usize + LENGTH_PREFIX_LEN,
+    ))
 }
 
 #[cfg(test)]
@@ -649,7 +742,12 @@ mod tests {
         let mut b = BatchBuilder::new(compression);
         for i in 0..n {
             let key = format!("k{i}");
-            b.push(1000 + i as i64, Some(key.as_bytes()), Some(&vec![i as u8; i % 50]), &[]);
+            b.push(
+                1000 + i as i64,
+                Some(key.as_bytes()),
+                Some(&vec![i as u8; i % 50]),
+                &[],
+            );
         }
         b.finish()
     }
@@ -658,7 +756,8 @@ mod tests {
     fn batches_round_trip_under_every_codec() {
         for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let batch = sample(c, 100);
-            let parsed = RecordBatch::parse(batch.as_bytes().clone(), &DecodeLimits::default()).unwrap();
+            let parsed =
+                RecordBatch::parse(batch.as_bytes().clone(), &DecodeLimits::default()).unwrap();
             let records = parsed.records(1 << 20).unwrap();
             assert_eq!(records.len(), 100);
             assert_eq!(records[7].key.as_deref(), Some(&b"k7"[..]));
@@ -713,7 +812,15 @@ mod tests {
             origin_base_offset: 1187,
         };
         let mut b = BatchBuilder::new(Compression::None).provenance(p.clone());
-        b.push(5, None, Some(b"v"), &[Header { key: "h".into(), value: None }]);
+        b.push(
+            5,
+            None,
+            Some(b"v"),
+            &[Header {
+                key: "h".into(),
+                value: None,
+            }],
+        );
         let batch = RecordBatch::parse(b.finish().into_bytes(), &DecodeLimits::default()).unwrap();
         assert_eq!(batch.provenance(), Some(p));
         assert_eq!(batch.records(1024).unwrap()[0].headers[0].key, "h");

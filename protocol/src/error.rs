@@ -32,7 +32,10 @@ impl ErrorCode {
 
     /// Whether a client may retry the same request and expect it to succeed.
     pub fn is_retriable(self) -> bool {
-        matches!(self, ErrorCode::NOT_LEADER | ErrorCode::WRITE_FAILED | ErrorCode::TIMEOUT)
+        matches!(
+            self,
+            ErrorCode::NOT_LEADER | ErrorCode::WRITE_FAILED | ErrorCode::TIMEOUT
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -71,12 +74,21 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        WireError { code, message: message.into() }
+        WireError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (error {} {})", self.message, self.code.0, self.code.name())
+        write!(
+            f,
+            "{} (error {} {})",
+            self.message,
+            self.code.0,
+            self.code.name()
+        )
     }
 }

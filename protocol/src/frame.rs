@@ -23,7 +23,9 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits { frame_bytes_max: 64 << 20 }
+        FrameLimits {
+            frame_bytes_max: 64 << 20,
+        }
     }
 }
 
@@ -55,7 +57,10 @@ impl FrameLengths {
 }
 
 /// Reads and checks a prefix.
-pub fn decode_prefix(prefix: [u8; PREFIX_LEN], limits: &FrameLimits) -> Result<FrameLengths, FrameError> {
+pub fn decode_prefix(
+    prefix: [u8; PREFIX_LEN],
+    limits: &FrameLimits,
+) -> Result<FrameLengths, FrameError> {
     let header = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let payload = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
     if header > HEADER_BYTES_MAX {
@@ -63,7 +68,10 @@ pub fn decode_prefix(prefix: [u8; PREFIX_LEN], limits: &FrameLimits) -> Result<F
     }
     let total = u64::from(header) + u64::from(payload);
     if total > u64::from(limits.frame_bytes_max) {
-        return Err(FrameError::TooLarge { size: total, max: limits.frame_bytes_max });
+        return Err(FrameError::TooLarge {
+            size: total,
+            max: limits.frame_bytes_max,
+        });
     }
     Ok(FrameLengths { header, payload })
 }
@@ -76,7 +84,8 @@ pub fn decode_header<T: DeserializeOwned>(header: &[u8]) -> Result<T, FrameError
 /// Encodes the prefix and header of a frame; the payload chunks follow it unchanged.
 pub fn encode<T: Serialize>(message: &T, payload_len: usize) -> Result<Bytes, FrameError> {
     let header = postcard::to_allocvec(message).map_err(|e| FrameError::Encode(e.to_string()))?;
-    let payload_len = u32::try_from(payload_len).map_err(|_| FrameError::Encode("payload over 4 GiB".into()))?;
+    let payload_len =
+        u32::try_from(payload_len).map_err(|_| FrameError::Encode("payload over 4 GiB".into()))?;
     let mut buf = BytesMut::with_capacity(PREFIX_LEN + header.len());
     buf.put_u32_le(header.len() as u32);
     buf.put_u32_le(payload_len);
@@ -93,7 +102,11 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_oversized_prefixes_are_refused() {
-        let req = Request::Produce { topic: "orders".into(), partition: 3, acks: Acks::All };
+        let req = Request::Produce {
+            topic: "orders".into(),
+            partition: 3,
+            acks: Acks::All,
+        };
         let frame = encode(&req, 100).unwrap();
         let prefix: [u8; 8] = frame[..8].try_into().unwrap();
         let lengths = decode_prefix(prefix, &FrameLimits::default()).unwrap();
@@ -102,7 +115,10 @@ mod tests {
         assert_eq!(back, req);
         let mut huge = [0u8; 8];
         huge[4..].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode_prefix(huge, &FrameLimits::default()), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_prefix(huge, &FrameLimits::default()),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     proptest! {

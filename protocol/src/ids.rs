@@ -8,7 +8,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The position of a record in a partition. Offsets only grow; a mirror may leave gaps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Offset(pub u64);
 
 impl Offset {
@@ -25,7 +27,9 @@ impl fmt::Display for Offset {
 }
 
 /// A partition's number within its topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct PartitionId(pub u32);
 
 impl fmt::Display for PartitionId {
@@ -35,11 +39,15 @@ impl fmt::Display for PartitionId {
 }
 
 /// The generation of a partition's leadership; bumps each time leadership moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct LeaderEpoch(pub u32);
 
 /// A node's id within its cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct NodeId(pub u32);
 
 impl fmt::Display for NodeId {
@@ -127,8 +135,17 @@ mod tests {
         assert!(TopicName::new("orders").is_ok());
         assert!(TopicName::new("east.orders-v2_x").is_ok());
         assert_eq!(TopicName::new(""), Err(TopicNameError::Empty));
-        assert!(matches!(TopicName::new(".."), Err(TopicNameError::Reserved(_))));
-        assert!(matches!(TopicName::new("a/b"), Err(TopicNameError::BadCharacter { bad: '/', .. })));
-        assert!(matches!(TopicName::new("x".repeat(250)), Err(TopicNameError::TooLong { len: 250 })));
+        assert!(matches!(
+            TopicName::new(".."),
+            Err(TopicNameError::Reserved(_))
+        ));
+        assert!(matches!(
+            TopicName::new("a/b"),
+            Err(TopicNameError::BadCharacter { bad: '/', .. })
+        ));
+        assert!(matches!(
+            TopicName::new("x".repeat(250)),
+            Err(TopicNameError::TooLong { len: 250 })
+        ));
     }
 }

@@ -17,7 +17,9 @@ pub mod partitioner;
 pub mod transport;
 pub mod varint;
 
-pub use batch::{BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Provenance, Record, RecordBatch};
+pub use batch::{
+    BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Provenance, Record, RecordBatch,
+};
 pub use error::{ErrorCode, WireError};
 pub use ids::{LeaderEpoch, NodeId, Offset, PartitionId, TopicName};
 pub use message::{Acks, OffsetSpec, Request, Response};

@@ -50,15 +50,44 @@ pub enum OffsetSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Request {
-    Hello { version_min: u16, version_max: u16, client_id: String },
-    Metadata { topics: Option<Vec<String>> },
-    CreateTopic { name: String, partitions: u32, configs: Vec<(String, String)> },
-    DeleteTopic { name: String },
-    DescribeTopic { name: String },
+    Hello {
+        version_min: u16,
+        version_max: u16,
+        client_id: String,
+    },
+    Metadata {
+        topics: Option<Vec<String>>,
+    },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    DescribeTopic {
+        name: String,
+    },
     /// The frame payload holds one or more whole batches for this partition.
-    Produce { topic: String, partition: u32, acks: Acks },
-    Fetch { topic: String, partition: u32, offset: u64, max_wait_ms: u32, min_bytes: u32, max_bytes: u32 },
-    ListOffsets { topic: String, partition: u32, spec: OffsetSpec },
+    Produce {
+        topic: String,
+        partition: u32,
+        acks: Acks,
+    },
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        max_wait_ms: u32,
+        min_bytes: u32,
+        max_bytes: u32,
+    },
+    ListOffsets {
+        topic: String,
+        partition: u32,
+        spec: OffsetSpec,
+    },
 }
 
 impl Request {
@@ -132,16 +161,36 @@ pub struct TopicDescription {
 #[non_exhaustive]
 pub enum Response {
     Error(WireError),
-    Hello { version: u16, cluster: String, node_id: u32, principal: String },
+    Hello {
+        version: u16,
+        cluster: String,
+        node_id: u32,
+        principal: String,
+    },
     Metadata(Metadata),
-    TopicCreated { name: String, partitions: u32 },
-    TopicDeleted { name: String },
+    TopicCreated {
+        name: String,
+        partitions: u32,
+    },
+    TopicDeleted {
+        name: String,
+    },
     TopicDescription(TopicDescription),
     /// `base_offset` of the first batch and `last_offset` of the last one written.
-    Produced { base_offset: u64, last_offset: u64, log_start: u64 },
+    Produced {
+        base_offset: u64,
+        last_offset: u64,
+        log_start: u64,
+    },
     /// The frame payload holds whole batches as stored, possibly none.
-    Fetched { high_watermark: u64, log_start: u64 },
-    Offsets { offset: u64, timestamp_ms: Option<i64> },
+    Fetched {
+        high_watermark: u64,
+        log_start: u64,
+    },
+    Offsets {
+        offset: u64,
+        timestamp_ms: Option<i64>,
+    },
     /// Nothing to say (a produce with `acks = none`).
     Ack,
 }

@@ -40,7 +40,9 @@ pub fn transport_config(limits: &TransportLimits) -> Arc<TransportConfig> {
     t.stream_receive_window(VarInt::from_u32(limits.stream_window_bytes));
     t.receive_window(VarInt::from_u32(limits.connection_window_bytes));
     t.send_window(u64::from(limits.connection_window_bytes));
-    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(limits.idle_timeout_ms))));
+    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
+        limits.idle_timeout_ms,
+    ))));
     t.keep_alive_interval(Some(Duration::from_millis(u64::from(limits.keep_alive_ms))));
     t.enable_segmentation_offload(true);
     t.initial_mtu(1400);

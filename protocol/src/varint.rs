@@ -38,14 +38,19 @@ impl<'a> Cursor<'a> {
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..VARINT_LEN_MAX {
-            let byte = *self.buf.get(self.at).ok_or_else(|| truncated(self.at + 1, self.buf.len()))?;
+            let byte = *self
+                .buf
+                .get(self.at)
+                .ok_or_else(|| truncated(self.at + 1, self.buf.len()))?;
             self.at += 1;
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err(DecodeError::BadRecords("varint longer than 10 bytes".into()))
+        Err(DecodeError::BadRecords(
+            "varint longer than 10 bytes".into(),
+        ))
     }
 
     pub fn i64(&mut self) -> Result<i64, DecodeError> {
@@ -54,7 +59,10 @@ impl<'a> Cursor<'a> {
     }
 
     pub fn bytes(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.at.checked_add(len).filter(|end| *end <= self.buf.len());
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.buf.len());
         let end = end.ok_or_else(|| truncated(self.at.saturating_add(len), self.buf.len()))?;
         let out = &self.buf[self.at..end];
         self.at = end;

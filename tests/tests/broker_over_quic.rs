@@ -1,19 +1,29 @@
 //! A real node process over QUIC with mutual TLS: round trips, refused peers, hostile streams.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use strait_certs::Role;
-use strait_protocol::client::{Admin, Client, ClientError, ClientOptions, Connection, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use strait_protocol::client::{
+    Admin, Client, ClientError, ClientOptions, Connection, Consumer, ConsumerConfig, Producer,
+    ProducerConfig,
+};
 use strait_protocol::message::{Request, Response};
 use strait_protocol::partitioner::partition_for_key;
 use strait_protocol::{ErrorCode, OffsetSpec};
 use strait_tests::{NodeProcess, Pki};
 
 fn start_node(pki: &Pki, dir: &tempfile::TempDir) -> NodeProcess {
-    NodeProcess::start(pki, "east", &dir.path().join("data"), "[limits]\nframe_bytes_max = 1048576\n")
+    NodeProcess::start(
+        pki,
+        "east",
+        &dir.path().join("data"),
+        "[limits]\nframe_bytes_max = 1048576\n",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,21 +32,45 @@ async fn hundred_thousand_keyed_records_round_trip_across_eight_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(&pki, &dir);
     let client = pki.client(&node.address);
-    Admin::new(client.clone()).create_topic("orders", 8, vec![]).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig { linger_ms: 2, batch_bytes: 64 << 10, ..Default::default() });
+    Admin::new(client.clone())
+        .create_topic("orders", 8, vec![])
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger_ms: 2,
+            batch_bytes: 64 << 10,
+            ..Default::default()
+        },
+    );
     const N: usize = 100_000;
     let mut deliveries = Vec::with_capacity(N);
     for i in 0..N {
         let key = format!("customer-{}", i % 1000);
         let value = format!("order-{i}");
-        deliveries.push(producer.send("orders", None, Some(key.as_bytes()), Some(value.as_bytes()), &[]).await.unwrap());
+        deliveries.push(
+            producer
+                .send(
+                    "orders",
+                    None,
+                    Some(key.as_bytes()),
+                    Some(value.as_bytes()),
+                    &[],
+                )
+                .await
+                .unwrap(),
+        );
     }
     producer.flush().await;
     for d in deliveries {
         d.wait().await.unwrap();
     }
     let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-    consumer.assign_topic("orders", OffsetSpec::Earliest).await.unwrap();
+    consumer
+        .assign_topic("orders", OffsetSpec::Earliest)
+        .await
+        .unwrap();
     let mut by_partition: BTreeMap<u32, Vec<(String, usize)>> = BTreeMap::new();
     let mut total = 0;
     while total < N {
@@ -46,7 +80,11 @@ async fn hundred_thousand_keyed_records_round_trip_across_eight_partitions() {
             let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
             let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
             let i: usize = value.trim_start_matches("order-").parse().unwrap();
-            assert_eq!(r.partition, partition_for_key(key.as_bytes(), 8), "same key, same partition");
+            assert_eq!(
+                r.partition,
+                partition_for_key(key.as_bytes(), 8),
+                "same key, same partition"
+            );
             by_partition.entry(r.partition).or_default().push((key, i));
             total += 1;
         }
@@ -64,7 +102,11 @@ async fn hundred_thousand_keyed_records_round_trip_across_eight_partitions() {
     }
 }
 
-async fn connect_with(pki: &Pki, address: &str, tls: rustls::ClientConfig) -> Result<Connection, ClientError> {
+async fn connect_with(
+    pki: &Pki,
+    address: &str,
+    tls: rustls::ClientConfig,
+) -> Result<Connection, ClientError> {
     let mut opts = ClientOptions::new(vec![address.into()], tls);
     opts.connect_timeout = Duration::from_secs(3);
     opts.request_timeout = Duration::from_secs(3);
@@ -78,30 +120,57 @@ async fn peers_without_a_valid_certificate_are_refused_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = start_node(&pki, &dir);
     let good = pki.client(&node.address);
-    Admin::new(good.clone()).create_topic("t", 1, vec![]).await.unwrap();
+    Admin::new(good.clone())
+        .create_topic("t", 1, vec![])
+        .await
+        .unwrap();
 
     // No certificate at all.
     let anonymous = strait_certs::client_config_without_identity(&pki.ca()).unwrap();
-    let err = connect_with(&pki, &node.address, anonymous).await.err().expect("anonymous client refused");
+    let err = connect_with(&pki, &node.address, anonymous)
+        .await
+        .err()
+        .expect("anonymous client refused");
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
 
     // A certificate from another CA.
     let other = Pki::new();
-    let foreign = strait_certs::client_config(&pki.ca(), &other.path("app.crt"), &other.path("app.key")).unwrap();
-    assert!(connect_with(&pki, &node.address, foreign).await.is_err(), "foreign CA refused");
+    let foreign =
+        strait_certs::client_config(&pki.ca(), &other.path("app.crt"), &other.path("app.key"))
+            .unwrap();
+    assert!(
+        connect_with(&pki, &node.address, foreign).await.is_err(),
+        "foreign CA refused"
+    );
 
     // An expired certificate from the right CA.
     let now = time::OffsetDateTime::now_utc();
-    strait_certs::issue_with_validity(pki.dir.path(), "old", Role::Client, &[], now - time::Duration::days(30), now - time::Duration::days(1)).unwrap();
-    let expired = strait_certs::client_config(&pki.ca(), &pki.path("old.crt"), &pki.path("old.key")).unwrap();
-    assert!(connect_with(&pki, &node.address, expired).await.is_err(), "expired certificate refused");
+    strait_certs::issue_with_validity(
+        pki.dir.path(),
+        "old",
+        Role::Client,
+        &[],
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    )
+    .unwrap();
+    let expired =
+        strait_certs::client_config(&pki.ca(), &pki.path("old.crt"), &pki.path("old.key")).unwrap();
+    assert!(
+        connect_with(&pki, &node.address, expired).await.is_err(),
+        "expired certificate refused"
+    );
 
     // The node logged why, and still serves the good client.
     assert!(node.is_running());
     let d = Admin::new(good).describe_topic("t").await.unwrap();
     assert_eq!(d.partitions.len(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = node.log_lines().iter().filter(|l| l.contains("TLS handshake failed")).count();
+    let refused = node
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .count();
     assert!(refused >= 2, "refusals are logged: {:?}", node.log_lines());
 }
 
@@ -112,30 +181,49 @@ async fn oversized_frames_and_garbage_streams_get_errors_without_disturbing_othe
     let node = start_node(&pki, &dir);
     let opts = ClientOptions::new(vec![node.address.clone()], pki.client_tls("app"));
     let conn = Arc::new(Connection::connect(&node.address, &opts).await.unwrap());
-    Admin::new(pki.client(&node.address)).create_topic("t", 2, vec![]).await.unwrap();
+    Admin::new(pki.client(&node.address))
+        .create_topic("t", 2, vec![])
+        .await
+        .unwrap();
 
     // A long poll on one stream stays open while hostile streams come and go on the same connection.
     let poller = {
         let conn = conn.clone();
         tokio::spawn(async move {
-            let fetch = Request::Fetch { topic: "t".into(), partition: 0, offset: 0, max_wait_ms: 3000, min_bytes: 1, max_bytes: 1 << 20 };
+            let fetch = Request::Fetch {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                max_wait_ms: 3000,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+            };
             conn.request(&fetch, &[]).await
         })
     };
     // 1. A frame above the node's 1 MiB limit.
     let big = Bytes::from(vec![0u8; 2 << 20]);
-    let produce = Request::Produce { topic: "t".into(), partition: 1, acks: Default::default() };
+    let produce = Request::Produce {
+        topic: "t".into(),
+        partition: 1,
+        acks: Default::default(),
+    };
     let err = conn.request(&produce, &[big]).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::FRAME_TOO_LARGE), "{err}");
     // 2. Random bytes as a frame.
     let quic = conn.quic().clone();
     for seed in 0..20u8 {
         let (mut send, mut recv) = quic.open_bi().await.unwrap();
-        let garbage: Vec<u8> = (0..64u32).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+        let garbage: Vec<u8> = (0..64u32)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
         send.write_all(&[8, 0, 0, 0, 56, 0, 0, 0]).await.unwrap();
         send.write_all(&garbage).await.unwrap();
         let _ = send.finish();
-        let (resp, _) = strait_protocol::client::conn::read_frame::<Response>(&mut recv, &Default::default()).await.unwrap();
+        let (resp, _) =
+            strait_protocol::client::conn::read_frame::<Response>(&mut recv, &Default::default())
+                .await
+                .unwrap();
         match resp {
             Response::Error(e) => assert!(
                 [ErrorCode::MALFORMED_FRAME, ErrorCode::FRAME_TOO_LARGE].contains(&e.code),
@@ -150,15 +238,36 @@ async fn oversized_frames_and_garbage_streams_get_errors_without_disturbing_othe
     let mut raw = b.finish().into_bytes().to_vec();
     let last = raw.len() - 1;
     raw[last] ^= 0xff;
-    let err = conn.request(&produce, &[Bytes::from(raw)]).await.unwrap_err();
+    let err = conn
+        .request(&produce, &[Bytes::from(raw)])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::CORRUPT_BATCH), "{err}");
 
     // The long poll and the connection still work; so does a fresh client.
     let producer = Producer::new(pki.client(&node.address), ProducerConfig::default());
-    producer.send("t", Some(0), None, Some(b"hello"), &[]).await.unwrap().wait().await.unwrap();
+    producer
+        .send("t", Some(0), None, Some(b"hello"), &[])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     let (resp, payload) = poller.await.unwrap().unwrap();
-    assert!(matches!(resp, Response::Fetched { high_watermark: 1, .. }), "{resp:?}");
-    assert!(!payload.is_empty(), "the long poll woke with the new record");
+    assert!(
+        matches!(
+            resp,
+            Response::Fetched {
+                high_watermark: 1,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    assert!(
+        !payload.is_empty(),
+        "the long poll woke with the new record"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,11 +282,20 @@ async fn producing_to_an_unknown_topic_names_it_and_how_to_create_it() {
     };
     assert_eq!(err.code(), Some(ErrorCode::UNKNOWN_TOPIC));
     let text = err.to_string();
-    assert!(text.contains("\"missing\"") && text.contains("strait topic create missing"), "{text}");
+    assert!(
+        text.contains("\"missing\"") && text.contains("strait topic create missing"),
+        "{text}"
+    );
     // With an explicit partition the node itself answers.
-    let d = producer.send("missing", Some(0), None, Some(b"x"), &[]).await.unwrap();
+    let d = producer
+        .send("missing", Some(0), None, Some(b"x"), &[])
+        .await
+        .unwrap();
     let err = d.wait().await.unwrap_err();
-    assert!(err.to_string().contains("strait topic create missing"), "{err}");
+    assert!(
+        err.to_string().contains("strait topic create missing"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,23 +306,44 @@ async fn a_clean_stop_and_a_kill_both_keep_acknowledged_records() {
     let config = "[topic_defaults]\nflush = \"always\"\n";
     let mut node = NodeProcess::start(&pki, "east", &data, config);
     let client = pki.client(&node.address);
-    Admin::new(client.clone()).create_topic("t", 1, vec![]).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("t", 1, vec![])
+        .await
+        .unwrap();
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     for i in 0..100u32 {
-        producer.send("t", Some(0), None, Some(&i.to_le_bytes()), &[]).await.unwrap();
+        producer
+            .send("t", Some(0), None, Some(&i.to_le_bytes()), &[])
+            .await
+            .unwrap();
     }
     producer.flush().await;
     assert!(node.terminate(), "SIGTERM exits cleanly");
     let mut node = NodeProcess::start(&pki, "east", &data, config);
-    let client = Client::new(ClientOptions::new(vec![node.address.clone()], pki.client_tls("app")));
-    let (end, _) = Admin::new(client.clone()).list_offset("t", 0, OffsetSpec::Latest).await.unwrap();
+    let client = Client::new(ClientOptions::new(
+        vec![node.address.clone()],
+        pki.client_tls("app"),
+    ));
+    let (end, _) = Admin::new(client.clone())
+        .list_offset("t", 0, OffsetSpec::Latest)
+        .await
+        .unwrap();
     assert_eq!(end, 100);
     let producer = Producer::new(client.clone(), ProducerConfig::default());
-    let last = producer.send("t", Some(0), None, Some(b"last"), &[]).await.unwrap().wait().await.unwrap();
+    let last = producer
+        .send("t", Some(0), None, Some(b"last"), &[])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(last, 100);
     node.kill9();
     let node = NodeProcess::start(&pki, "east", &data, config);
     let client = pki.client(&node.address);
-    let (end, _) = Admin::new(client).list_offset("t", 0, OffsetSpec::Latest).await.unwrap();
+    let (end, _) = Admin::new(client)
+        .list_offset("t", 0, OffsetSpec::Latest)
+        .await
+        .unwrap();
     assert_eq!(end, 101, "the record acknowledged before kill -9 is there");
 }

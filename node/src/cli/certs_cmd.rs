@@ -38,12 +38,27 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init { dir } => {
             strait_certs::init_ca(&dir)?;
-            println!("made CA {}/ca.crt (key {}/ca.key, mode 0600)", dir.display(), dir.display());
+            println!(
+                "made CA {}/ca.crt (key {}/ca.key, mode 0600)",
+                dir.display(),
+                dir.display()
+            );
         }
-        CertsCommand::Issue { dir, name, role, hosts } => {
-            let role = Role::parse(&role).with_context(|| format!("unknown role {role:?}; use node, client or mirror"))?;
+        CertsCommand::Issue {
+            dir,
+            name,
+            role,
+            hosts,
+        } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("unknown role {role:?}; use node, client or mirror"))?;
             let (crt, key) = strait_certs::issue(&dir, &name, role, &hosts)?;
-            println!("issued {} and {} for {name} ({})", crt.display(), key.display(), role.as_str());
+            println!(
+                "issued {} and {} for {name} ({})",
+                crt.display(),
+                key.display(),
+                role.as_str()
+            );
         }
         CertsCommand::Inspect { file, json } => {
             let info = strait_certs::inspect(&file)?;
@@ -52,9 +67,18 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             } else {
                 println!("subject:  {}", info.subject);
                 println!("issuer:   {}", info.issuer);
-                println!("role:     {}", info.role.as_deref().unwrap_or(if info.is_ca { "ca" } else { "-" }));
+                println!(
+                    "role:     {}",
+                    info.role
+                        .as_deref()
+                        .unwrap_or(if info.is_ca { "ca" } else { "-" })
+                );
                 println!("sans:     {}", info.sans.join(", "));
-                println!("expires:  in {} days (unix {})", info.expires_in_seconds / 86_400, info.not_after_unix);
+                println!(
+                    "expires:  in {} days (unix {})",
+                    info.expires_in_seconds / 86_400,
+                    info.not_after_unix
+                );
             }
         }
     }

@@ -8,7 +8,9 @@ use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use strait_protocol::client::{Admin, Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use strait_protocol::client::{
+    Admin, Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig,
+};
 use strait_protocol::{Acks, Compression, OffsetSpec};
 
 use super::output::table;
@@ -112,8 +114,15 @@ fn parse_configs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
     match command {
-        TopicCommand::Create { name, partitions, configs, conn } => {
-            Admin::new(client(&conn)?).create_topic(&name, partitions, parse_configs(&configs)?).await?;
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+            conn,
+        } => {
+            Admin::new(client(&conn)?)
+                .create_topic(&name, partitions, parse_configs(&configs)?)
+                .await?;
             println!("created topic {name} with {partitions} partitions");
         }
         TopicCommand::Delete { name, conn } => {
@@ -123,11 +132,18 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::List { json, conn } => {
             let meta = Admin::new(client(&conn)?).metadata(None).await?;
             if json {
-                let topics: Vec<Value> =
-                    meta.topics.iter().map(|t| json!({"name": t.name, "partitions": t.partitions.len()})).collect();
+                let topics: Vec<Value> = meta
+                    .topics
+                    .iter()
+                    .map(|t| json!({"name": t.name, "partitions": t.partitions.len()}))
+                    .collect();
                 println!("{}", json!({"cluster": meta.cluster, "topics": topics}));
             } else {
-                let rows = meta.topics.iter().map(|t| vec![t.name.clone(), t.partitions.len().to_string()]).collect();
+                let rows = meta
+                    .topics
+                    .iter()
+                    .map(|t| vec![t.name.clone(), t.partitions.len().to_string()])
+                    .collect();
                 print!("{}", table(&["TOPIC", "PARTITIONS"], rows));
             }
         }
@@ -143,8 +159,15 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
                         "high_watermark": p.high_watermark, "size_bytes": p.size_bytes, "segments": p.segments})
                     })
                     .collect();
-                let configs: serde_json::Map<String, Value> = d.configs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                println!("{}", json!({"name": d.name, "configs": configs, "partitions": parts}));
+                let configs: serde_json::Map<String, Value> = d
+                    .configs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"name": d.name, "configs": configs, "partitions": parts})
+                );
             } else {
                 println!("topic {}", d.name);
                 for (k, v) in &d.configs {
@@ -154,10 +177,19 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
                     .partitions
                     .iter()
                     .map(|p| {
-                        vec![p.id.to_string(), p.leader.to_string(), p.start_offset.to_string(), p.end_offset.to_string(), p.size_bytes.to_string()]
+                        vec![
+                            p.id.to_string(),
+                            p.leader.to_string(),
+                            p.start_offset.to_string(),
+                            p.end_offset.to_string(),
+                            p.size_bytes.to_string(),
+                        ]
                     })
                     .collect();
-                print!("{}", table(&["PARTITION", "LEADER", "START", "END", "SIZE_BYTES"], rows));
+                print!(
+                    "{}",
+                    table(&["PARTITION", "LEADER", "START", "END", "SIZE_BYTES"], rows)
+                );
             }
         }
     }
@@ -165,7 +197,11 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let config = ProducerConfig { acks: args.acks, compression: args.compression, ..ProducerConfig::default() };
+    let config = ProducerConfig {
+        acks: args.acks,
+        compression: args.compression,
+        ..ProducerConfig::default()
+    };
     let producer = Producer::new(client(&args.conn)?, config);
     let stdin = std::io::stdin();
     let mut reader = stdin.lock();
@@ -184,7 +220,11 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             Some((i, n)) => (Some(&line[..i]), &line[i + n..]),
             None => (None, &line[..]),
         };
-        deliveries.push(producer.send(&args.topic, args.partition, key, Some(value), &[]).await?);
+        deliveries.push(
+            producer
+                .send(&args.topic, args.partition, key, Some(value), &[])
+                .await?,
+        );
     }
     producer.flush().await;
     let mut acked = 0u64;
@@ -198,7 +238,10 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", json!({"acknowledged": acked, "failed": first_error.as_ref().map(|e| e.to_string())}));
+        println!(
+            "{}",
+            json!({"acknowledged": acked, "failed": first_error.as_ref().map(|e| e.to_string())})
+        );
     } else {
         println!("{acked} records acknowledged");
     }
@@ -218,10 +261,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = client(&args.conn)?;
     let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-    let spec = if args.from_beginning { OffsetSpec::Earliest } else { OffsetSpec::Latest };
+    let spec = if args.from_beginning {
+        OffsetSpec::Earliest
+    } else {
+        OffsetSpec::Latest
+    };
     match (args.partition, args.offset) {
         (Some(p), Some(o)) => {
-            consumer.assign(&[(args.topic.clone(), p)], OffsetSpec::Earliest).await?;
+            consumer
+                .assign(&[(args.topic.clone(), p)], OffsetSpec::Earliest)
+                .await?;
             consumer.seek(&args.topic, p, o);
         }
         (Some(p), None) => consumer.assign(&[(args.topic.clone(), p)], spec).await?,
@@ -247,7 +296,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 put_bytes(&mut obj, "value", r.value.as_deref());
                 writeln!(out, "{}", Value::Object(obj))?;
             } else {
-                let value = r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let value = r
+                    .value
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
                 writeln!(out, "{value}")?;
             }
             seen += 1;
@@ -256,7 +309,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             }
         }
         out.flush()?;
-        if args.idle_exit_ms.is_some_and(|ms| last_record.elapsed() >= Duration::from_millis(ms)) {
+        if args
+            .idle_exit_ms
+            .is_some_and(|ms| last_record.elapsed() >= Duration::from_millis(ms))
+        {
             return Ok(());
         }
     }
@@ -273,7 +329,10 @@ fn put_bytes(obj: &mut serde_json::Map<String, Value>, field: &str, data: Option
                 obj.insert(field.into(), json!(s));
             }
             Err(_) => {
-                obj.insert(format!("{field}_base64"), json!(base64::engine::general_purpose::STANDARD.encode(bytes)));
+                obj.insert(
+                    format!("{field}_base64"),
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                );
             }
         },
     }

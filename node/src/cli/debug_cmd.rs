@@ -28,8 +28,15 @@ pub fn record_value(appender: u32, seq: u64, i: u32) -> Vec<u8> {
 }
 
 pub fn run(command: DebugCommand) -> anyhow::Result<()> {
-    let DebugCommand::LogWriter { dir, appenders, segment_bytes } = command;
-    let config = LogConfig::default().with_settings([format!("segment.bytes={segment_bytes}").as_str(), "flush=always"])?;
+    let DebugCommand::LogWriter {
+        dir,
+        appenders,
+        segment_bytes,
+    } = command;
+    let config = LogConfig::default().with_settings([
+        format!("segment.bytes={segment_bytes}").as_str(),
+        "flush=always",
+    ])?;
     let (log, _) = PartitionLog::open(&dir, "crash/0", config, strait_node::now_ms())?;
     let log = Arc::new(log);
     let threads: Vec<_> = (0..appenders)
@@ -39,7 +46,12 @@ pub fn run(command: DebugCommand) -> anyhow::Result<()> {
                 for seq in 0u64.. {
                     let mut b = BatchBuilder::new(Compression::None);
                     for i in 0..(1 + (seq % 5) as u32) {
-                        b.push(seq as i64, Some(format!("{a}").as_bytes()), Some(&record_value(a, seq, i)), &[]);
+                        b.push(
+                            seq as i64,
+                            Some(format!("{a}").as_bytes()),
+                            Some(&record_value(a, seq, i)),
+                            &[],
+                        );
                     }
                     let appended = log.append(b.finish(), strait_node::now_ms())?;
                     let mut out = std::io::stdout().lock();
@@ -51,7 +63,8 @@ pub fn run(command: DebugCommand) -> anyhow::Result<()> {
         })
         .collect();
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("an appender panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("an appender panicked"))??;
     }
     Ok(())
 }

@@ -12,7 +12,11 @@ mod node_cmd;
 mod output;
 
 #[derive(Parser, Debug)]
-#[command(name = "strait", version, about = "A commit-log broker that federates clusters across regions over QUIC")]
+#[command(
+    name = "strait",
+    version,
+    about = "A commit-log broker that federates clusters across regions over QUIC"
+)]
 pub struct Cli {
     /// Log format: human or json.
     #[arg(long, global = true, default_value = "human")]
@@ -61,7 +65,9 @@ pub struct ConnArgs {
 pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level(&cli.command)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_format == "json" {
         builder.json().init();
     } else {

@@ -98,20 +98,39 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     let NodeCommand::Run(args) = command;
     let file: NodeFile = match &args.config {
         Some(path) => {
-            let raw = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str(&raw).with_context(|| format!("{} is not a valid node config", path.display()))?
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&raw)
+                .with_context(|| format!("{} is not a valid node config", path.display()))?
         }
         None => NodeFile::default(),
     };
-    let need = |flag: &str| anyhow::anyhow!("missing --{flag} (or `{}` in --config)", flag.replace('-', "_"));
-    let cluster = args.cluster.or(file.cluster).ok_or_else(|| need("cluster"))?;
-    let node_id = args.node_id.or(file.node_id).ok_or_else(|| need("node-id"))?;
+    let need = |flag: &str| {
+        anyhow::anyhow!(
+            "missing --{flag} (or `{}` in --config)",
+            flag.replace('-', "_")
+        )
+    };
+    let cluster = args
+        .cluster
+        .or(file.cluster)
+        .ok_or_else(|| need("cluster"))?;
+    let node_id = args
+        .node_id
+        .or(file.node_id)
+        .ok_or_else(|| need("node-id"))?;
     let listen = args.listen.or(file.listen).ok_or_else(|| need("listen"))?;
-    let data_dir = args.data_dir.or(file.data_dir).ok_or_else(|| need("data-dir"))?;
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .ok_or_else(|| need("data-dir"))?;
     let ca = args.ca.or(file.ca).ok_or_else(|| need("ca"))?;
     let cert = args.cert.or(file.cert).ok_or_else(|| need("cert"))?;
     let key = args.key.or(file.key).ok_or_else(|| need("key"))?;
-    let advertise = args.advertise.or(file.advertise).unwrap_or_else(|| listen.to_string());
+    let advertise = args
+        .advertise
+        .or(file.advertise)
+        .unwrap_or_else(|| listen.to_string());
     let mut defaults = LogConfig::default();
     for (k, v) in &file.topic_defaults {
         let value = match v {
@@ -132,7 +151,9 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         ca,
         cert,
         key,
-        frame_limits: FrameLimits { frame_bytes_max: limits.frame_bytes_max },
+        frame_limits: FrameLimits {
+            frame_bytes_max: limits.frame_bytes_max,
+        },
         transport: TransportLimits {
             streams_max: limits.streams_per_connection_max,
             stream_window_bytes: limits.stream_window_bytes,
@@ -144,7 +165,10 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
     };
     let server = Server::start(broker.clone(), listen_config)?;
-    println!("strait node {node_id} of cluster {cluster} listening on {}", server.local_addr);
+    println!(
+        "strait node {node_id} of cluster {cluster} listening on {}",
+        server.local_addr
+    );
     wait_for_shutdown().await;
     info!("shutting down");
     server.shutdown().await;

@@ -58,13 +58,21 @@ pub fn clean(log: &PartitionLog, now_ms: i64) -> Result<CleanStats, LogError> {
         let mut changed = false;
         let mut written = 0u64;
         for_each_batch(log, base, &file, size, &limits, |b| {
-            let records = b.records(limits.batch_bytes_decompressed_max).map_err(|e| corrupt(log, base, e))?;
+            let records = b
+                .records(limits.batch_bytes_decompressed_max)
+                .map_err(|e| corrupt(log, base, e))?;
             stats.records_before += records.len() as u64;
             let keep: Vec<_> = records
                 .iter()
                 .filter(|r| {
-                    let superseded = r.key.as_ref().and_then(|k| latest.get(k)).is_some_and(|l| *l > r.offset.0);
-                    let expired_tombstone = r.value.is_none() && r.key.is_some() && r.timestamp_ms < tombstone_horizon_ms;
+                    let superseded = r
+                        .key
+                        .as_ref()
+                        .and_then(|k| latest.get(k))
+                        .is_some_and(|l| *l > r.offset.0);
+                    let expired_tombstone = r.value.is_none()
+                        && r.key.is_some()
+                        && r.timestamp_ms < tombstone_horizon_ms;
                     if expired_tombstone && !superseded {
                         stats.tombstones_removed += 1;
                     }
@@ -82,7 +90,9 @@ pub fn clean(log: &PartitionLog, now_ms: i64) -> Result<CleanStats, LogError> {
                 rebuild(b, &keep)
             };
             written += bytes.len() as u64;
-            writer.write_all(&bytes).map_err(|s| log.io("writing a cleaned segment", s))
+            writer
+                .write_all(&bytes)
+                .map_err(|s| log.io("writing a cleaned segment", s))
         })?;
         stats.bytes_before += size;
         if !changed {
@@ -91,8 +101,11 @@ pub fn clean(log: &PartitionLog, now_ms: i64) -> Result<CleanStats, LogError> {
             stats.bytes_after += size;
             continue;
         }
-        let out = writer.into_inner().map_err(|e| log.io("flushing a cleaned segment", e.into_error()))?;
-        out.sync_all().map_err(|s| log.io("syncing a cleaned segment", s))?;
+        let out = writer
+            .into_inner()
+            .map_err(|e| log.io("flushing a cleaned segment", e.into_error()))?;
+        out.sync_all()
+            .map_err(|s| log.io("syncing a cleaned segment", s))?;
         if log.replace_segment(base, &cleaned_path)? {
             stats.segments_cleaned += 1;
             stats.bytes_after += written;
@@ -109,10 +122,16 @@ fn latest_offsets(
 ) -> Result<HashMap<Bytes, u64>, LogError> {
     let mut latest: HashMap<Bytes, u64> = HashMap::new();
     let (active_base, active_file, active_size) = log.active_segment();
-    let all = sealed.iter().map(|(b, f, s, _)| (*b, f.clone(), *s)).chain([(active_base, active_file, active_size)]);
+    let all = sealed
+        .iter()
+        .map(|(b, f, s, _)| (*b, f.clone(), *s))
+        .chain([(active_base, active_file, active_size)]);
     for (base, file, size) in all {
         for_each_batch(log, base, &file, size, limits, |b| {
-            for r in b.records(limits.batch_bytes_decompressed_max).map_err(|e| corrupt(log, base, e))? {
+            for r in b
+                .records(limits.batch_bytes_decompressed_max)
+                .map_err(|e| corrupt(log, base, e))?
+            {
                 if let Some(k) = r.key {
                     if latest.len() < CLEANER_KEYS_MAX || latest.contains_key(&k) {
                         latest.insert(k, r.offset.0);
@@ -136,10 +155,21 @@ fn for_each_batch(
     let mut reader = ChunkReader::new(file, size);
     let mut at = 0u64;
     while at < size {
-        let torn = || LogError::Corrupt { log: log.name().into(), segment: base, position: at, reason: "torn batch".into() };
-        let head = reader.read(at, batch::LENGTH_PREFIX_LEN).map_err(|s| log.io("reading for the cleaner", s))?.ok_or_else(torn)?;
+        let torn = || LogError::Corrupt {
+            log: log.name().into(),
+            segment: base,
+            position: at,
+            reason: "torn batch".into(),
+        };
+        let head = reader
+            .read(at, batch::LENGTH_PREFIX_LEN)
+            .map_err(|s| log.io("reading for the cleaner", s))?
+            .ok_or_else(torn)?;
         let len = batch::total_len(&head, limits).map_err(|e| corrupt(log, base, e))?;
-        let bytes = reader.read(at, len).map_err(|s| log.io("reading for the cleaner", s))?.ok_or_else(torn)?;
+        let bytes = reader
+            .read(at, len)
+            .map_err(|s| log.io("reading for the cleaner", s))?
+            .ok_or_else(torn)?;
         let parsed = RecordBatch::parse(bytes, limits).map_err(|e| corrupt(log, base, e))?;
         visit(&parsed)?;
         at += len as u64;
@@ -159,11 +189,25 @@ fn rebuild(original: &RecordBatch, keep: &[&strait_protocol::Record]) -> Bytes {
         builder = builder.provenance(p);
     }
     for r in keep {
-        builder.push_at((r.offset.0 - base.0) as u32, r.timestamp_ms, r.key.as_deref(), r.value.as_deref(), &r.headers);
+        builder.push_at(
+            (r.offset.0 - base.0) as u32,
+            r.timestamp_ms,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+        );
     }
-    builder.finish().with_position(base, original.leader_epoch()).into_bytes()
+    builder
+        .finish()
+        .with_position(base, original.leader_epoch())
+        .into_bytes()
 }
 
 fn corrupt(log: &PartitionLog, segment: Offset, e: strait_protocol::DecodeError) -> LogError {
-    LogError::Corrupt { log: log.name().into(), segment, position: 0, reason: e.to_string() }
+    LogError::Corrupt {
+        log: log.name().into(),
+        segment,
+        position: 0,
+        reason: e.to_string(),
+    }
 }

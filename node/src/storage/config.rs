@@ -42,7 +42,10 @@ impl std::str::FromStr for FlushPolicy {
             "always" => Ok(FlushPolicy::Always),
             "os" => Ok(FlushPolicy::Os),
             _ => {
-                let inner = s.strip_prefix("interval_ms(").and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
+                let inner = s
+                    .strip_prefix("interval_ms(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(bad)?;
                 let ms: u64 = inner.trim().parse().map_err(|_| bad())?;
                 if ms == 0 {
                     return Err(bad());
@@ -79,12 +82,17 @@ pub enum ConfigError {
     #[error("unknown topic setting {0:?}; known settings: {KNOWN_KEYS}")]
     UnknownKey(String),
     #[error("setting {key}={value:?} is invalid; expected {expected}")]
-    BadValue { key: String, value: String, expected: &'static str },
+    BadValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
     #[error("setting {0:?} has no '='; write KEY=VALUE")]
     MissingEquals(String),
 }
 
-const KNOWN_KEYS: &str = "segment.bytes, segment.ms, retention.ms, retention.bytes, cleanup.policy, \
+const KNOWN_KEYS: &str =
+    "segment.bytes, segment.ms, retention.ms, retention.bytes, cleanup.policy, \
 delete.retention.ms, flush, index.interval.bytes, max.batch.bytes";
 
 /// Smallest segment size accepted; below this, rolling would dominate the work.
@@ -112,7 +120,10 @@ impl Default for LogConfig {
             segment_ms: Some(7 * 24 * 3600 * 1000),
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
-            cleanup: CleanupPolicy { delete: true, compact: false },
+            cleanup: CleanupPolicy {
+                delete: true,
+                compact: false,
+            },
             delete_retention_ms: 24 * 3600 * 1000,
             flush: FlushPolicy::Os,
             index_interval_bytes: 4096,
@@ -125,11 +136,18 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Applies one `key=value` setting.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = |expected: &'static str| ConfigError::BadValue { key: key.into(), value: value.into(), expected };
+        let bad = |expected: &'static str| ConfigError::BadValue {
+            key: key.into(),
+            value: value.into(),
+            expected,
+        };
         let number = || value.parse::<u64>().map_err(|_| bad("a whole number"));
         let optional = || match value {
             "-1" | "infinite" => Ok(None),
-            _ => value.parse::<u64>().map(Some).map_err(|_| bad("a whole number, or -1 for no limit")),
+            _ => value
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| bad("a whole number, or -1 for no limit")),
         };
         match key {
             "segment.bytes" => {
@@ -145,16 +163,27 @@ impl LogConfig {
             "delete.retention.ms" => self.delete_retention_ms = number()?,
             "flush" => self.flush = value.parse()?,
             "index.interval.bytes" => {
-                self.index_interval_bytes = u32::try_from(number()?).map_err(|_| bad("below 4294967296"))?
+                self.index_interval_bytes =
+                    u32::try_from(number()?).map_err(|_| bad("below 4294967296"))?
             }
             "max.batch.bytes" => {
-                self.batch_bytes_max = u32::try_from(number()?).map_err(|_| bad("below 4294967296"))?
+                self.batch_bytes_max =
+                    u32::try_from(number()?).map_err(|_| bad("below 4294967296"))?
             }
             "cleanup.policy" => {
                 self.cleanup = match value {
-                    "delete" => CleanupPolicy { delete: true, compact: false },
-                    "compact" => CleanupPolicy { delete: false, compact: true },
-                    "compact,delete" | "delete,compact" => CleanupPolicy { delete: true, compact: true },
+                    "delete" => CleanupPolicy {
+                        delete: true,
+                        compact: false,
+                    },
+                    "compact" => CleanupPolicy {
+                        delete: false,
+                        compact: true,
+                    },
+                    "compact,delete" | "delete,compact" => CleanupPolicy {
+                        delete: true,
+                        compact: true,
+                    },
                     _ => return Err(bad("delete, compact, or compact,delete")),
                 }
             }
@@ -164,9 +193,14 @@ impl LogConfig {
     }
 
     /// Applies `KEY=VALUE` strings in order.
-    pub fn with_settings<'a>(mut self, settings: impl IntoIterator<Item = &'a str>) -> Result<Self, ConfigError> {
+    pub fn with_settings<'a>(
+        mut self,
+        settings: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ConfigError> {
         for s in settings {
-            let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::MissingEquals(s.into()))?;
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| ConfigError::MissingEquals(s.into()))?;
             self.set(k.trim(), v.trim())?;
         }
         Ok(self)
@@ -177,9 +211,15 @@ impl LogConfig {
         let opt = |v: Option<u64>| v.map_or("-1".to_string(), |n| n.to_string());
         vec![
             ("cleanup.policy".into(), self.cleanup.to_string()),
-            ("delete.retention.ms".into(), self.delete_retention_ms.to_string()),
+            (
+                "delete.retention.ms".into(),
+                self.delete_retention_ms.to_string(),
+            ),
             ("flush".into(), self.flush.to_string()),
-            ("index.interval.bytes".into(), self.index_interval_bytes.to_string()),
+            (
+                "index.interval.bytes".into(),
+                self.index_interval_bytes.to_string(),
+            ),
             ("max.batch.bytes".into(), self.batch_bytes_max.to_string()),
             ("retention.bytes".into(), opt(self.retention_bytes)),
             ("retention.ms".into(), opt(self.retention_ms)),
@@ -203,17 +243,28 @@ mod tests {
     #[test]
     fn settings_parse_and_bad_ones_name_the_fix() {
         let c = LogConfig::default()
-            .with_settings(["flush=interval_ms(250)", "cleanup.policy=compact,delete", "retention.ms=-1"])
+            .with_settings([
+                "flush=interval_ms(250)",
+                "cleanup.policy=compact,delete",
+                "retention.ms=-1",
+            ])
             .unwrap();
         assert_eq!(c.flush, FlushPolicy::IntervalMs(250));
         assert!(c.cleanup.compact && c.cleanup.delete);
         assert_eq!(c.retention_ms, None);
-        let err = LogConfig::default().with_settings(["flush=sometimes"]).unwrap_err();
+        let err = LogConfig::default()
+            .with_settings(["flush=sometimes"])
+            .unwrap_err();
         assert!(err.to_string().contains("interval_ms(N)"), "{err}");
-        assert!(matches!(LogConfig::default().set("nope", "1"), Err(ConfigError::UnknownKey(_))));
+        assert!(matches!(
+            LogConfig::default().set("nope", "1"),
+            Err(ConfigError::UnknownKey(_))
+        ));
         let round = LogConfig::default().to_pairs();
         let pairs: Vec<String> = round.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let back = LogConfig::default().with_settings(pairs.iter().map(String::as_str)).unwrap();
+        let back = LogConfig::default()
+            .with_settings(pairs.iter().map(String::as_str))
+            .unwrap();
         assert_eq!(back, LogConfig::default());
     }
 }

@@ -30,17 +30,35 @@ const CHECKPOINT_INTERVAL_MS: i64 = 1000;
 #[non_exhaustive]
 pub enum LogError {
     #[error("{log}: offset {requested} is out of range; valid offsets are {start}..{end}")]
-    OffsetOutOfRange { log: String, requested: Offset, start: Offset, end: Offset },
+    OffsetOutOfRange {
+        log: String,
+        requested: Offset,
+        start: Offset,
+        end: Offset,
+    },
     #[error("{log}: explicit offset {got} is below the log end {expected}; offsets may only grow")]
-    OffsetNotMonotonic { log: String, expected: Offset, got: Offset },
+    OffsetNotMonotonic {
+        log: String,
+        expected: Offset,
+        got: Offset,
+    },
     #[error("{log} is offline: {reason}; restart the node after fixing the disk")]
     Offline { log: String, reason: String },
     #[error("{log}: write failed ({source}); nothing was appended, retry once the disk has room")]
     WriteFailed { log: String, source: io::Error },
     #[error("{log}: segment {segment} is corrupt at position {position}: {reason}")]
-    Corrupt { log: String, segment: Offset, position: u64, reason: String },
+    Corrupt {
+        log: String,
+        segment: Offset,
+        position: u64,
+        reason: String,
+    },
     #[error("{log}: {context}: {source}")]
-    Io { log: String, context: String, source: io::Error },
+    Io {
+        log: String,
+        context: String,
+        source: io::Error,
+    },
 }
 
 impl LogError {
@@ -123,32 +141,49 @@ pub struct PartitionLog {
 
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering whatever a crash left behind.
-    pub fn open(dir: &Path, name: &str, config: LogConfig, now_ms: i64) -> Result<(PartitionLog, RecoveryReport), LogError> {
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<(PartitionLog, RecoveryReport), LogError> {
         let io_err = |context: &str| {
             let log = name.to_string();
             let context = context.to_string();
-            move |source| LogError::Io { log, context, source }
+            move |source| LogError::Io {
+                log,
+                context,
+                source,
+            }
         };
         fs::create_dir_all(dir).map_err(io_err("creating the log directory"))?;
         let bases = list_segments(dir).map_err(io_err("listing segments"))?;
         let checkpoint = read_checkpoint(dir);
         let stored_start = read_offset_file(&dir.join(LOG_START_FILE));
-        let mut report = RecoveryReport { segments: bases.len(), ..Default::default() };
+        let mut report = RecoveryReport {
+            segments: bases.len(),
+            ..Default::default()
+        };
         let limits = config.decode_limits();
         let mut segments = BTreeMap::new();
         for (i, &base) in bases.iter().enumerate() {
             let mut seg = Segment::open(dir, base, config.index_interval_bytes, now_ms)
                 .map_err(io_err("opening a segment"))?;
             let next_base = bases.get(i + 1).copied();
-            let trusted = matches!((checkpoint, next_base), (Some(cp), Some(nb)) if nb <= cp.segment_base);
+            let trusted =
+                matches!((checkpoint, next_base), (Some(cp), Some(nb)) if nb <= cp.segment_base);
             if trusted {
                 if !seg.load_indexes(next_base.unwrap_or(base)) {
                     report.indexes_rebuilt += 1;
-                    if let Err(stop) = seg.rebuild(&limits).map_err(io_err("rebuilding an index"))? {
+                    if let Err(stop) = seg
+                        .rebuild(&limits)
+                        .map_err(io_err("rebuilding an index"))?
+                    {
                         error!(log = name, segment = base.0, position = stop.position, reason = %stop.reason,
                             "sealed segment is corrupt; reads past this position will fail");
                     }
-                    seg.write_indexes().map_err(io_err("writing a rebuilt index"))?;
+                    seg.write_indexes()
+                        .map_err(io_err("writing a rebuilt index"))?;
                 }
                 seg.next_offset = seg.next_offset.max(next_base.unwrap_or(base));
                 segments.insert(base, seg);
@@ -176,15 +211,33 @@ impl PartitionLog {
                 .map_err(io_err("creating the first segment"))?;
             segments.insert(base, seg);
         }
-        let (_, last) = segments.iter().next_back().unwrap_or_else(|| unreachable!("a segment was just ensured"));
+        let (_, last) = segments
+            .iter()
+            .next_back()
+            .unwrap_or_else(|| unreachable!("a segment was just ensured"));
         let next_offset = last.next_offset;
-        last.file.sync_data().map_err(io_err("syncing the recovered tail"))?;
-        let durable = RecoveryPoint { segment_base: last.base, position: last.size, offset: next_offset };
+        last.file
+            .sync_data()
+            .map_err(io_err("syncing the recovered tail"))?;
+        let durable = RecoveryPoint {
+            segment_base: last.base,
+            position: last.size,
+            offset: next_offset,
+        };
         write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
         let first_base = segments.keys().next().copied().unwrap_or_default();
-        let log_start = stored_start.unwrap_or(first_base).max(first_base).min(next_offset);
-        info!(log = name, start = log_start.0, end = next_offset.0, segments = segments.len(),
-            scanned_bytes = report.bytes_scanned, "log recovered");
+        let log_start = stored_start
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(next_offset);
+        info!(
+            log = name,
+            start = log_start.0,
+            end = next_offset.0,
+            segments = segments.len(),
+            scanned_bytes = report.bytes_scanned,
+            "log recovered"
+        );
         let state = LogState {
             config,
             segments,
@@ -194,7 +247,12 @@ impl PartitionLog {
             offline: None,
             unsynced_sealed: Vec::new(),
         };
-        let sync = SyncState { syncing: false, durable, failed: None, checkpoint_written_ms: now_ms };
+        let sync = SyncState {
+            syncing: false,
+            durable,
+            failed: None,
+            checkpoint_written_ms: now_ms,
+        };
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -238,11 +296,19 @@ impl PartitionLog {
         self.append_inner(batch, true, now_ms)
     }
 
-    fn append_inner(&self, batch: RecordBatch, explicit: bool, now_ms: i64) -> Result<Appended, LogError> {
+    fn append_inner(
+        &self,
+        batch: RecordBatch,
+        explicit: bool,
+        now_ms: i64,
+    ) -> Result<Appended, LogError> {
         let (appended, flush) = {
             let mut st = lock(&self.state);
             if let Some(reason) = &st.offline {
-                return Err(LogError::Offline { log: self.name.clone(), reason: reason.clone() });
+                return Err(LogError::Offline {
+                    log: self.name.clone(),
+                    reason: reason.clone(),
+                });
             }
             let base = if explicit {
                 if batch.base_offset() < st.next_offset {
@@ -264,7 +330,13 @@ impl PartitionLog {
                 return Err(self.undo_failed_write(&mut st, before, source));
             }
             st.next_offset = batch.next_offset();
-            (Appended { base_offset: base, last_offset: batch.last_offset() }, st.config.flush)
+            (
+                Appended {
+                    base_offset: base,
+                    last_offset: batch.last_offset(),
+                },
+                st.config.flush,
+            )
         };
         if flush == FlushPolicy::Always {
             self.sync_through(appended.last_offset.plus(1), now_ms)?;
@@ -279,18 +351,31 @@ impl PartitionLog {
         match active.file.set_len(before) {
             Ok(()) => {
                 active.size = before;
-                LogError::WriteFailed { log: self.name.clone(), source }
+                LogError::WriteFailed {
+                    log: self.name.clone(),
+                    source,
+                }
             }
             Err(e) => {
-                let reason = format!("write failed ({source}) and the partial batch could not be cut off ({e})");
+                let reason = format!(
+                    "write failed ({source}) and the partial batch could not be cut off ({e})"
+                );
                 st.offline = Some(reason.clone());
                 error!(log = %self.name, %reason, "partition offline");
-                LogError::Offline { log: self.name.clone(), reason }
+                LogError::Offline {
+                    log: self.name.clone(),
+                    reason,
+                }
             }
         }
     }
 
-    fn roll_if_needed(&self, st: &mut LogState, batch: &RecordBatch, now_ms: i64) -> Result<(), LogError> {
+    fn roll_if_needed(
+        &self,
+        st: &mut LogState,
+        batch: &RecordBatch,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
         let config = st.config.clone();
         let active = last_segment(&mut st.segments);
         if active.is_empty() {
@@ -299,27 +384,46 @@ impl PartitionLog {
                 let dir = self.dir.clone();
                 let old = std::mem::replace(
                     active,
-                    Segment::create(&dir, batch.base_offset(), config.index_interval_bytes, now_ms)
-                        .map_err(|source| self.io("creating a segment", source))?,
+                    Segment::create(
+                        &dir,
+                        batch.base_offset(),
+                        config.index_interval_bytes,
+                        now_ms,
+                    )
+                    .map_err(|source| self.io("creating a segment", source))?,
                 );
                 let old_base = old.base;
-                old.delete_files().map_err(|source| self.io("removing an empty segment", source))?;
-                let seg = st.segments.remove(&old_base).unwrap_or_else(|| unreachable!("the active segment"));
+                old.delete_files()
+                    .map_err(|source| self.io("removing an empty segment", source))?;
+                let seg = st
+                    .segments
+                    .remove(&old_base)
+                    .unwrap_or_else(|| unreachable!("the active segment"));
                 st.segments.insert(seg.base, seg);
             }
             return Ok(());
         }
         let incoming = batch.size_bytes() as u64;
-        let full = active.size + incoming > config.segment_bytes || active.size + incoming > u64::from(u32::MAX);
-        let aged = config.segment_ms.is_some_and(|ms| now_ms.saturating_sub(active.created_ms) >= ms as i64);
+        let full = active.size + incoming > config.segment_bytes
+            || active.size + incoming > u64::from(u32::MAX);
+        let aged = config
+            .segment_ms
+            .is_some_and(|ms| now_ms.saturating_sub(active.created_ms) >= ms as i64);
         let far = batch.base_offset().0 - active.base.0 > u64::from(u32::MAX);
         if !(full || aged || far) {
             return Ok(());
         }
-        active.write_indexes().map_err(|source| self.io("writing indexes of a sealed segment", source))?;
+        active
+            .write_indexes()
+            .map_err(|source| self.io("writing indexes of a sealed segment", source))?;
         let sealed_file = active.file.clone();
-        let seg = Segment::create(&self.dir, batch.base_offset(), config.index_interval_bytes, now_ms)
-            .map_err(|source| self.io("creating a segment", source))?;
+        let seg = Segment::create(
+            &self.dir,
+            batch.base_offset(),
+            config.index_interval_bytes,
+            now_ms,
+        )
+        .map_err(|source| self.io("creating a segment", source))?;
         st.unsynced_sealed.push(sealed_file);
         st.segments.insert(seg.base, seg);
         Ok(())
@@ -331,7 +435,10 @@ impl PartitionLog {
         let mut s = lock(&self.sync);
         loop {
             if let Some(reason) = &s.failed {
-                return Err(LogError::Offline { log: self.name.clone(), reason: reason.clone() });
+                return Err(LogError::Offline {
+                    log: self.name.clone(),
+                    reason: reason.clone(),
+                });
             }
             if s.durable.offset >= end {
                 return Ok(());
@@ -375,7 +482,14 @@ impl PartitionLog {
             let next_offset = st.next_offset;
             let active = last_segment(&mut st.segments);
             files.push(active.file.clone());
-            (files, RecoveryPoint { segment_base: active.base, position: active.size, offset: next_offset })
+            (
+                files,
+                RecoveryPoint {
+                    segment_base: active.base,
+                    position: active.size,
+                    offset: next_offset,
+                },
+            )
         };
         for f in &files {
             f.sync_data()?;
@@ -406,14 +520,22 @@ impl PartitionLog {
                 let reason = format!("fsync of a sealed segment failed: {e}");
                 lock(&self.sync).failed = Some(reason.clone());
                 lock(&self.state).offline = Some(reason.clone());
-                return Err(LogError::Offline { log: self.name.clone(), reason });
+                return Err(LogError::Offline {
+                    log: self.name.clone(),
+                    reason,
+                });
             }
         }
         let mut s = lock(&self.sync);
         if s.durable.segment_base < active_base {
-            s.durable = RecoveryPoint { segment_base: active_base, position: 0, offset: active_base };
+            s.durable = RecoveryPoint {
+                segment_base: active_base,
+                position: 0,
+                offset: active_base,
+            };
             s.checkpoint_written_ms = now_ms;
-            write_checkpoint(&self.dir, s.durable).map_err(|source| self.io("writing the recovery checkpoint", source))?;
+            write_checkpoint(&self.dir, s.durable)
+                .map_err(|source| self.io("writing the recovery checkpoint", source))?;
         }
         Ok(())
     }
@@ -423,10 +545,12 @@ impl PartitionLog {
         self.flush(now_ms)?;
         let st = lock(&self.state);
         for seg in st.segments.values() {
-            seg.write_indexes().map_err(|source| self.io("writing indexes", source))?;
+            seg.write_indexes()
+                .map_err(|source| self.io("writing indexes", source))?;
         }
         let s = lock(&self.sync);
-        write_checkpoint(&self.dir, s.durable).map_err(|source| self.io("writing the recovery checkpoint", source))
+        write_checkpoint(&self.dir, s.durable)
+            .map_err(|source| self.io("writing the recovery checkpoint", source))
     }
 
     /// The offset below which consumers may read. Under `flush = always` only durable records
@@ -470,7 +594,10 @@ impl PartitionLog {
         let (log_start, limits) = {
             let st = lock(&self.state);
             if let Some(reason) = &st.offline {
-                return Err(LogError::Offline { log: self.name.clone(), reason: reason.clone() });
+                return Err(LogError::Offline {
+                    log: self.name.clone(),
+                    reason: reason.clone(),
+                });
             }
             if from < st.log_start || from > st.next_offset {
                 return Err(LogError::OffsetOutOfRange {
@@ -482,26 +609,55 @@ impl PartitionLog {
             }
             (st.log_start, st.config.decode_limits())
         };
-        let empty = LogRead { batches: Bytes::new(), high_watermark, log_start };
+        let empty = LogRead {
+            batches: Bytes::new(),
+            high_watermark,
+            log_start,
+        };
         let mut previous: Option<Offset> = None;
-        while from < high_watermark {
+        if from >= high_watermark {
+            return Ok(empty);
+        }
+        loop {
             // A segment may hold nothing at or after `from` (gaps, a compacted-away tail): move
             // on to the next one, taking the lock again for each step.
             let target = {
                 let st = lock(&self.state);
                 let seg = match previous {
-                    None => st.segments.range(..=from).next_back().or_else(|| st.segments.iter().next()),
-                    Some(p) => st.segments.range((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded)).next(),
+                    None => st
+                        .segments
+                        .range(..=from)
+                        .next_back()
+                        .or_else(|| st.segments.iter().next()),
+                    Some(p) => st
+                        .segments
+                        .range((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded))
+                        .next(),
                 };
                 seg.map(|(_, s)| (s.base, s.file.clone(), s.lookup(from), s.size))
             };
-            let Some((base, file, position, size)) = target else { break };
+            let Some((base, file, position, size)) = target else {
+                break;
+            };
             if base >= high_watermark {
                 break;
             }
-            let found = self.read_segment(base, &file, position, size, from, high_watermark, max_bytes, &limits)?;
+            let found = self.read_segment(
+                base,
+                &file,
+                position,
+                size,
+                from,
+                high_watermark,
+                max_bytes,
+                &limits,
+            )?;
             if !found.is_empty() {
-                return Ok(LogRead { batches: found, high_watermark, log_start });
+                return Ok(LogRead {
+                    batches: found,
+                    high_watermark,
+                    log_start,
+                });
             }
             previous = Some(base);
         }
@@ -525,13 +681,19 @@ impl PartitionLog {
         let mut start: Option<u64> = None;
         let mut end = at;
         while at < size {
-            let corrupt = |reason: String| LogError::Corrupt { log: self.name.clone(), segment: base, position: at, reason };
+            let corrupt = |reason: String| LogError::Corrupt {
+                log: self.name.clone(),
+                segment: base,
+                position: at,
+                reason,
+            };
             let head = reader
                 .read(at, batch::LENGTH_PREFIX_LEN)
                 .map_err(|source| self.io("reading a segment", source))?
                 .ok_or_else(|| corrupt("torn batch header".into()))?;
             let len = batch::total_len(&head, limits).map_err(|e| corrupt(e.to_string()))?;
-            let (batch_base, _) = batch::peek_header(&head).ok_or_else(|| corrupt("torn batch header".into()))?;
+            let (batch_base, _) =
+                batch::peek_header(&head).ok_or_else(|| corrupt("torn batch header".into()))?;
             if batch_base >= high_watermark {
                 break;
             }
@@ -553,7 +715,9 @@ impl PartitionLog {
                 end = at;
             }
         }
-        let Some(start) = start else { return Ok(Bytes::new()) };
+        let Some(start) = start else {
+            return Ok(Bytes::new());
+        };
         // The walk validated every batch in [start, end); hand out one contiguous buffer.
         let mut out = vec![0u8; (end - start) as usize];
         std::os::unix::fs::FileExt::read_exact_at(file, &mut out, start)
@@ -563,7 +727,10 @@ impl PartitionLog {
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`, with that
     /// timestamp; None when every record is older.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, LogError> {
         let (targets, limits) = {
             let st = lock(&self.state);
             let targets: Vec<(Offset, Arc<File>, u64, u64)> = st
@@ -578,15 +745,25 @@ impl PartitionLog {
             let mut reader = ChunkReader::new(&file, size);
             let mut at = position;
             while at < size {
-                let corrupt = |reason: String| LogError::Corrupt { log: self.name.clone(), segment: base, position: at, reason };
-                let head = reader.read(at, batch::LENGTH_PREFIX_LEN).map_err(|s| self.io("reading", s))?;
+                let corrupt = |reason: String| LogError::Corrupt {
+                    log: self.name.clone(),
+                    segment: base,
+                    position: at,
+                    reason,
+                };
+                let head = reader
+                    .read(at, batch::LENGTH_PREFIX_LEN)
+                    .map_err(|s| self.io("reading", s))?;
                 let head = head.ok_or_else(|| corrupt("torn header".into()))?;
                 let len = batch::total_len(&head, &limits).map_err(|e| corrupt(e.to_string()))?;
                 let bytes = reader.read(at, len).map_err(|s| self.io("reading", s))?;
                 let bytes = bytes.ok_or_else(|| corrupt("torn batch".into()))?;
-                let parsed = RecordBatch::parse(bytes, &limits).map_err(|e| corrupt(e.to_string()))?;
+                let parsed =
+                    RecordBatch::parse(bytes, &limits).map_err(|e| corrupt(e.to_string()))?;
                 if parsed.max_timestamp_ms() >= timestamp_ms {
-                    let records = parsed.records(limits.batch_bytes_decompressed_max).map_err(|e| corrupt(e.to_string()))?;
+                    let records = parsed
+                        .records(limits.batch_bytes_decompressed_max)
+                        .map_err(|e| corrupt(e.to_string()))?;
                     if let Some(r) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
                         return Ok(Some((r.offset, r.timestamp_ms)));
                     }
@@ -612,9 +789,13 @@ impl PartitionLog {
                 break;
             }
             let expired = st.config.retention_ms.is_some_and(|ms| {
-                seg.max_timestamp_ms == i64::MIN || seg.max_timestamp_ms < now_ms.saturating_sub(ms as i64)
+                seg.max_timestamp_ms == i64::MIN
+                    || seg.max_timestamp_ms < now_ms.saturating_sub(ms as i64)
             });
-            let oversize = st.config.retention_bytes.is_some_and(|max| total - seg.size >= max);
+            let oversize = st
+                .config
+                .retention_bytes
+                .is_some_and(|max| total - seg.size >= max);
             if !(expired || oversize) {
                 break;
             }
@@ -623,7 +804,8 @@ impl PartitionLog {
         }
         for base in &doomed {
             if let Some(seg) = st.segments.remove(base) {
-                seg.delete_files().map_err(|source| self.io("deleting an expired segment", source))?;
+                seg.delete_files()
+                    .map_err(|source| self.io("deleting an expired segment", source))?;
             }
         }
         if let Some(first) = st.segments.keys().next().copied() {
@@ -641,7 +823,11 @@ impl PartitionLog {
     pub(crate) fn sealed_segments(&self) -> Vec<(Offset, Arc<File>, u64, Offset)> {
         let st = lock(&self.state);
         let n = st.segments.len();
-        st.segments.values().take(n.saturating_sub(1)).map(|s| (s.base, s.file.clone(), s.size, s.next_offset)).collect()
+        st.segments
+            .values()
+            .take(n.saturating_sub(1))
+            .map(|s| (s.base, s.file.clone(), s.size, s.next_offset))
+            .collect()
     }
 
     /// The active segment as (base, file, size): read by the cleaner to learn the latest keys.
@@ -669,26 +855,45 @@ impl PartitionLog {
         let next_offset = old.next_offset;
         let max_ts = old.max_timestamp_ms;
         let created = old.created_ms;
-        old.delete_index_files().map_err(|source| self.io("removing a stale index", source))?;
-        fs::rename(cleaned, segment::log_path(&self.dir, base)).map_err(|source| self.io("swapping a cleaned segment", source))?;
-        let mut seg = Segment::open(&self.dir, base, interval, created).map_err(|source| self.io("reopening a cleaned segment", source))?;
-        if let Err(stop) = seg.rebuild(&limits).map_err(|source| self.io("indexing a cleaned segment", source))? {
-            return Err(LogError::Corrupt { log: self.name.clone(), segment: base, position: stop.position, reason: stop.reason });
+        old.delete_index_files()
+            .map_err(|source| self.io("removing a stale index", source))?;
+        fs::rename(cleaned, segment::log_path(&self.dir, base))
+            .map_err(|source| self.io("swapping a cleaned segment", source))?;
+        let mut seg = Segment::open(&self.dir, base, interval, created)
+            .map_err(|source| self.io("reopening a cleaned segment", source))?;
+        if let Err(stop) = seg
+            .rebuild(&limits)
+            .map_err(|source| self.io("indexing a cleaned segment", source))?
+        {
+            return Err(LogError::Corrupt {
+                log: self.name.clone(),
+                segment: base,
+                position: stop.position,
+                reason: stop.reason,
+            });
         }
         seg.next_offset = next_offset;
         seg.max_timestamp_ms = seg.max_timestamp_ms.max(max_ts.min(seg.max_timestamp_ms));
-        seg.write_indexes().map_err(|source| self.io("writing indexes of a cleaned segment", source))?;
+        seg.write_indexes()
+            .map_err(|source| self.io("writing indexes of a cleaned segment", source))?;
         st.segments.insert(base, seg);
         Ok(true)
     }
 
     pub(crate) fn io(&self, context: &str, source: io::Error) -> LogError {
-        LogError::Io { log: self.name.clone(), context: context.into(), source }
+        LogError::Io {
+            log: self.name.clone(),
+            context: context.into(),
+            source,
+        }
     }
 }
 
 fn last_segment(segments: &mut BTreeMap<Offset, Segment>) -> &mut Segment {
-    segments.values_mut().next_back().unwrap_or_else(|| unreachable!("a log always has an active segment"))
+    segments
+        .values_mut()
+        .next_back()
+        .unwrap_or_else(|| unreachable!("a log always has an active segment"))
 }
 
 /// Locks a mutex, recovering the guard if a panicking thread poisoned it: the state it guards
@@ -709,7 +914,11 @@ fn truncate_after_corruption(
         seg.truncate(position)?;
     }
     for b in later {
-        warn!(log = name, segment = b.0, "dropping a segment that follows a truncated tail");
+        warn!(
+            log = name,
+            segment = b.0,
+            "dropping a segment that follows a truncated tail"
+        );
         let _ = fs::remove_file(segment::index_path(dir, *b));
         let _ = fs::remove_file(segment::time_index_path(dir, *b));
         fs::remove_file(segment::log_path(dir, *b))?;
@@ -746,7 +955,11 @@ fn read_checkpoint(dir: &Path) -> Option<RecoveryPoint> {
         return None;
     }
     let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-    Some(RecoveryPoint { segment_base: Offset(word(0)), position: word(1), offset: Offset(word(2)) })
+    Some(RecoveryPoint {
+        segment_base: Offset(word(0)),
+        position: word(1),
+        offset: Offset(word(2)),
+    })
 }
 
 fn write_checkpoint(dir: &Path, point: RecoveryPoint) -> io::Result<()> {

@@ -73,22 +73,61 @@ pub struct Segment {
 
 impl Segment {
     /// Creates an empty segment file.
-    pub fn create(dir: &Path, base: Offset, index_interval_bytes: u32, now_ms: i64) -> io::Result<Segment> {
+    pub fn create(
+        dir: &Path,
+        base: Offset,
+        index_interval_bytes: u32,
+        now_ms: i64,
+    ) -> io::Result<Segment> {
         let path = log_path(dir, base);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         let _ = fs::remove_file(index_path(dir, base));
         let _ = fs::remove_file(time_index_path(dir, base));
-        Ok(Segment::from_parts(dir, base, file, 0, index_interval_bytes, now_ms))
+        Ok(Segment::from_parts(
+            dir,
+            base,
+            file,
+            0,
+            index_interval_bytes,
+            now_ms,
+        ))
     }
 
     /// Opens an existing segment file without reading it; the caller recovers or loads indexes.
-    pub fn open(dir: &Path, base: Offset, index_interval_bytes: u32, now_ms: i64) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(log_path(dir, base))?;
+    pub fn open(
+        dir: &Path,
+        base: Offset,
+        index_interval_bytes: u32,
+        now_ms: i64,
+    ) -> io::Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log_path(dir, base))?;
         let size = file.metadata()?.len();
-        Ok(Segment::from_parts(dir, base, file, size, index_interval_bytes, now_ms))
+        Ok(Segment::from_parts(
+            dir,
+            base,
+            file,
+            size,
+            index_interval_bytes,
+            now_ms,
+        ))
     }
 
-    fn from_parts(dir: &Path, base: Offset, file: File, size: u64, interval: u32, now_ms: i64) -> Segment {
+    fn from_parts(
+        dir: &Path,
+        base: Offset,
+        file: File,
+        size: u64,
+        interval: u32,
+        now_ms: i64,
+    ) -> Segment {
         Segment {
             base,
             file: Arc::new(file),
@@ -146,7 +185,9 @@ impl Segment {
     /// Position from which to walk to find `offset`: the last index entry at or below it.
     pub fn lookup(&self, offset: Offset) -> u64 {
         let rel = offset.0.saturating_sub(self.base.0);
-        let i = self.index.partition_point(|e| u64::from(e.relative_offset) <= rel);
+        let i = self
+            .index
+            .partition_point(|e| u64::from(e.relative_offset) <= rel);
         if i == 0 {
             0
         } else {
@@ -160,7 +201,10 @@ impl Segment {
         if i == 0 {
             return 0;
         }
-        self.lookup(self.base.plus(u64::from(self.time_index[i - 1].relative_offset)))
+        self.lookup(
+            self.base
+                .plus(u64::from(self.time_index[i - 1].relative_offset)),
+        )
     }
 
     /// Writes both indexes to their files; called when the segment is sealed or closed.
@@ -182,9 +226,10 @@ impl Segment {
     /// Loads the index files of a sealed segment. Returns false, leaving the indexes empty, when
     /// a file is missing or inconsistent with the log; the caller then rebuilds by scanning.
     pub fn load_indexes(&mut self, next_offset: Offset) -> bool {
-        let (Ok(raw), Ok(raw_time)) =
-            (fs::read(index_path(&self.dir, self.base)), fs::read(time_index_path(&self.dir, self.base)))
-        else {
+        let (Ok(raw), Ok(raw_time)) = (
+            fs::read(index_path(&self.dir, self.base)),
+            fs::read(time_index_path(&self.dir, self.base)),
+        ) else {
             return false;
         };
         if raw.len() % INDEX_ENTRY_LEN != 0 || raw_time.len() % TIME_ENTRY_LEN != 0 {
@@ -205,10 +250,20 @@ impl Segment {
             })
             .collect();
         let span = next_offset.0.saturating_sub(self.base.0);
-        let index_ok = index.windows(2).all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position)
-            && index.iter().all(|e| u64::from(e.position) < self.size && u64::from(e.relative_offset) < span.max(1));
-        let time_ok = time_index.windows(2).all(|w| w[0].timestamp_ms < w[1].timestamp_ms);
-        if !index_ok || !time_ok || (index.is_empty() && self.size > 0) || !self.entry_points_at_batch(index.last()) {
+        let index_ok = index
+            .windows(2)
+            .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position)
+            && index.iter().all(|e| {
+                u64::from(e.position) < self.size && u64::from(e.relative_offset) < span.max(1)
+            });
+        let time_ok = time_index
+            .windows(2)
+            .all(|w| w[0].timestamp_ms < w[1].timestamp_ms);
+        if !index_ok
+            || !time_ok
+            || (index.is_empty() && self.size > 0)
+            || !self.entry_points_at_batch(index.last())
+        {
             return false;
         }
         self.max_timestamp_ms = time_index.last().map_or(i64::MIN, |e| e.timestamp_ms);
@@ -224,10 +279,15 @@ impl Segment {
     fn entry_points_at_batch(&self, entry: Option<&IndexEntry>) -> bool {
         let Some(e) = entry else { return true };
         let mut head = [0u8; LENGTH_PREFIX_LEN];
-        if self.file.read_exact_at(&mut head, u64::from(e.position)).is_err() {
+        if self
+            .file
+            .read_exact_at(&mut head, u64::from(e.position))
+            .is_err()
+        {
             return false;
         }
-        batch::peek_header(&head).is_some_and(|(base, _)| base == self.base.plus(u64::from(e.relative_offset)))
+        batch::peek_header(&head)
+            .is_some_and(|(base, _)| base == self.base.plus(u64::from(e.relative_offset)))
     }
 
     /// Walks batches from `from` to the end, validating each one fully (length, CRC, offsets
@@ -252,7 +312,10 @@ impl Segment {
                 Err(e) => return stop(e.to_string()),
             };
             let Some(bytes) = chunk.read(position, len)? else {
-                return stop(format!("torn batch: {len} bytes declared, {} left", self.size - position));
+                return stop(format!(
+                    "torn batch: {len} bytes declared, {} left",
+                    self.size - position
+                ));
             };
             let batch = match RecordBatch::parse(bytes, limits) {
                 Ok(b) => b,
@@ -310,7 +373,10 @@ impl Segment {
 
     /// Removes the index files only (before the log file is replaced by a cleaned copy).
     pub fn delete_index_files(&self) -> io::Result<()> {
-        for path in [index_path(&self.dir, self.base), time_index_path(&self.dir, self.base)] {
+        for path in [
+            index_path(&self.dir, self.base),
+            time_index_path(&self.dir, self.base),
+        ] {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -330,7 +396,12 @@ pub struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub fn new(file: &'a File, end: u64) -> Self {
-        ChunkReader { file, end, buf: bytes::Bytes::new(), buf_at: 0 }
+        ChunkReader {
+            file,
+            end,
+            buf: bytes::Bytes::new(),
+            buf_at: 0,
+        }
     }
 
     /// Returns `len` bytes at `position`, or None when fewer remain before the end.
@@ -338,7 +409,8 @@ impl<'a> ChunkReader<'a> {
         if position + len as u64 > self.end {
             return Ok(None);
         }
-        let in_buf = position >= self.buf_at && position + len as u64 <= self.buf_at + self.buf.len() as u64;
+        let in_buf =
+            position >= self.buf_at && position + len as u64 <= self.buf_at + self.buf.len() as u64;
         if !in_buf {
             let want = (len.max(SCAN_CHUNK_BYTES) as u64).min(self.end - position) as usize;
             let mut fresh = vec![0u8; want];

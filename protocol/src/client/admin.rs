@@ -16,8 +16,17 @@ impl Admin {
         Admin { client }
     }
 
-    pub async fn create_topic(&self, name: &str, partitions: u32, configs: Vec<(String, String)>) -> Result<(), ClientError> {
-        let req = Request::CreateTopic { name: name.into(), partitions, configs };
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        let req = Request::CreateTopic {
+            name: name.into(),
+            partitions,
+            configs,
+        };
         match self.client.call(&req, &[]).await?.0 {
             Response::TopicCreated { .. } => Ok(()),
             other => Err(unexpected("create_topic", other)),
@@ -25,14 +34,24 @@ impl Admin {
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        match self.client.call(&Request::DeleteTopic { name: name.into() }, &[]).await?.0 {
+        match self
+            .client
+            .call(&Request::DeleteTopic { name: name.into() }, &[])
+            .await?
+            .0
+        {
             Response::TopicDeleted { .. } => Ok(()),
             other => Err(unexpected("delete_topic", other)),
         }
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
-        match self.client.call(&Request::DescribeTopic { name: name.into() }, &[]).await?.0 {
+        match self
+            .client
+            .call(&Request::DescribeTopic { name: name.into() }, &[])
+            .await?
+            .0
+        {
             Response::TopicDescription(d) => Ok(d),
             other => Err(unexpected("describe_topic", other)),
         }
@@ -40,7 +59,12 @@ impl Admin {
 
     /// Cluster metadata for the named topics, or for all when `topics` is None.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<Metadata, ClientError> {
-        match self.client.call(&Request::Metadata { topics }, &[]).await?.0 {
+        match self
+            .client
+            .call(&Request::Metadata { topics }, &[])
+            .await?
+            .0
+        {
             Response::Metadata(m) => Ok(m),
             other => Err(unexpected("metadata", other)),
         }
@@ -48,10 +72,22 @@ impl Admin {
 
     /// The offset a spec names, with its timestamp when asked by time; `None` for a timestamp
     /// later than every record.
-    pub async fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<(u64, Option<i64>), ClientError> {
-        let req = Request::ListOffsets { topic: topic.into(), partition, spec };
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<(u64, Option<i64>), ClientError> {
+        let req = Request::ListOffsets {
+            topic: topic.into(),
+            partition,
+            spec,
+        };
         match self.client.call(&req, &[]).await?.0 {
-            Response::Offsets { offset, timestamp_ms } => Ok((offset, timestamp_ms)),
+            Response::Offsets {
+                offset,
+                timestamp_ms,
+            } => Ok((offset, timestamp_ms)),
             other => Err(unexpected("list_offsets", other)),
         }
     }

@@ -48,7 +48,9 @@ impl ClientError {
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Wire(e) => e.code.is_retriable(),
-            ClientError::ConnectionLost(_) | ClientError::Connect { .. } | ClientError::Timeout(_) => true,
+            ClientError::ConnectionLost(_)
+            | ClientError::Connect { .. }
+            | ClientError::Timeout(_) => true,
             _ => false,
         }
     }
@@ -112,17 +114,27 @@ pub struct Connection {
 impl Connection {
     /// Connects, completes the TLS handshake and the hello exchange.
     pub async fn connect(address: &str, opts: &ClientOptions) -> Result<Connection, ClientError> {
-        let fail = |reason: String| ClientError::Connect { address: address.into(), reason };
+        let fail = |reason: String| ClientError::Connect {
+            address: address.into(),
+            reason,
+        };
         let (addr, host) = resolve(address).map_err(fail)?;
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .unwrap_or_else(|_| unreachable!("a literal socket address"));
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .unwrap_or_else(|_| unreachable!("a literal socket address"));
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
-        let quic = QuicClientConfig::try_from(opts.tls.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let quic = QuicClientConfig::try_from(opts.tls.clone())
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport_config(&opts.transport));
         endpoint.set_default_client_config(config);
-        let connecting = endpoint.connect(addr, &host).map_err(|e| fail(e.to_string()))?;
+        let connecting = endpoint
+            .connect(addr, &host)
+            .map_err(|e| fail(e.to_string()))?;
         let conn = tokio::time::timeout(opts.connect_timeout, connecting)
             .await
             .map_err(|_| fail(format!("no answer within {:?}", opts.connect_timeout)))?
@@ -130,18 +142,40 @@ impl Connection {
         let mut c = Connection {
             conn,
             _endpoint: endpoint,
-            hello: HelloInfo { version: 0, cluster: String::new(), node_id: 0, principal: String::new() },
+            hello: HelloInfo {
+                version: 0,
+                cluster: String::new(),
+                node_id: 0,
+                principal: String::new(),
+            },
             address: address.into(),
             limits: opts.frame_limits,
             timeout: opts.request_timeout,
         };
-        let hello = Request::Hello { version_min: VERSION_MIN, version_max: VERSION_MAX, client_id: opts.client_id.clone() };
+        let hello = Request::Hello {
+            version_min: VERSION_MIN,
+            version_max: VERSION_MAX,
+            client_id: opts.client_id.clone(),
+        };
         // The first stream proves the handshake really succeeded: a node that rejects our
         // certificate closes the connection here.
-        let (resp, _) = c.request(&hello, &[]).await.map_err(|e| fail(e.to_string()))?;
+        let (resp, _) = c
+            .request(&hello, &[])
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         match resp {
-            Response::Hello { version, cluster, node_id, principal } => {
-                c.hello = HelloInfo { version, cluster, node_id, principal };
+            Response::Hello {
+                version,
+                cluster,
+                node_id,
+                principal,
+            } => {
+                c.hello = HelloInfo {
+                    version,
+                    cluster,
+                    node_id,
+                    principal,
+                };
                 debug!(address, cluster = %c.hello.cluster, node = c.hello.node_id, "connected");
                 Ok(c)
             }
@@ -150,7 +184,11 @@ impl Connection {
     }
 
     /// Sends one request with its payload chunks and waits for the answer.
-    pub async fn request(&self, request: &Request, payload: &[Bytes]) -> Result<(Response, Bytes), ClientError> {
+    pub async fn request(
+        &self,
+        request: &Request,
+        payload: &[Bytes],
+    ) -> Result<(Response, Bytes), ClientError> {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(lost)?;
             let payload_len: usize = payload.iter().map(Bytes::len).sum();
@@ -205,8 +243,14 @@ fn lost(e: impl std::fmt::Display) -> ClientError {
 }
 
 fn resolve(address: &str) -> Result<(SocketAddr, String), String> {
-    let host = address.rsplit_once(':').map(|(h, _)| h).ok_or_else(|| format!("{address:?} is not HOST:PORT"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .ok_or_else(|| format!("{address:?} is not HOST:PORT"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let addr = address
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
@@ -223,7 +267,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(opts: ClientOptions) -> Arc<Client> {
-        Arc::new(Client { opts, current: Mutex::new(None) })
+        Arc::new(Client {
+            opts,
+            current: Mutex::new(None),
+        })
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -286,11 +333,18 @@ impl Client {
     }
 
     /// Sends a request, retrying connection failures a few times.
-    pub async fn call(&self, request: &Request, payload: &[Bytes]) -> Result<(Response, Bytes), ClientError> {
+    pub async fn call(
+        &self,
+        request: &Request,
+        payload: &[Bytes],
+    ) -> Result<(Response, Bytes), ClientError> {
         self.call_with_retries(request, payload, 4).await
     }
 }
 
 pub(crate) fn unexpected(request: &'static str, got: Response) -> ClientError {
-    ClientError::UnexpectedResponse { request, got: format!("{got:?}") }
+    ClientError::UnexpectedResponse {
+        request,
+        got: format!("{got:?}"),
+    }
 }

@@ -59,11 +59,20 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn new(client: Arc<Client>, config: ConsumerConfig) -> Self {
-        Consumer { client, config, positions: BTreeMap::new(), buffered: VecDeque::new() }
+        Consumer {
+            client,
+            config,
+            positions: BTreeMap::new(),
+            buffered: VecDeque::new(),
+        }
     }
 
     /// Assigns partitions, each starting at the offset `spec` names.
-    pub async fn assign(&mut self, partitions: &[(String, u32)], spec: OffsetSpec) -> Result<(), ClientError> {
+    pub async fn assign(
+        &mut self,
+        partitions: &[(String, u32)],
+        spec: OffsetSpec,
+    ) -> Result<(), ClientError> {
         let admin = Admin::new(self.client.clone());
         self.positions.clear();
         self.buffered.clear();
@@ -76,17 +85,31 @@ impl Consumer {
 
     /// Assigns every partition of a topic.
     pub async fn assign_topic(&mut self, topic: &str, spec: OffsetSpec) -> Result<(), ClientError> {
-        let meta = Admin::new(self.client.clone()).metadata(Some(vec![topic.into()])).await?;
-        let t = meta.topics.into_iter().find(|t| t.name == topic).ok_or_else(|| {
-            ClientError::Wire(crate::error::WireError::new(ErrorCode::UNKNOWN_TOPIC, format!("topic {topic:?} does not exist")))
-        })?;
-        let parts: Vec<(String, u32)> = t.partitions.iter().map(|p| (topic.to_string(), p.id)).collect();
+        let meta = Admin::new(self.client.clone())
+            .metadata(Some(vec![topic.into()]))
+            .await?;
+        let t = meta
+            .topics
+            .into_iter()
+            .find(|t| t.name == topic)
+            .ok_or_else(|| {
+                ClientError::Wire(crate::error::WireError::new(
+                    ErrorCode::UNKNOWN_TOPIC,
+                    format!("topic {topic:?} does not exist"),
+                ))
+            })?;
+        let parts: Vec<(String, u32)> = t
+            .partitions
+            .iter()
+            .map(|p| (topic.to_string(), p.id))
+            .collect();
         self.assign(&parts, spec).await
     }
 
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
         self.positions.insert((topic.into(), partition), offset);
-        self.buffered.retain(|r| !(r.topic == topic && r.partition == partition));
+        self.buffered
+            .retain(|r| !(r.topic == topic && r.partition == partition));
     }
 
     /// The next offset to be returned per partition.
@@ -124,7 +147,9 @@ impl Consumer {
                 Ok((Response::Fetched { .. }, payload)) => self.take_batches(&key, payload)?,
                 Ok((other, _)) => return Err(unexpected("fetch", other)),
                 Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
-                    let (offset, _) = Admin::new(self.client.clone()).list_offset(&key.0, key.1, self.config.reset).await?;
+                    let (offset, _) = Admin::new(self.client.clone())
+                        .list_offset(&key.0, key.1, self.config.reset)
+                        .await?;
                     tracing::warn!(topic = %key.0, partition = key.1, reset_to = offset, "position out of range; reset");
                     self.positions.insert(key, offset);
                 }
@@ -135,7 +160,9 @@ impl Consumer {
     }
 
     fn take_batches(&mut self, key: &(String, u32), payload: Bytes) -> Result<(), ClientError> {
-        let Some(position) = self.positions.get(key).copied() else { return Ok(()) };
+        let Some(position) = self.positions.get(key).copied() else {
+            return Ok(());
+        };
         let mut next = position;
         for batch in split_batches(payload, &self.config.limits)? {
             for r in batch.records(self.config.limits.batch_bytes_decompressed_max)? {

@@ -52,7 +52,11 @@ pub struct DeliveryFuture(oneshot::Receiver<Result<u64, ClientError>>);
 
 impl DeliveryFuture {
     pub async fn wait(self) -> Result<u64, ClientError> {
-        self.0.await.unwrap_or_else(|_| Err(ClientError::ConnectionLost("the producer was dropped".into())))
+        self.0.await.unwrap_or_else(|_| {
+            Err(ClientError::ConnectionLost(
+                "the producer was dropped".into(),
+            ))
+        })
     }
 }
 
@@ -89,7 +93,9 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(client: Arc<Client>, config: ProducerConfig) -> Producer {
-        let permits = config.in_flight_bytes_max.clamp(1 << 20, Semaphore::MAX_PERMITS);
+        let permits = config
+            .in_flight_bytes_max
+            .clamp(1 << 20, Semaphore::MAX_PERMITS);
         let inner = Arc::new(Inner {
             client,
             in_flight_bytes_max: permits,
@@ -128,11 +134,13 @@ impl Producer {
         let now = now_ms();
         let full = {
             let mut pending = lock(&self.inner.pending);
-            let entry = pending.entry((topic.to_string(), partition)).or_insert_with(|| Pending {
-                builder: BatchBuilder::new(self.inner.config.compression),
-                waiters: Vec::new(),
-                started: Instant::now(),
-            });
+            let entry = pending
+                .entry((topic.to_string(), partition))
+                .or_insert_with(|| Pending {
+                    builder: BatchBuilder::new(self.inner.config.compression),
+                    waiters: Vec::new(),
+                    started: Instant::now(),
+                });
             entry.builder.push(now, key, value, headers);
             entry.waiters.push(tx);
             if entry.builder.size_bytes() >= self.inner.config.batch_bytes {
@@ -167,7 +175,9 @@ impl Producer {
         if let Some(n) = lock(&self.inner.partitions).get(topic) {
             return Ok(*n);
         }
-        let meta = Admin::new(self.inner.client.clone()).metadata(Some(vec![topic.into()])).await?;
+        let meta = Admin::new(self.inner.client.clone())
+            .metadata(Some(vec![topic.into()]))
+            .await?;
         let n = meta
             .topics
             .iter()
@@ -185,7 +195,9 @@ impl Producer {
 
     fn sticky_partition(&self, topic: &str, count: u32) -> u32 {
         let mut sticky = lock(&self.inner.sticky);
-        *sticky.entry(topic.into()).or_insert_with(|| (now_ms() as u64 % u64::from(count.max(1))) as u32)
+        *sticky
+            .entry(topic.into())
+            .or_insert_with(|| (now_ms() as u64 % u64::from(count.max(1))) as u32)
     }
 }
 
@@ -193,7 +205,9 @@ impl Producer {
 async fn dispatch(inner: &Arc<Inner>, key: PartitionKey, pending: Pending) {
     let batch = pending.builder.finish().into_bytes();
     let cost = batch.len().clamp(1, inner.in_flight_bytes_max) as u32;
-    let Ok(permit) = inner.in_flight.clone().acquire_many_owned(cost).await else { return };
+    let Ok(permit) = inner.in_flight.clone().acquire_many_owned(cost).await else {
+        return;
+    };
     let sender = {
         let mut senders = lock(&inner.senders);
         senders
@@ -205,9 +219,16 @@ async fn dispatch(inner: &Arc<Inner>, key: PartitionKey, pending: Pending) {
             })
             .clone()
     };
-    let ready = Ready { batch, waiters: pending.waiters, permit };
+    let ready = Ready {
+        batch,
+        waiters: pending.waiters,
+        permit,
+    };
     if let Err(mpsc::error::SendError(ready)) = sender.send(ready).await {
-        fail_all(ready.waiters, ClientError::ConnectionLost("the partition sender stopped".into()));
+        fail_all(
+            ready.waiters,
+            ClientError::ConnectionLost("the partition sender stopped".into()),
+        );
     }
 }
 
@@ -223,7 +244,9 @@ async fn partition_sender(inner: Arc<Inner>, key: PartitionKey, mut rx: mpsc::Re
         }
         let inner = inner.clone();
         let key = key.clone();
-        in_flight.push_back(tokio::spawn(async move { send_batch(&inner, &key, ready).await }));
+        in_flight.push_back(tokio::spawn(async move {
+            send_batch(&inner, &key, ready).await
+        }));
     }
     for h in in_flight {
         let _ = h.await;
@@ -231,8 +254,19 @@ async fn partition_sender(inner: Arc<Inner>, key: PartitionKey, mut rx: mpsc::Re
 }
 
 async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
-    let request = Request::Produce { topic: key.0.clone(), partition: key.1, acks: inner.config.acks };
-    let result = inner.client.call_with_retries(&request, std::slice::from_ref(&ready.batch), inner.config.attempts).await;
+    let request = Request::Produce {
+        topic: key.0.clone(),
+        partition: key.1,
+        acks: inner.config.acks,
+    };
+    let result = inner
+        .client
+        .call_with_retries(
+            &request,
+            std::slice::from_ref(&ready.batch),
+            inner.config.attempts,
+        )
+        .await;
     drop(ready.permit);
     match result {
         Ok((Response::Produced { base_offset, .. }, _)) => {
@@ -269,9 +303,14 @@ async fn linger_loop(weak: Weak<Inner>) {
         let linger = Duration::from_millis(inner.config.linger_ms);
         let due: Vec<(PartitionKey, Pending)> = {
             let mut pending = lock(&inner.pending);
-            let keys: Vec<PartitionKey> =
-                pending.iter().filter(|(_, p)| p.started.elapsed() >= linger).map(|(k, _)| k.clone()).collect();
-            keys.into_iter().filter_map(|k| pending.remove(&k).map(|p| (k, p))).collect()
+            let keys: Vec<PartitionKey> = pending
+                .iter()
+                .filter(|(_, p)| p.started.elapsed() >= linger)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| pending.remove(&k).map(|p| (k, p)))
+                .collect()
         };
         for (key, p) in due {
             lock(&inner.sticky).remove(&key.0);

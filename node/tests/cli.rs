@@ -1,0 +1,282 @@
+//! The `strait` command as a user runs it: certificates, a node, produce, consume.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait");
+
+fn strait(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("STRAIT_CA", "c/ca.crt")
+        .env("STRAIT_CERT", "c/app.crt")
+        .env("STRAIT_KEY", "c/app.key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        pipe.write_all(input).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(dir: &Path) -> (Node, String) {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .args([
+            "node",
+            "run",
+            "--cluster",
+            "east",
+            "--node-id",
+            "1",
+            "--listen",
+            &addr,
+            "--data-dir",
+            "data",
+        ])
+        .args([
+            "--ca",
+            "c/ca.crt",
+            "--cert",
+            "c/node-1.crt",
+            "--key",
+            "c/node-1.key",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let out = strait(dir, &["topic", "list", "--bootstrap", &addr], None);
+        if out.status.success() {
+            return (node, addr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node did not come up");
+}
+
+#[test]
+fn produce_then_consume_returns_exactly_what_was_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(strait(d, &["certs", "init", "--dir", "c"], None));
+    ok(strait(
+        d,
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "c",
+            "--name",
+            "node-1",
+            "--role",
+            "node",
+            "--host",
+            "127.0.0.1",
+        ],
+        None,
+    ));
+    ok(strait(
+        d,
+        &[
+            "certs", "issue", "--dir", "c", "--name", "app", "--role", "client",
+        ],
+        None,
+    ));
+    let inspect: Value = serde_json::from_str(&ok(strait(
+        d,
+        &["certs", "inspect", "c/node-1.crt", "--json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(inspect["role"], "node");
+    assert!(inspect["sans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == "IP:127.0.0.1"));
+
+    let (_node, addr) = start_node(d);
+    let b = ["--bootstrap", addr.as_str()];
+    ok(strait(
+        d,
+        &[
+            &[
+                "topic",
+                "create",
+                "lines",
+                "--partitions",
+                "1",
+                "--config",
+                "flush=always",
+            ][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+
+    // A file of raw lines: plain, empty, unicode, keyed, and bytes that are not UTF-8.
+    let mut input: Vec<u8> = Vec::new();
+    let lines: Vec<Vec<u8>> = vec![
+        b"plain".to_vec(),
+        b"".to_vec(),
+        "ünïcødé ✓ 日本".as_bytes().to_vec(),
+        b"k1=with key".to_vec(),
+        vec![0xff, 0xfe, b'x', 0x80],
+        b"  spaced  ".to_vec(),
+    ];
+    for l in &lines {
+        input.extend_from_slice(l);
+        input.push(b'\n');
+    }
+    std::fs::write(d.join("raw.txt"), &input).unwrap();
+    let raw = std::fs::read(d.join("raw.txt")).unwrap();
+    let out = ok(strait(
+        d,
+        &[&["produce", "lines", "--key-separator", "="][..], &b].concat(),
+        Some(&raw),
+    ));
+    assert!(out.contains("6 records acknowledged"), "{out}");
+
+    let out = ok(strait(
+        d,
+        &[
+            &[
+                "consume",
+                "lines",
+                "--from-beginning",
+                "--json",
+                "--idle-exit-ms",
+                "1500",
+            ][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+    let got: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), lines.len(), "{out}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (i, (record, line)) in got.iter().zip(&lines).enumerate() {
+        assert_eq!(record["topic"], "lines");
+        assert_eq!(record["partition"], 0);
+        assert_eq!(record["offset"], i as u64);
+        assert!(record["timestamp_ms"].as_i64().unwrap() > 0);
+        let (key, value): (Option<&[u8]>, &[u8]) = match line.iter().position(|c| *c == b'=') {
+            Some(at) => (Some(&line[..at]), &line[at + 1..]),
+            None => (None, &line[..]),
+        };
+        match key {
+            None => assert!(record["key"].is_null(), "{record}"),
+            Some(k) => assert_eq!(record["key"].as_str().unwrap().as_bytes(), k),
+        }
+        match std::str::from_utf8(value) {
+            Ok(s) => assert_eq!(record["value"], s, "{record}"),
+            Err(_) => assert_eq!(
+                b64.decode(record["value_base64"].as_str().unwrap())
+                    .unwrap(),
+                value
+            ),
+        }
+    }
+
+    // One partition, one offset, a bound.
+    let out = ok(strait(
+        d,
+        &[
+            &[
+                "consume",
+                "lines",
+                "--partition",
+                "0",
+                "--offset",
+                "3",
+                "--max-records",
+                "2",
+                "--json",
+            ][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+    let offsets: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, vec![3, 4]);
+
+    let described: Value = serde_json::from_str(&ok(strait(
+        d,
+        &[&["topic", "describe", "lines", "--json"][..], &b].concat(),
+        None,
+    )))
+    .unwrap();
+    assert_eq!(described["partitions"][0]["end_offset"], 6);
+    assert_eq!(described["configs"]["flush"], "always");
+    let listed = ok(strait(d, &[&["topic", "list"][..], &b].concat(), None));
+    assert!(
+        listed.starts_with("TOPIC") && listed.contains("lines"),
+        "{listed}"
+    );
+
+    let failed = strait(d, &[&["produce", "nope"][..], &b].concat(), Some(b"x\n"));
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("strait topic create nope"), "{err}");
+    ok(strait(
+        d,
+        &[&["topic", "delete", "lines"][..], &b].concat(),
+        None,
+    ));
+}
