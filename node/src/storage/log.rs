@@ -322,18 +322,19 @@ impl PartitionLog {
             } else {
                 st.next_offset
             };
-            let batch = batch.with_position(base, st.epoch);
-            self.roll_if_needed(&mut st, &batch, now_ms)?;
+            let last_offset = base.plus(u64::from(batch.last_offset_delta()));
+            self.roll_if_needed(&mut st, base, batch.size_bytes() as u64, now_ms)?;
+            let epoch = st.epoch;
             let active = last_segment(&mut st.segments);
             let before = active.size;
-            if let Err(source) = active.append(&batch) {
+            if let Err(source) = active.append(&batch, base, epoch) {
                 return Err(self.undo_failed_write(&mut st, before, source));
             }
-            st.next_offset = batch.next_offset();
+            st.next_offset = last_offset.plus(1);
             (
                 Appended {
                     base_offset: base,
-                    last_offset: batch.last_offset(),
+                    last_offset,
                 },
                 st.config.flush,
             )
@@ -373,24 +374,20 @@ impl PartitionLog {
     fn roll_if_needed(
         &self,
         st: &mut LogState,
-        batch: &RecordBatch,
+        base: Offset,
+        incoming: u64,
         now_ms: i64,
     ) -> Result<(), LogError> {
         let config = st.config.clone();
         let active = last_segment(&mut st.segments);
         if active.is_empty() {
-            if active.base != batch.base_offset() && active.next_offset == active.base {
+            if active.base != base && active.next_offset == active.base {
                 // An empty segment whose base does not match an explicit offset: re-base it.
                 let dir = self.dir.clone();
                 let old = std::mem::replace(
                     active,
-                    Segment::create(
-                        &dir,
-                        batch.base_offset(),
-                        config.index_interval_bytes,
-                        now_ms,
-                    )
-                    .map_err(|source| self.io("creating a segment", source))?,
+                    Segment::create(&dir, base, config.index_interval_bytes, now_ms)
+                        .map_err(|source| self.io("creating a segment", source))?,
                 );
                 let old_base = old.base;
                 old.delete_files()
@@ -403,13 +400,12 @@ impl PartitionLog {
             }
             return Ok(());
         }
-        let incoming = batch.size_bytes() as u64;
         let full = active.size + incoming > config.segment_bytes
             || active.size + incoming > u64::from(u32::MAX);
         let aged = config
             .segment_ms
             .is_some_and(|ms| now_ms.saturating_sub(active.created_ms) >= ms as i64);
-        let far = batch.base_offset().0 - active.base.0 > u64::from(u32::MAX);
+        let far = base.0 - active.base.0 > u64::from(u32::MAX);
         if !(full || aged || far) {
             return Ok(());
         }
@@ -417,13 +413,8 @@ impl PartitionLog {
             .write_indexes()
             .map_err(|source| self.io("writing indexes of a sealed segment", source))?;
         let sealed_file = active.file.clone();
-        let seg = Segment::create(
-            &self.dir,
-            batch.base_offset(),
-            config.index_interval_bytes,
-            now_ms,
-        )
-        .map_err(|source| self.io("creating a segment", source))?;
+        let seg = Segment::create(&self.dir, base, config.index_interval_bytes, now_ms)
+            .map_err(|source| self.io("creating a segment", source))?;
         st.unsynced_sealed.push(sealed_file);
         st.segments.insert(seg.base, seg);
         Ok(())

@@ -13,12 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strait_protocol::batch::{self, DecodeLimits, LENGTH_PREFIX_LEN};
-use strait_protocol::{Offset, RecordBatch};
+use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 
 /// Size of one offset-index entry on disk.
 const INDEX_ENTRY_LEN: usize = 8;
 /// Size of one time-index entry on disk.
 const TIME_ENTRY_LEN: usize = 12;
+/// Bytes at the start of a batch holding the fields the node assigns (base offset, length,
+/// leader epoch).
+const ASSIGNED_PREFIX_LEN: usize = 16;
 /// Read size used when walking a segment sequentially.
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -147,16 +150,34 @@ impl Segment {
         self.size == 0
     }
 
-    /// Writes a batch at the end of the file and indexes it. The caller has assigned its offsets.
-    pub fn append(&mut self, batch: &RecordBatch) -> io::Result<()> {
+    /// Writes a batch at the end of the file at `base`, in leader epoch `epoch`, and indexes it.
+    ///
+    /// The two node-assigned fields precede the CRC, so they are written from a 16-byte header
+    /// of our own and the rest of the batch straight from the received buffer: no copy of the
+    /// batch, no re-encoding.
+    pub fn append(
+        &mut self,
+        batch: &RecordBatch,
+        base: Offset,
+        epoch: LeaderEpoch,
+    ) -> io::Result<()> {
         let position = self.size;
-        self.file.write_all_at(batch.as_bytes(), position)?;
-        self.size += batch.size_bytes() as u64;
+        let bytes = batch.as_bytes();
+        let mut head = [0u8; ASSIGNED_PREFIX_LEN];
+        head[..8].copy_from_slice(&base.0.to_le_bytes());
+        head[8..12].copy_from_slice(&bytes[8..12]);
+        head[12..16].copy_from_slice(&epoch.0.to_le_bytes());
+        self.file.write_all_at(&head, position)?;
+        self.file.write_all_at(
+            &bytes[ASSIGNED_PREFIX_LEN..],
+            position + ASSIGNED_PREFIX_LEN as u64,
+        )?;
+        self.size += bytes.len() as u64;
         self.note_batch(ScannedBatch {
             position,
-            len: batch.size_bytes(),
-            base_offset: batch.base_offset(),
-            next_offset: batch.next_offset(),
+            len: bytes.len(),
+            base_offset: base,
+            next_offset: base.plus(u64::from(batch.last_offset_delta()) + 1),
             max_timestamp_ms: batch.max_timestamp_ms(),
         });
         Ok(())
