@@ -428,10 +428,18 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
+    /// A builder whose buffer is sized for `capacity_bytes` of records up front, so a batch
+    /// grows without reallocating and copying.
+    pub fn with_capacity(compression: Compression, capacity_bytes: usize) -> Self {
+        let mut b = BatchBuilder::new(compression);
+        b.records.reserve(capacity_bytes.min(64 << 20));
+        b
+    }
+
     pub fn new(compression: Compression) -> Self {
         BatchBuilder {
             compression,
-            records: Vec::new(),
+            records: vec![0u8; HEADER_LEN],
             count: 0,
             first_timestamp_ms: 0,
             max_timestamp_ms: i64::MIN,
@@ -466,7 +474,7 @@ impl BatchBuilder {
 
     /// Uncompressed size so far, header included: what the batch costs before compression.
     pub fn size_bytes(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        self.records.len()
     }
 
     /// Appends a record at the next offset delta.
@@ -501,69 +509,95 @@ impl BatchBuilder {
         self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
         self.last_offset_delta = offset_delta;
         self.count += 1;
-        let mut body =
-            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
-        body.push(0u8);
-        varint::put_i64(
-            &mut body,
-            timestamp_ms.wrapping_sub(self.first_timestamp_ms),
-        );
-        varint::put_u64(&mut body, u64::from(offset_delta));
-        put_nullable(&mut body, key);
-        put_nullable(&mut body, value);
-        varint::put_u64(&mut body, headers.len() as u64);
+        let ts_delta = timestamp_ms.wrapping_sub(self.first_timestamp_ms);
+        // Size the body first so it is written once, straight into the records buffer.
+        let mut body_len = 1 + varint::len_i64(ts_delta) + varint::len_u64(u64::from(offset_delta));
+        body_len += nullable_len(key) + nullable_len(value) + varint::len_u64(headers.len() as u64);
         for header in headers {
-            varint::put_u64(&mut body, header.key.len() as u64);
-            body.extend_from_slice(header.key.as_bytes());
-            put_nullable(&mut body, header.value.as_deref());
+            body_len += varint::len_u64(header.key.len() as u64)
+                + header.key.len()
+                + nullable_len(header.value.as_deref());
         }
-        varint::put_u64(&mut self.records, body.len() as u64);
-        self.records.extend_from_slice(&body);
+        let records = &mut self.records;
+        records.reserve(body_len + 10);
+        varint::put_u64(records, body_len as u64);
+        records.push(0u8);
+        varint::put_i64(records, ts_delta);
+        varint::put_u64(records, u64::from(offset_delta));
+        put_nullable(records, key);
+        put_nullable(records, value);
+        varint::put_u64(records, headers.len() as u64);
+        for header in headers {
+            varint::put_u64(records, header.key.len() as u64);
+            records.extend_from_slice(header.key.as_bytes());
+            put_nullable(records, header.value.as_deref());
+        }
     }
 
     /// Encodes the batch. Panics if no record was pushed: an empty batch has no offsets.
-    pub fn finish(self) -> RecordBatch {
+    pub fn finish(mut self) -> RecordBatch {
         assert!(self.count > 0, "a batch needs at least one record");
-        let section: std::borrow::Cow<'_, [u8]> = match self.compression {
-            Compression::None => (&self.records[..]).into(),
-            Compression::Lz4 => lz4_flex::block::compress(&self.records).into(),
-            Compression::Zstd => zstd::bulk::compress(&self.records, 1)
-                .unwrap_or_else(|_| unreachable!("zstd compression into a Vec cannot fail"))
-                .into(),
-        };
+        let records_len = self.records.len() - HEADER_LEN;
         let provenance = self
             .provenance
             .as_ref()
             .map(encode_provenance)
             .unwrap_or_default();
-        let total = HEADER_LEN + provenance.len() + section.len();
-        let mut buf = BytesMut::with_capacity(total);
-        buf.put_u64_le(0);
-        buf.put_u32_le((total - LENGTH_PREFIX_LEN) as u32);
-        buf.put_u32_le(0);
-        buf.put_u8(MAGIC);
-        buf.put_u32_le(0);
         let mut attributes = self.compression.code();
         if self.provenance.is_some() {
             attributes |= ATTR_PROVENANCE;
         }
-        buf.put_u16_le(attributes);
-        buf.put_u32_le(self.last_offset_delta);
-        buf.put_i64_le(self.first_timestamp_ms);
-        buf.put_i64_le(self.max_timestamp_ms);
-        buf.put_i64_le(self.producer_id);
-        buf.put_i16_le(self.producer_epoch);
-        buf.put_i32_le(self.base_sequence);
-        buf.put_u32_le(self.count);
-        buf.put_u32_le(self.records.len() as u32);
-        buf.extend_from_slice(&provenance);
-        buf.extend_from_slice(&section);
+        let mut header = BytesMut::with_capacity(HEADER_LEN + provenance.len());
+        header.put_u64_le(0);
+        header.put_u32_le(0); // batch length, set below
+        header.put_u32_le(0);
+        header.put_u8(MAGIC);
+        header.put_u32_le(0); // CRC, set below
+        header.put_u16_le(attributes);
+        header.put_u32_le(self.last_offset_delta);
+        header.put_i64_le(self.first_timestamp_ms);
+        header.put_i64_le(self.max_timestamp_ms);
+        header.put_i64_le(self.producer_id);
+        header.put_i16_le(self.producer_epoch);
+        header.put_i32_le(self.base_sequence);
+        header.put_u32_le(self.count);
+        header.put_u32_le(records_len as u32);
+        header.extend_from_slice(&provenance);
+        let mut buf = if self.compression == Compression::None && provenance.is_empty() {
+            // The common case: the records were written behind a reserved header, so the batch
+            // is finished in place without copying them.
+            self.records[..HEADER_LEN].copy_from_slice(&header);
+            std::mem::take(&mut self.records)
+        } else {
+            let section = &self.records[HEADER_LEN..];
+            let compressed: std::borrow::Cow<'_, [u8]> = match self.compression {
+                Compression::Lz4 => lz4_flex::block::compress(section).into(),
+                Compression::Zstd => zstd::bulk::compress(section, 1)
+                    .unwrap_or_else(|_| unreachable!("zstd compression into a Vec cannot fail"))
+                    .into(),
+                _ => section.into(),
+            };
+            let mut buf = Vec::with_capacity(header.len() + compressed.len());
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(&compressed);
+            buf
+        };
+        let total = buf.len();
+        buf[AT_BATCH_LENGTH..AT_BATCH_LENGTH + 4]
+            .copy_from_slice(&((total - LENGTH_PREFIX_LEN) as u32).to_le_bytes());
         let crc = crc32c::crc32c(&buf[AT_ATTRIBUTES..]);
         buf[AT_CRC..AT_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         RecordBatch {
-            bytes: buf.freeze(),
+            bytes: Bytes::from(buf),
             provenance_len: provenance.len(),
         }
+    }
+}
+
+fn nullable_len(data: Option<&[u8]>) -> usize {
+    match data {
+        None => varint::len_i64(-1),
+        Some(bytes) => varint::len_i64(bytes.len() as i64) + bytes.len(),
     }
 }
 

@@ -16,6 +16,16 @@ pub fn put_u64(buf: &mut Vec<u8>, mut value: u64) {
     buf.push(value as u8);
 }
 
+/// Bytes `put_u64` writes for `value`.
+pub fn len_u64(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_i64` writes for `value`.
+pub fn len_i64(value: i64) -> usize {
+    len_u64(((value << 1) ^ (value >> 63)) as u64)
+}
+
 pub fn put_i64(buf: &mut Vec<u8>, value: i64) {
     put_u64(buf, ((value << 1) ^ (value >> 63)) as u64);
 }
@@ -90,6 +100,7 @@ mod tests {
             prop_assert_eq!(c.u64().unwrap(), u);
             prop_assert_eq!(c.i64().unwrap(), i);
             prop_assert_eq!(c.position(), buf.len());
+            prop_assert_eq!(len_u64(u) + len_i64(i), buf.len());
         }
     }
 

@@ -288,7 +288,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         for r in records {
             if args.json {
                 let mut obj = serde_json::Map::new();
-                obj.insert("topic".into(), json!(r.topic));
+                obj.insert("topic".into(), json!(&*r.topic));
                 obj.insert("partition".into(), json!(r.partition));
                 obj.insert("offset".into(), json!(r.offset));
                 obj.insert("timestamp_ms".into(), json!(r.timestamp_ms));

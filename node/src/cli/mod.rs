@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench_cmd;
 mod certs_cmd;
 mod client_cmd;
 mod debug_cmd;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Make and inspect certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Benchmarks with same-run baselines.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
     /// Test helpers for the crash suites.
     #[command(subcommand, hide = true)]
     Debug(debug_cmd::DebugCommand),
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => client_cmd::produce(a).await,
         Command::Consume(a) => client_cmd::consume(a).await,
         Command::Certs(c) => certs_cmd::run(c),
+        Command::Bench(c) => bench_cmd::run(c).await,
         Command::Debug(c) => debug_cmd::run(c),
     }
 }

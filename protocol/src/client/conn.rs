@@ -231,9 +231,32 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     let mut prefix = [0u8; PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(lost)?;
     let lengths = frame::decode_prefix(prefix, limits)?;
-    let mut body = BytesMut::zeroed(lengths.total());
-    recv.read_exact(&mut body).await.map_err(lost)?;
-    let mut body = body.freeze();
+    // Gather the body from quinn's chunks: no zero-fill pass, and a body that arrives in one
+    // chunk is not copied at all.
+    let total = lengths.total();
+    let mut first: Option<Bytes> = None;
+    let mut gathered = BytesMut::new();
+    let mut have = 0;
+    while have < total {
+        let chunk = recv.read_chunk(total - have, true).await.map_err(lost)?;
+        let chunk = chunk
+            .ok_or_else(|| {
+                lost(format!(
+                    "stream ended {have} bytes into a {total}-byte frame"
+                ))
+            })?
+            .bytes;
+        have += chunk.len();
+        if gathered.is_empty() && have == total && first.is_none() {
+            first = Some(chunk);
+        } else {
+            if gathered.is_empty() {
+                gathered.reserve(total);
+            }
+            gathered.extend_from_slice(&chunk);
+        }
+    }
+    let mut body = first.unwrap_or_else(|| gathered.freeze());
     let header = body.split_to(lengths.header as usize);
     Ok((frame::decode_header(&header)?, body))
 }

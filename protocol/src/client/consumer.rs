@@ -40,7 +40,7 @@ impl Default for ConsumerConfig {
 /// A record as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: u64,
     pub timestamp_ms: i64,
@@ -50,12 +50,20 @@ pub struct ConsumerRecord {
 }
 
 /// Reads assigned partitions from their positions on.
+///
+/// Every assigned partition keeps one fetch in flight, re-issued as soon as its answer arrives,
+/// so the network works while the application processes what `poll` returned.
 pub struct Consumer {
     client: Arc<Client>,
     config: ConsumerConfig,
     positions: BTreeMap<(String, u32), u64>,
     buffered: VecDeque<ConsumerRecord>,
+    in_flight: tokio::task::JoinSet<FetchAnswer>,
+    fetching: std::collections::BTreeSet<(String, u32)>,
 }
+
+/// A fetch's answer, tagged with what it asked for so answers overtaken by a seek are dropped.
+type FetchAnswer = ((String, u32), u64, Result<(Response, Bytes), ClientError>);
 
 impl Consumer {
     pub fn new(client: Arc<Client>, config: ConsumerConfig) -> Self {
@@ -64,6 +72,8 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             buffered: VecDeque::new(),
+            in_flight: tokio::task::JoinSet::new(),
+            fetching: Default::default(),
         }
     }
 
@@ -76,6 +86,8 @@ impl Consumer {
         let admin = Admin::new(self.client.clone());
         self.positions.clear();
         self.buffered.clear();
+        self.in_flight.abort_all();
+        self.fetching.clear();
         for (topic, p) in partitions {
             let (offset, _) = admin.list_offset(topic, *p, spec).await?;
             self.positions.insert((topic.clone(), *p), offset);
@@ -109,7 +121,7 @@ impl Consumer {
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
         self.positions.insert((topic.into(), partition), offset);
         self.buffered
-            .retain(|r| !(r.topic == topic && r.partition == partition));
+            .retain(|r| !(&*r.topic == topic && r.partition == partition));
     }
 
     /// The next offset to be returned per partition.
@@ -126,23 +138,20 @@ impl Consumer {
             tokio::time::sleep(timeout).await;
             return Ok(Vec::new());
         }
-        let wait = (timeout.as_millis() as u32).min(self.config.max_wait_ms);
-        let mut fetches = tokio::task::JoinSet::new();
-        for ((topic, partition), offset) in &self.positions {
-            let client = self.client.clone();
-            let req = Request::Fetch {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-                max_wait_ms: wait,
-                min_bytes: self.config.min_bytes,
-                max_bytes: self.config.partition_bytes_max,
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.start_fetches();
+            let next = tokio::time::timeout_at(deadline, self.in_flight.join_next()).await;
+            let Ok(Some(joined)) = next else {
+                return Ok(Vec::new());
             };
-            let key = (topic.clone(), *partition);
-            fetches.spawn(async move { (key, client.call(&req, &[]).await) });
-        }
-        while let Some(joined) = fetches.join_next().await {
-            let Ok((key, result)) = joined else { continue };
+            let Ok((key, asked, result)) = joined else {
+                continue;
+            };
+            self.fetching.remove(&key);
+            if self.positions.get(&key) != Some(&asked) {
+                continue; // a seek overtook this fetch
+            }
             match result {
                 Ok((Response::Fetched { .. }, payload)) => self.take_batches(&key, payload)?,
                 Ok((other, _)) => return Err(unexpected("fetch", other)),
@@ -155,20 +164,47 @@ impl Consumer {
                 }
                 Err(e) => return Err(e),
             }
+            if !self.buffered.is_empty() {
+                self.start_fetches();
+                return Ok(self.buffered.drain(..).collect());
+            }
         }
-        Ok(self.buffered.drain(..).collect())
+    }
+
+    /// Issues a fetch for every assigned partition that has none in flight.
+    fn start_fetches(&mut self) {
+        for ((topic, partition), offset) in &self.positions {
+            let key = (topic.clone(), *partition);
+            if self.fetching.contains(&key) {
+                continue;
+            }
+            self.fetching.insert(key.clone());
+            let client = self.client.clone();
+            let req = Request::Fetch {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                max_wait_ms: self.config.max_wait_ms,
+                min_bytes: self.config.min_bytes,
+                max_bytes: self.config.partition_bytes_max,
+            };
+            let asked = *offset;
+            self.in_flight
+                .spawn(async move { (key, asked, client.call(&req, &[]).await) });
+        }
     }
 
     fn take_batches(&mut self, key: &(String, u32), payload: Bytes) -> Result<(), ClientError> {
         let Some(position) = self.positions.get(key).copied() else {
             return Ok(());
         };
+        let topic: Arc<str> = key.0.as_str().into();
         let mut next = position;
         for batch in split_batches(payload, &self.config.limits)? {
             for r in batch.records(self.config.limits.batch_bytes_decompressed_max)? {
                 if r.offset.0 >= position {
                     self.buffered.push_back(ConsumerRecord {
-                        topic: key.0.clone(),
+                        topic: topic.clone(),
                         partition: key.1,
                         offset: r.offset.0,
                         timestamp_ms: r.timestamp_ms,

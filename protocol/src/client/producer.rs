@@ -7,11 +7,11 @@
 //! partitions are bounded by a semaphore: `send` waits when the bound is reached.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::admin::Admin;
 use super::conn::{unexpected, Client, ClientError};
@@ -47,28 +47,75 @@ impl Default for ProducerConfig {
     }
 }
 
-/// Resolves to the offset a record was written at.
-pub struct DeliveryFuture(oneshot::Receiver<Result<u64, ClientError>>);
+/// The outcome of one batch, shared by the delivery futures of all its records, so a record
+/// costs no allocation of its own.
+struct BatchOutcome {
+    result: OnceLock<Result<u64, ClientError>>,
+    done: Notify,
+}
+
+/// Completes a batch's outcome exactly once; if dropped unfinished (the producer went away),
+/// the waiters learn it instead of waiting forever.
+struct Completer(Arc<BatchOutcome>);
+
+impl Completer {
+    fn new() -> Self {
+        Completer(Arc::new(BatchOutcome {
+            result: OnceLock::new(),
+            done: Notify::new(),
+        }))
+    }
+
+    fn complete(&self, result: Result<u64, ClientError>) {
+        let _ = self.0.result.set(result);
+        self.0.done.notify_waiters();
+    }
+}
+
+impl Drop for Completer {
+    fn drop(&mut self) {
+        if self.0.result.get().is_none() {
+            self.complete(Err(ClientError::ConnectionLost(
+                "the producer was dropped before the batch was sent".into(),
+            )));
+        }
+    }
+}
+
+/// Resolves to the offset a record was written at (`u64::MAX` under `acks = none`).
+pub struct DeliveryFuture {
+    outcome: Arc<BatchOutcome>,
+    index: u64,
+}
 
 impl DeliveryFuture {
     pub async fn wait(self) -> Result<u64, ClientError> {
-        self.0.await.unwrap_or_else(|_| {
-            Err(ClientError::ConnectionLost(
-                "the producer was dropped".into(),
-            ))
-        })
+        loop {
+            // Created before the check, so a completion in between still wakes it.
+            let notified = self.outcome.done.notified();
+            if let Some(r) = self.outcome.result.get() {
+                return r.clone().map(|base| {
+                    if base == u64::MAX {
+                        base
+                    } else {
+                        base + self.index
+                    }
+                });
+            }
+            notified.await;
+        }
     }
 }
 
 struct Pending {
     builder: BatchBuilder,
-    waiters: Vec<oneshot::Sender<Result<u64, ClientError>>>,
+    outcome: Completer,
     started: Instant,
 }
 
 struct Ready {
     batch: Bytes,
-    waiters: Vec<oneshot::Sender<Result<u64, ClientError>>>,
+    outcome: Completer,
     permit: OwnedSemaphorePermit,
 }
 
@@ -77,7 +124,7 @@ type PartitionKey = (String, u32);
 struct Inner {
     client: Arc<Client>,
     config: ProducerConfig,
-    pending: Mutex<HashMap<PartitionKey, Pending>>,
+    pending: Mutex<HashMap<String, HashMap<u32, Pending>>>,
     senders: Mutex<HashMap<PartitionKey, mpsc::Sender<Ready>>>,
     partitions: Mutex<HashMap<String, u32>>,
     sticky: Mutex<HashMap<String, u32>>,
@@ -130,24 +177,34 @@ impl Producer {
                 }
             }
         };
-        let (tx, rx) = oneshot::channel();
         let now = now_ms();
-        let full = {
+        let (future, full) = {
             let mut pending = lock(&self.inner.pending);
-            let entry = pending
-                .entry((topic.to_string(), partition))
-                .or_insert_with(|| Pending {
-                    builder: BatchBuilder::new(self.inner.config.compression),
-                    waiters: Vec::new(),
-                    started: Instant::now(),
-                });
+            if !pending.contains_key(topic) {
+                pending.insert(topic.to_string(), HashMap::new());
+            }
+            let by_partition = pending
+                .get_mut(topic)
+                .unwrap_or_else(|| unreachable!("inserted above"));
+            let entry = by_partition.entry(partition).or_insert_with(|| Pending {
+                builder: BatchBuilder::with_capacity(
+                    self.inner.config.compression,
+                    self.inner.config.batch_bytes + 4096,
+                ),
+                outcome: Completer::new(),
+                started: Instant::now(),
+            });
+            let future = DeliveryFuture {
+                outcome: entry.outcome.0.clone(),
+                index: u64::from(entry.builder.record_count()),
+            };
             entry.builder.push(now, key, value, headers);
-            entry.waiters.push(tx);
-            if entry.builder.size_bytes() >= self.inner.config.batch_bytes {
-                pending.remove(&(topic.to_string(), partition))
+            let full = if entry.builder.size_bytes() >= self.inner.config.batch_bytes {
+                by_partition.remove(&partition)
             } else {
                 None
-            }
+            };
+            (future, full)
         };
         if let Some(p) = full {
             if key.is_none() {
@@ -155,12 +212,20 @@ impl Producer {
             }
             dispatch(&self.inner, (topic.to_string(), partition), p).await;
         }
-        Ok(DeliveryFuture(rx))
+        Ok(future)
     }
 
     /// Sends every queued batch now and waits until all in-flight requests are answered.
     pub async fn flush(&self) {
-        let drained: Vec<(PartitionKey, Pending)> = lock(&self.inner.pending).drain().collect();
+        let drained: Vec<(PartitionKey, Pending)> = lock(&self.inner.pending)
+            .iter_mut()
+            .flat_map(|(t, parts)| {
+                parts
+                    .drain()
+                    .map(|(p, pending)| ((t.clone(), p), pending))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         for (key, p) in drained {
             dispatch(&self.inner, key, p).await;
         }
@@ -221,14 +286,13 @@ async fn dispatch(inner: &Arc<Inner>, key: PartitionKey, pending: Pending) {
     };
     let ready = Ready {
         batch,
-        waiters: pending.waiters,
+        outcome: pending.outcome,
         permit,
     };
     if let Err(mpsc::error::SendError(ready)) = sender.send(ready).await {
-        fail_all(
-            ready.waiters,
-            ClientError::ConnectionLost("the partition sender stopped".into()),
-        );
+        ready.outcome.complete(Err(ClientError::ConnectionLost(
+            "the partition sender stopped".into(),
+        )));
     }
 }
 
@@ -268,27 +332,14 @@ async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
         )
         .await;
     drop(ready.permit);
-    match result {
-        Ok((Response::Produced { base_offset, .. }, _)) => {
-            for (i, w) in ready.waiters.into_iter().enumerate() {
-                let _ = w.send(Ok(base_offset + i as u64));
-            }
-        }
-        Ok((Response::Ack, _)) => {
-            // acks = none: the offset is unknown.
-            for w in ready.waiters {
-                let _ = w.send(Ok(u64::MAX));
-            }
-        }
-        Ok((other, _)) => fail_all(ready.waiters, unexpected("produce", other)),
-        Err(e) => fail_all(ready.waiters, e),
-    }
-}
-
-fn fail_all(waiters: Vec<oneshot::Sender<Result<u64, ClientError>>>, e: ClientError) {
-    for w in waiters {
-        let _ = w.send(Err(e.clone()));
-    }
+    let outcome = match result {
+        Ok((Response::Produced { base_offset, .. }, _)) => Ok(base_offset),
+        // acks = none: the offset is unknown.
+        Ok((Response::Ack, _)) => Ok(u64::MAX),
+        Ok((other, _)) => Err(unexpected("produce", other)),
+        Err(e) => Err(e),
+    };
+    ready.outcome.complete(outcome);
 }
 
 /// Sends batches that have waited `linger_ms`; ends when the producer is dropped.
@@ -303,14 +354,20 @@ async fn linger_loop(weak: Weak<Inner>) {
         let linger = Duration::from_millis(inner.config.linger_ms);
         let due: Vec<(PartitionKey, Pending)> = {
             let mut pending = lock(&inner.pending);
-            let keys: Vec<PartitionKey> = pending
-                .iter()
-                .filter(|(_, p)| p.started.elapsed() >= linger)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| pending.remove(&k).map(|p| (k, p)))
-                .collect()
+            let mut due = Vec::new();
+            for (topic, parts) in pending.iter_mut() {
+                let keys: Vec<u32> = parts
+                    .iter()
+                    .filter(|(_, p)| p.started.elapsed() >= linger)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    if let Some(p) = parts.remove(&k) {
+                        due.push(((topic.clone(), k), p));
+                    }
+                }
+            }
+            due
         };
         for (key, p) in due {
             lock(&inner.sticky).remove(&key.0);

@@ -1,0 +1,587 @@
+//! `strait bench log|produce|consume`: figures with same-run baselines, reported as ratios.
+//!
+//! Machines are noisy, so every figure is printed next to a baseline measured in the same run on
+//! the same machine: a raw sequential disk write, a raw `write + fdatasync` loop, one raw QUIC
+//! stream with the node's TLS setup, and a raw QUIC request/response.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde_json::{json, Value};
+use strait_certs::Role;
+use strait_node::broker::Broker;
+use strait_node::server::{ListenConfig, Server};
+use strait_node::storage::{LogConfig, PartitionLog};
+use strait_protocol::client::{
+    Admin, Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig,
+};
+use strait_protocol::transport::{transport_config, TransportLimits};
+use strait_protocol::{Acks, BatchBuilder, Compression, OffsetSpec, RecordBatch};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// The partition log against raw disk writes.
+    Log(LogArgs),
+    /// Producing to an in-process node over QUIC against raw QUIC and raw disk.
+    Produce(NetArgs),
+    /// Consuming from an in-process node over QUIC against raw QUIC and raw disk.
+    Consume(NetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Directory on the disk to measure (a temporary subdirectory is made and removed).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// MiB written by the raw and `flush = os` runs.
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    /// MiB written by each `flush = always` run.
+    #[arg(long, default_value_t = 256)]
+    always_mib: u64,
+    /// MiB of unflushed tail for the recovery run.
+    #[arg(long, default_value_t = 1024)]
+    recovery_mib: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NetArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    #[arg(long, default_value = "leader")]
+    acks: Acks,
+    /// Directory for the node's data and certificates (a temporary subdirectory).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Producer batch size in KiB.
+    #[arg(long, default_value_t = 1024)]
+    batch_kib: usize,
+    /// Produce requests in flight per partition.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Single-record round trips measured for latency.
+    #[arg(long, default_value_t = 2000)]
+    round_trips: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Log(args) => {
+            let json = args.json;
+            let report = tokio::task::spawn_blocking(move || bench_log(&args)).await??;
+            print_report("log", &report, json);
+        }
+        BenchCommand::Produce(args) => {
+            let report = bench_net(&args, false).await?;
+            print_report("produce", &report, args.json);
+        }
+        BenchCommand::Consume(args) => {
+            let report = bench_net(&args, true).await?;
+            print_report("consume", &report, args.json);
+        }
+    }
+    Ok(())
+}
+
+fn print_report(name: &str, report: &Value, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
+    println!("bench {name}");
+    if let Value::Object(map) = report {
+        for (k, v) in map {
+            println!("  {k:<40} {v}");
+        }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// 1 KiB records in ~64 KiB batches; a pool of distinct batches reused round-robin so the run
+/// measures the log, not memory allocation.
+fn batch_pool(count: usize) -> Vec<RecordBatch> {
+    (0..count)
+        .map(|n| {
+            let mut b = BatchBuilder::new(Compression::None);
+            let value = vec![(n % 251) as u8; 1024];
+            for _ in 0..64 {
+                b.push(strait_node::now_ms(), None, Some(&value), &[]);
+            }
+            b.finish()
+        })
+        .collect()
+}
+
+fn mbps(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Sequential `write` of `bytes` in chunks of `chunk`, then one fsync.
+fn raw_write(path: &Path, bytes: u64, chunk: usize) -> anyhow::Result<Duration> {
+    let buf = vec![7u8; chunk];
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let start = Instant::now();
+    let mut written = 0;
+    while written < bytes {
+        f.write_all(&buf)?;
+        written += chunk as u64;
+    }
+    f.sync_all()?;
+    let t = start.elapsed();
+    std::fs::remove_file(path)?;
+    Ok(t)
+}
+
+/// `write` of 256 KiB then `fdatasync`, repeated.
+fn raw_fdatasync_loop(path: &Path, bytes: u64) -> anyhow::Result<Duration> {
+    let buf = vec![9u8; 256 << 10];
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let start = Instant::now();
+    let mut written = 0;
+    while written < bytes {
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        written += buf.len() as u64;
+    }
+    let t = start.elapsed();
+    std::fs::remove_file(path)?;
+    Ok(t)
+}
+
+fn append_all(
+    log: &Arc<PartitionLog>,
+    pool: &[RecordBatch],
+    bytes: u64,
+    appenders: usize,
+) -> anyhow::Result<Duration> {
+    let per = bytes / appenders as u64;
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..appenders)
+            .map(|a| {
+                let log = log.clone();
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut written = 0u64;
+                    let mut i = a;
+                    while written < per {
+                        let b = pool[i % pool.len()].clone();
+                        written += b.size_bytes() as u64;
+                        log.append(b, strait_node::now_ms())?;
+                        i += 1;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("an appender panicked"))??;
+        }
+        Ok(())
+    })?;
+    log.flush(strait_node::now_ms())?;
+    Ok(start.elapsed())
+}
+
+fn open_log(dir: &Path, settings: &[&str]) -> anyhow::Result<Arc<PartitionLog>> {
+    let config = LogConfig::default().with_settings(settings.iter().copied())?;
+    Ok(Arc::new(
+        PartitionLog::open(dir, "bench/0", config, strait_node::now_ms())?.0,
+    ))
+}
+
+fn bench_log(args: &LogArgs) -> anyhow::Result<Value> {
+    let root = tempfile::Builder::new()
+        .prefix(".strait-bench-")
+        .tempdir_in(&args.dir)
+        .context("cannot make a bench directory")?;
+    let pool = batch_pool(64);
+    let batch_bytes = pool[0].size_bytes();
+    let bytes = args.mib * MIB;
+    let raw = raw_write(&root.path().join("raw"), bytes, batch_bytes)?;
+    let os = append_all(
+        &open_log(&root.path().join("os"), &["flush=os"])?,
+        &pool,
+        bytes,
+        1,
+    )?;
+    std::fs::remove_dir_all(root.path().join("os"))?;
+    let always_bytes = args.always_mib * MIB;
+    let raw_sync = raw_fdatasync_loop(&root.path().join("rawsync"), always_bytes)?;
+    let mut report = serde_json::Map::new();
+    report.insert("record_bytes".into(), json!(1024));
+    report.insert("batch_bytes".into(), json!(batch_bytes));
+    report.insert("raw_write_mb_s".into(), json!(round(mbps(bytes, raw))));
+    report.insert("log_os_mb_s".into(), json!(round(mbps(bytes, os))));
+    report.insert(
+        "log_os_ratio".into(),
+        json!(round(raw.as_secs_f64() / os.as_secs_f64())),
+    );
+    report.insert(
+        "raw_write_fdatasync_256k_mb_s".into(),
+        json!(round(mbps(always_bytes, raw_sync))),
+    );
+    for appenders in [1usize, 8, 64] {
+        let dir = root.path().join(format!("always{appenders}"));
+        let t = append_all(
+            &open_log(&dir, &["flush=always"])?,
+            &pool,
+            always_bytes,
+            appenders,
+        )?;
+        std::fs::remove_dir_all(&dir)?;
+        report.insert(
+            format!("log_always_{appenders}_appenders_mb_s"),
+            json!(round(mbps(always_bytes, t))),
+        );
+        report.insert(
+            format!("log_always_{appenders}_appenders_ratio"),
+            json!(round(raw_sync.as_secs_f64() / t.as_secs_f64())),
+        );
+    }
+    let (seconds, scanned, scanned_segments, segments) = bench_recovery(
+        &root.path().join("recovery"),
+        &pool,
+        args.recovery_mib * MIB,
+    )?;
+    report.insert(
+        "recovery_unflushed_tail_mib".into(),
+        json!(args.recovery_mib),
+    );
+    report.insert("recovery_seconds".into(), json!(round(seconds)));
+    report.insert("recovery_bytes_scanned".into(), json!(scanned));
+    report.insert(
+        "recovery_segments_scanned".into(),
+        json!(format!("{scanned_segments} of {segments}")),
+    );
+    Ok(Value::Object(report))
+}
+
+/// Writes 256 MiB that are synced and sealed, then an unflushed tail, "crashes" (drops the log
+/// without closing it) and times the reopen.
+fn bench_recovery(
+    dir: &Path,
+    pool: &[RecordBatch],
+    tail: u64,
+) -> anyhow::Result<(f64, u64, usize, usize)> {
+    let settings = ["flush=os", "segment.bytes=134217728"];
+    let log = open_log(dir, &settings)?;
+    append_all(&log, pool, 256 * MIB, 1)?;
+    log.flush_sealed(strait_node::now_ms())?;
+    let mut written = 0;
+    let mut i = 0;
+    while written < tail {
+        let b = pool[i % pool.len()].clone();
+        written += b.size_bytes() as u64;
+        log.append(b, strait_node::now_ms())?;
+        i += 1;
+    }
+    drop(log);
+    let config = LogConfig::default().with_settings(settings)?;
+    let start = Instant::now();
+    let (_, report) = PartitionLog::open(dir, "bench/0", config, strait_node::now_ms())?;
+    Ok((
+        start.elapsed().as_secs_f64(),
+        report.bytes_scanned,
+        report.segments_scanned,
+        report.segments,
+    ))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Certificates and an in-process node on loopback.
+struct Rig {
+    _root: tempfile::TempDir,
+    certs: PathBuf,
+    server: Server,
+    broker: Arc<Broker>,
+}
+
+impl Rig {
+    async fn start(dir: &Path) -> anyhow::Result<Rig> {
+        let root = tempfile::Builder::new()
+            .prefix(".strait-bench-")
+            .tempdir_in(dir)?;
+        let certs = root.path().join("certs");
+        strait_certs::init_ca(&certs)?;
+        strait_certs::issue(&certs, "node-1", Role::Node, &[])?;
+        strait_certs::issue(&certs, "bench", Role::Client, &[])?;
+        let broker = Broker::open("bench", 1, &root.path().join("data"), LogConfig::default())?;
+        let config = ListenConfig {
+            listen: "127.0.0.1:0".parse()?,
+            advertised: "127.0.0.1:0".into(),
+            ca: certs.join("ca.crt"),
+            cert: certs.join("node-1.crt"),
+            key: certs.join("node-1.key"),
+            frame_limits: Default::default(),
+            transport: TransportLimits::default(),
+            request_read_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+        };
+        let server = Server::start(broker.clone(), config)?;
+        Ok(Rig {
+            _root: root,
+            certs,
+            server,
+            broker,
+        })
+    }
+
+    fn client_tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        Ok(strait_certs::client_config(
+            &self.certs.join("ca.crt"),
+            &self.certs.join("bench.crt"),
+            &self.certs.join("bench.key"),
+        )?)
+    }
+
+    fn client(&self) -> anyhow::Result<Arc<Client>> {
+        Ok(Client::new(ClientOptions::new(
+            vec![self.server.local_addr.to_string()],
+            self.client_tls()?,
+        )))
+    }
+}
+
+async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
+    let rig = Rig::start(&args.dir).await?;
+    let total = args.records * args.record_size as u64;
+    let disk = raw_write(&rig.certs.join("raw-disk"), total.min(1 << 30), 64 << 10)?;
+    let disk_mb_s = mbps(total.min(1 << 30), disk);
+    let (quic_mb_s, quic_rtt_p50_us) = raw_quic(&rig, total.min(1 << 30)).await?;
+    let client = rig.client()?;
+    let admin = Admin::new(client.clone());
+    admin.create_topic("bench", args.partitions, vec![]).await?;
+    let config = ProducerConfig {
+        acks: args.acks,
+        linger_ms: 5,
+        batch_bytes: args.batch_kib << 10,
+        in_flight_per_partition: args.in_flight,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    let value = vec![b'x'; args.record_size];
+    // Warm-up: connections, segments, page cache.
+    for _ in 0..1000 {
+        producer
+            .send("bench", None, None, Some(&value), &[])
+            .await?;
+    }
+    producer.flush().await;
+    let start = Instant::now();
+    let mut deliveries = Vec::with_capacity(args.records as usize);
+    for i in 0..args.records {
+        deliveries.push(
+            producer
+                .send(
+                    "bench",
+                    Some((i % u64::from(args.partitions)) as u32),
+                    None,
+                    Some(&value),
+                    &[],
+                )
+                .await?,
+        );
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.wait().await?;
+    }
+    let produce_time = start.elapsed();
+    let mut report = serde_json::Map::new();
+    report.insert("records".into(), json!(args.records));
+    report.insert("record_bytes".into(), json!(args.record_size));
+    report.insert("partitions".into(), json!(args.partitions));
+    report.insert("raw_disk_write_mb_s".into(), json!(round(disk_mb_s)));
+    report.insert("raw_quic_stream_mb_s".into(), json!(round(quic_mb_s)));
+    let lower = disk_mb_s.min(quic_mb_s);
+    if consume {
+        let mut consumer = Consumer::new(
+            client.clone(),
+            ConsumerConfig {
+                partition_bytes_max: 4 << 20,
+                ..Default::default()
+            },
+        );
+        consumer.assign_topic("bench", OffsetSpec::Earliest).await?;
+        let wanted = args.records + 1000;
+        let start = Instant::now();
+        let mut seen = 0;
+        while seen < wanted {
+            let records = consumer.poll(Duration::from_secs(5)).await?;
+            anyhow::ensure!(
+                !records.is_empty(),
+                "consumer stalled at {seen} of {wanted}"
+            );
+            seen += records.len() as u64;
+        }
+        let t = start.elapsed();
+        let mb_s = mbps(seen * args.record_size as u64, t);
+        report.insert(
+            "consume_records_per_s".into(),
+            json!((seen as f64 / t.as_secs_f64()) as u64),
+        );
+        report.insert("consume_mb_s".into(), json!(round(mb_s)));
+        report.insert(
+            "consume_ratio_to_lower_raw".into(),
+            json!(round(mb_s / lower)),
+        );
+    } else {
+        let mb_s = mbps(total, produce_time);
+        report.insert(
+            "produce_records_per_s".into(),
+            json!((args.records as f64 / produce_time.as_secs_f64()) as u64),
+        );
+        report.insert("produce_mb_s".into(), json!(round(mb_s)));
+        report.insert(
+            "produce_ratio_to_lower_raw".into(),
+            json!(round(mb_s / lower)),
+        );
+        let lat = round_trips(&client, args.round_trips, args.record_size).await?;
+        report.insert(
+            "produce_latency_p50_us".into(),
+            json!(lat.value_at_quantile(0.5)),
+        );
+        report.insert(
+            "produce_latency_p99_us".into(),
+            json!(lat.value_at_quantile(0.99)),
+        );
+        report.insert(
+            "produce_latency_p999_us".into(),
+            json!(lat.value_at_quantile(0.999)),
+        );
+        report.insert("produce_latency_max_us".into(), json!(lat.max()));
+        report.insert("raw_quic_round_trip_p50_us".into(), json!(quic_rtt_p50_us));
+        report.insert(
+            "produce_p50_ratio_to_raw_round_trip".into(),
+            json!(round(
+                lat.value_at_quantile(0.5) as f64 / quic_rtt_p50_us.max(1) as f64
+            )),
+        );
+    }
+    rig.server.shutdown().await;
+    let broker = rig.broker.clone();
+    tokio::task::spawn_blocking(move || broker.close()).await?;
+    Ok(Value::Object(report))
+}
+
+/// Single-record produce round trips, one at a time, in microseconds.
+async fn round_trips(
+    client: &Arc<Client>,
+    n: u32,
+    record_size: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        },
+    );
+    let value = vec![b'y'; record_size];
+    let mut hist = Histogram::<u64>::new(3)?;
+    for i in 0..n + 100 {
+        let start = Instant::now();
+        let d = producer
+            .send("bench", Some(0), None, Some(&value), &[])
+            .await?;
+        producer.flush().await;
+        d.wait().await?;
+        if i >= 100 {
+            hist.record(start.elapsed().as_micros() as u64)?;
+        }
+    }
+    Ok(hist)
+}
+
+/// One raw QUIC stream with the node's TLS setup, and raw request/response round trips.
+async fn raw_quic(rig: &Rig, bytes: u64) -> anyhow::Result<(f64, u64)> {
+    let tls = strait_certs::server_config(
+        &rig.certs.join("ca.crt"),
+        &rig.certs.join("node-1.crt"),
+        &rig.certs.join("node-1.key"),
+    )?;
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    server_config.transport_config(transport_config(&TransportLimits::default()));
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    let sink = tokio::spawn(async move {
+        let Some(incoming) = server.accept().await else {
+            return;
+        };
+        let Ok(conn) = incoming.await else { return };
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            tokio::spawn(async move {
+                let mut total = 0u64;
+                while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
+                    total += chunk.bytes.len() as u64;
+                }
+                let _ = send.write_all(&total.to_le_bytes()).await;
+                let _ = send.finish();
+            });
+        }
+    });
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(
+        Arc::new(rig.client_tls()?),
+    )?));
+    client_config.transport_config(transport_config(&TransportLimits::default()));
+    endpoint.set_default_client_config(client_config);
+    let conn = endpoint.connect(addr, "127.0.0.1")?.await?;
+    let chunk = Bytes::from(vec![5u8; 1 << 20]);
+    let start = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut sent = 0;
+    while sent < bytes {
+        send.write_chunk(chunk.clone()).await?;
+        sent += chunk.len() as u64;
+    }
+    send.finish()?;
+    let mut ack = [0u8; 8];
+    recv.read_exact(&mut ack).await?;
+    let mb_s = mbps(sent, start.elapsed());
+    let mut hist = Histogram::<u64>::new(3)?;
+    let request = vec![1u8; 100];
+    for i in 0..1100 {
+        let start = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&request).await?;
+        send.finish()?;
+        recv.read_exact(&mut ack).await?;
+        if i >= 100 {
+            hist.record(start.elapsed().as_micros() as u64)?;
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    sink.abort();
+    Ok((mb_s, hist.value_at_quantile(0.5)))
+}
