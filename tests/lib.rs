@@ -29,18 +29,46 @@ pub fn strait_bin() -> PathBuf {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let bin = profile_dir.join("strait");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "strait-node", "--bin", "strait"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status();
-        assert!(
-            status.is_ok_and(|s| s.success()) || bin.exists(),
-            "cannot build the strait binary"
-        );
+        // `cargo nextest run --workspace` has built it (node's own integration tests need it).
+        // Build only when it is missing or older than the sources, e.g. when this package's
+        // tests run alone.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let newest = ["node/src", "protocol/src", "certs/src"]
+            .iter()
+            .filter_map(|d| newest_mtime(&root.join(d)))
+            .max();
+        if built.is_none() || newest.is_some_and(|n| Some(n) > built) {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "strait-node", "--bin", "strait"])
+                .current_dir(&root)
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "cannot build the strait binary"
+            );
+        }
         assert!(bin.exists(), "no strait binary at {}", bin.display());
         bin
     })
     .clone()
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// A CA with a node certificate and a client certificate, in a temp dir.
