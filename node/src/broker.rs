@@ -49,7 +49,18 @@ pub struct Broker {
     data_dir: PathBuf,
     defaults: LogConfig,
     topics: DashMap<TopicName, Arc<Topic>>,
+    producer_ids: std::sync::Mutex<ProducerIds>,
 }
+
+/// Hands out producer ids in blocks: the end of the current block is persisted before any id
+/// of it is used, so ids are never reused across restarts.
+struct ProducerIds {
+    next: i64,
+    block_end: i64,
+}
+
+const PRODUCER_ID_FILE: &str = "producer-ids";
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl Broker {
     /// Opens every topic found under `data_dir`, recovering each partition log.
@@ -72,7 +83,22 @@ impl Broker {
             data_dir: data_dir.into(),
             defaults,
             topics: DashMap::new(),
+            producer_ids: std::sync::Mutex::new(ProducerIds {
+                next: 0,
+                block_end: 0,
+            }),
         };
+        let stored = fs::read_to_string(data_dir.join(PRODUCER_ID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok());
+        if let Some(end) = stored {
+            let mut ids = broker
+                .producer_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            ids.next = end;
+            ids.block_end = end;
+        }
         for entry in fs::read_dir(&topics_dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().to_string();
@@ -138,6 +164,28 @@ impl Broker {
 
     fn topic_dir(&self, name: &TopicName) -> PathBuf {
         self.data_dir.join("topics").join(name.as_str())
+    }
+
+    /// A fresh producer id (epoch 0) for an idempotent producer.
+    pub fn allocate_producer_id(&self) -> Result<i64, WireError> {
+        let mut ids = self.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.next >= ids.block_end {
+            let end = ids.next + PRODUCER_ID_BLOCK;
+            crate::storage::log::write_atomically(
+                &self.data_dir.join(PRODUCER_ID_FILE),
+                end.to_string().as_bytes(),
+            )
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::STORAGE,
+                    format!("cannot persist producer ids: {e}"),
+                )
+            })?;
+            ids.block_end = end;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
     }
 
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, WireError> {

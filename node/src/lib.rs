@@ -14,5 +14,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+pub mod admin;
 pub mod broker;
 pub mod server;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, Partition};
 use crate::now_ms;
+use crate::storage::producer_state::SequenceError;
 use crate::storage::{FlushPolicy, LogError};
 
 /// Where and how the node listens.
@@ -305,6 +306,13 @@ async fn dispatch(
                 timestamp_ms,
             })
         }
+        Request::InitProducer {} => {
+            let producer_id = broker.allocate_producer_id()?;
+            plain(Response::ProducerInit {
+                producer_id,
+                producer_epoch: 0,
+            })
+        }
         _ => Err(WireError::new(
             ErrorCode::INVALID_REQUEST,
             "this node does not know that request; upgrade it",
@@ -481,6 +489,11 @@ fn log_error(e: LogError) -> WireError {
         LogError::Offline { .. } => ErrorCode::PARTITION_OFFLINE,
         LogError::WriteFailed { .. } => ErrorCode::WRITE_FAILED,
         LogError::Corrupt { .. } => ErrorCode::STORAGE,
+        LogError::Sequence {
+            source: SequenceError::Fenced { .. },
+            ..
+        } => ErrorCode::PRODUCER_FENCED,
+        LogError::Sequence { .. } => ErrorCode::OUT_OF_ORDER_SEQUENCE,
         _ => ErrorCode::STORAGE,
     };
     WireError::new(code, e.to_string())

@@ -73,12 +73,24 @@ fn read_all(log: &PartitionLog, from: Offset) -> Vec<(u64, Option<Bytes>)> {
     out
 }
 
+/// The key `simple_batch` gave the record whose value is `v` ("{tag}-{i}" has key "k{i % 3}").
+fn key_of(v: &[u8]) -> String {
+    let text = String::from_utf8_lossy(v);
+    let i: usize = text
+        .rsplit('-')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    format!("k{}", i % 3)
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
     AppendAt(u8, u8),
     Read(u16),
     Retain,
+    Compact,
     Reopen,
 }
 
@@ -88,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u8..5, 0u8..4).prop_map(|(n, gap)| Op::AppendAt(n, gap)),
         3 => any::<u16>().prop_map(Op::Read),
         1 => Just(Op::Retain),
+        1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
     ]
 }
@@ -98,7 +111,7 @@ proptest! {
     #[test]
     fn log_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config(&["segment.bytes=4096", "retention.bytes=12000", "retention.ms=-1"]);
+        let cfg = config(&["segment.bytes=4096", "retention.bytes=12000", "retention.ms=-1", "cleanup.policy=compact,delete"]);
         let (mut log, _) = PartitionLog::open(dir.path(), "t/0", cfg.clone(), 0).unwrap();
         // Model: every record ever appended, by offset, and the expected log start.
         let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -141,6 +154,16 @@ proptest! {
                         let is_out_of_range = matches!(below, Err(LogError::OffsetOutOfRange { .. }));
                         prop_assert!(is_out_of_range);
                     }
+                }
+                Op::Compact => {
+                    compaction::clean(&log, 0).unwrap();
+                    // Sealed records survive only if nothing later has their key.
+                    let sealed_below = log.active_segment_base().0;
+                    let mut latest = std::collections::HashMap::new();
+                    for (o, v) in &model {
+                        latest.insert(key_of(v), *o);
+                    }
+                    model.retain(|(o, v)| *o >= sealed_below || latest.get(&key_of(v)) == Some(o));
                 }
                 Op::Reopen => {
                     log.close(0).unwrap();
@@ -427,4 +450,20 @@ fn an_interrupted_clean_leaves_the_log_complete() {
     let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
     assert_eq!(read_all(&log, Offset(0)), want);
     assert!(!Path::new(&dir.path().join(format!("{:020}.log.cleaned", 0))).exists());
+}
+
+#[test]
+fn segments_roll_by_age_as_well_as_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", config(&["segment.ms=1000"]), 0).unwrap();
+    log.append(simple_batch(1, 1), 0).unwrap();
+    log.append(simple_batch(2, 1), 500).unwrap();
+    assert_eq!(log.stats().segments, 1);
+    log.append(simple_batch(3, 1), 1000).unwrap();
+    assert_eq!(
+        log.stats().segments,
+        2,
+        "the first segment was a second old"
+    );
+    assert_eq!(log.active_segment_base(), Offset(2));
 }

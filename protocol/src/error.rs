@@ -29,6 +29,8 @@ impl ErrorCode {
     pub const READ_ONLY_TOPIC: ErrorCode = ErrorCode(18);
     pub const INTERNAL: ErrorCode = ErrorCode(19);
     pub const TIMEOUT: ErrorCode = ErrorCode(20);
+    pub const OUT_OF_ORDER_SEQUENCE: ErrorCode = ErrorCode(21);
+    pub const PRODUCER_FENCED: ErrorCode = ErrorCode(22);
 
     /// Whether a client may retry the same request and expect it to succeed.
     pub fn is_retriable(self) -> bool {
@@ -60,6 +62,8 @@ impl ErrorCode {
             ErrorCode::READ_ONLY_TOPIC => "read_only_topic",
             ErrorCode::INTERNAL => "internal",
             ErrorCode::TIMEOUT => "timeout",
+            ErrorCode::OUT_OF_ORDER_SEQUENCE => "out_of_order_sequence",
+            ErrorCode::PRODUCER_FENCED => "producer_fenced",
             _ => "unknown",
         }
     }

@@ -78,7 +78,16 @@ pub fn decode_prefix(
 
 /// Decodes the header of a frame whose body (header then payload) has been read.
 pub fn decode_header<T: DeserializeOwned>(header: &[u8]) -> Result<T, FrameError> {
-    postcard::from_bytes(header).map_err(|e| FrameError::BadHeader(e.to_string()))
+    let (message, rest) =
+        postcard::take_from_bytes(header).map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    // A header with bytes left over is not the message it starts like.
+    if !rest.is_empty() {
+        return Err(FrameError::BadHeader(format!(
+            "{} bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(message)
 }
 
 /// Encodes the prefix and header of a frame; the payload chunks follow it unchanged.

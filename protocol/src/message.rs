@@ -88,6 +88,8 @@ pub enum Request {
         partition: u32,
         spec: OffsetSpec,
     },
+    /// Asks for a producer id and epoch for idempotent produce.
+    InitProducer {},
 }
 
 impl Request {
@@ -102,6 +104,7 @@ impl Request {
             Request::Produce { .. } => "produce",
             Request::Fetch { .. } => "fetch",
             Request::ListOffsets { .. } => "list_offsets",
+            Request::InitProducer { .. } => "init_producer",
         }
     }
 }
@@ -193,4 +196,8 @@ pub enum Response {
     },
     /// Nothing to say (a produce with `acks = none`).
     Ack,
+    ProducerInit {
+        producer_id: i64,
+        producer_epoch: i16,
+    },
 }

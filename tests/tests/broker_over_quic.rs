@@ -347,3 +347,142 @@ async fn a_clean_stop_and_a_kill_both_keep_acknowledged_records() {
         .unwrap();
     assert_eq!(end, 101, "the record acknowledged before kill -9 is there");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_produce_whose_ack_was_lost_is_written_once() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start_node(&pki, &dir);
+    let client = pki.client(&node.address);
+    Admin::new(client.clone())
+        .create_topic("t", 1, vec![])
+        .await
+        .unwrap();
+    let conn = client.connection().await.unwrap();
+    let (pid, epoch) = match conn
+        .request(&Request::InitProducer {}, &[])
+        .await
+        .unwrap()
+        .0
+    {
+        Response::ProducerInit {
+            producer_id,
+            producer_epoch,
+        } => (producer_id, producer_epoch),
+        other => panic!("{other:?}"),
+    };
+    let mut b = strait_protocol::BatchBuilder::new(Default::default()).producer(pid, epoch, 0);
+    for i in 0..10u8 {
+        b.push(1, None, Some(&[i]), &[]);
+    }
+    let batch = b.finish().into_bytes();
+    let produce = Request::Produce {
+        topic: "t".into(),
+        partition: 0,
+        acks: Default::default(),
+    };
+    // First attempt: the request arrives, the acknowledgement is never read (stream dropped).
+    let (mut send, recv) = conn.quic().open_bi().await.unwrap();
+    let head = strait_protocol::frame::encode(&produce, batch.len()).unwrap();
+    send.write_all(&head).await.unwrap();
+    send.write_all(&batch).await.unwrap();
+    send.finish().unwrap();
+    drop(recv);
+    let admin = Admin::new(client.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while admin
+        .list_offset("t", 0, OffsetSpec::Latest)
+        .await
+        .unwrap()
+        .0
+        < 10
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first attempt never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The retry carries the same producer id and sequence: same offsets, nothing new written.
+    let (resp, _) = conn.request(&produce, std::slice::from_ref(&batch)).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Produced {
+                base_offset: 0,
+                last_offset: 9,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    assert_eq!(
+        admin
+            .list_offset("t", 0, OffsetSpec::Latest)
+            .await
+            .unwrap()
+            .0,
+        10
+    );
+    // A gap in the sequence is refused with a clear error.
+    let mut gap = strait_protocol::BatchBuilder::new(Default::default()).producer(pid, epoch, 50);
+    gap.push(1, None, Some(b"late"), &[]);
+    let err = conn
+        .request(&produce, &[gap.finish().into_bytes()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::OUT_OF_ORDER_SEQUENCE), "{err}");
+    assert!(err.to_string().contains("expected 10"), "{err}");
+    // Producer state survives kill -9: the retry is still recognised after a restart.
+    node.kill9();
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), "");
+    let client = pki.client(&node.address);
+    let conn = client.connection().await.unwrap();
+    let (resp, _) = conn.request(&produce, &[batch]).await.unwrap();
+    assert!(
+        matches!(resp, Response::Produced { base_offset: 0, .. }),
+        "{resp:?}"
+    );
+    let (end, _) = Admin::new(client)
+        .list_offset("t", 0, OffsetSpec::Latest)
+        .await
+        .unwrap();
+    assert_eq!(end, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_reports_health_readiness_and_status() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!("admin_listen = \"127.0.0.1:{port}\"\n");
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), &config);
+    Admin::new(pki.client(&node.address))
+        .create_topic("seen", 2, vec![])
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get("/health").starts_with("HTTP/1.1 200"));
+    assert!(get("/ready").starts_with("HTTP/1.1 200"));
+    let status = get("/status");
+    let body = status.split("\r\n\r\n").nth(1).unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["cluster"], "east");
+    assert_eq!(json["topics"][0]["name"], "seen");
+    assert_eq!(json["topics"][0]["partitions"].as_array().unwrap().len(), 2);
+}

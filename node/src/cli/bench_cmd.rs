@@ -70,8 +70,9 @@ pub struct NetArgs {
     /// Producer batch size in KiB.
     #[arg(long, default_value_t = 1024)]
     batch_kib: usize,
-    /// Produce requests in flight per partition.
-    #[arg(long, default_value_t = 4)]
+    /// Produce requests in flight per partition. Above 1, requests travel on separate streams
+    /// and may reach the node out of order; idempotence then retries them into order.
+    #[arg(long, default_value_t = 1)]
     in_flight: usize,
     /// Single-record round trips measured for latency.
     #[arg(long, default_value_t = 2000)]

@@ -3,11 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
+use strait_node::admin::AdminState;
 use strait_node::broker::Broker;
 use strait_node::server::{ListenConfig, Server};
 use strait_node::storage::LogConfig;
@@ -44,6 +47,9 @@ pub struct RunArgs {
     cert: Option<PathBuf>,
     #[arg(long)]
     key: Option<PathBuf>,
+    /// TCP address of the admin HTTP listener (/health, /ready, /status), e.g. 127.0.0.1:9400.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 /// The node config file.
@@ -58,6 +64,7 @@ struct NodeFile {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
     /// Topic settings every new topic starts from, e.g. `flush = "always"`.
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
@@ -127,6 +134,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     let ca = args.ca.or(file.ca).ok_or_else(|| need("ca"))?;
     let cert = args.cert.or(file.cert).ok_or_else(|| need("cert"))?;
     let key = args.key.or(file.key).ok_or_else(|| need("key"))?;
+    let admin_listen = args.admin_listen.or(file.admin_listen);
     let advertise = args
         .advertise
         .or(file.advertise)
@@ -164,7 +172,17 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
     };
+    let admin = Arc::new(AdminState {
+        broker: broker.clone(),
+        quic_address: listen_config.advertised.clone(),
+        ready: AtomicBool::new(false),
+    });
+    if let Some(address) = admin_listen {
+        let bound = strait_node::admin::start(address, admin.clone()).await?;
+        println!("admin listener on http://{bound}");
+    }
     let server = Server::start(broker.clone(), listen_config)?;
+    admin.ready.store(true, Ordering::Release);
     println!(
         "strait node {node_id} of cluster {cluster} listening on {}",
         server.local_addr

@@ -18,6 +18,7 @@ use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 use tracing::{error, info, warn};
 
 use super::config::{FlushPolicy, LogConfig};
+use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use super::segment::{self, ChunkReader, Segment};
 
 const CHECKPOINT_FILE: &str = "recovery-point";
@@ -59,6 +60,8 @@ pub enum LogError {
         context: String,
         source: io::Error,
     },
+    #[error("{log}: {source}")]
+    Sequence { log: String, source: SequenceError },
 }
 
 impl LogError {
@@ -121,6 +124,7 @@ struct LogState {
     offline: Option<String>,
     /// Sealed segment files written since their last fsync.
     unsynced_sealed: Vec<Arc<File>>,
+    producers: ProducerStates,
 }
 
 struct SyncState {
@@ -225,6 +229,8 @@ impl PartitionLog {
             offset: next_offset,
         };
         write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
+        let producers = replay_producers(dir, &segments, next_offset, &limits)
+            .map_err(io_err("replaying producer state"))?;
         let first_base = segments.keys().next().copied().unwrap_or_default();
         let log_start = stored_start
             .unwrap_or(first_base)
@@ -246,6 +252,7 @@ impl PartitionLog {
             epoch: LeaderEpoch(0),
             offline: None,
             unsynced_sealed: Vec::new(),
+            producers,
         };
         let sync = SyncState {
             syncing: false,
@@ -320,6 +327,30 @@ impl PartitionLog {
                 }
                 batch.base_offset()
             } else {
+                // Idempotent producers: a retried batch gets its original offsets back.
+                match st.producers.check(&batch) {
+                    Ok(SequenceCheck::Append) => {}
+                    Ok(SequenceCheck::Duplicate {
+                        base_offset,
+                        last_offset,
+                    }) => {
+                        let flush = st.config.flush;
+                        drop(st);
+                        if flush == FlushPolicy::Always {
+                            self.sync_through(last_offset.plus(1), now_ms)?;
+                        }
+                        return Ok(Appended {
+                            base_offset,
+                            last_offset,
+                        });
+                    }
+                    Err(source) => {
+                        return Err(LogError::Sequence {
+                            log: self.name.clone(),
+                            source,
+                        })
+                    }
+                }
                 st.next_offset
             };
             let last_offset = base.plus(u64::from(batch.last_offset_delta()));
@@ -331,6 +362,9 @@ impl PartitionLog {
                 return Err(self.undo_failed_write(&mut st, before, source));
             }
             st.next_offset = last_offset.plus(1);
+            if !explicit {
+                st.producers.record(&batch, base, now_ms);
+            }
             (
                 Appended {
                     base_offset: base,
@@ -417,6 +451,9 @@ impl PartitionLog {
             .map_err(|source| self.io("creating a segment", source))?;
         st.unsynced_sealed.push(sealed_file);
         st.segments.insert(seg.base, seg);
+        if let Err(e) = st.producers.write_snapshot(&self.dir, base) {
+            warn!(log = %self.name, error = %e, "could not snapshot producer state; the next open replays more");
+        }
         Ok(())
     }
 
@@ -535,6 +572,9 @@ impl PartitionLog {
     pub fn close(&self, now_ms: i64) -> Result<(), LogError> {
         self.flush(now_ms)?;
         let st = lock(&self.state);
+        st.producers
+            .write_snapshot(&self.dir, st.next_offset)
+            .map_err(|source| self.io("writing the producer snapshot", source))?;
         for seg in st.segments.values() {
             seg.write_indexes()
                 .map_err(|source| self.io("writing indexes", source))?;
@@ -568,6 +608,12 @@ impl PartitionLog {
             size_bytes: st.segments.values().map(|s| s.size).sum(),
             segments: st.segments.len(),
         }
+    }
+
+    /// Base offset of the active segment: everything below it is sealed.
+    pub fn active_segment_base(&self) -> Offset {
+        let mut st = lock(&self.state);
+        last_segment(&mut st.segments).base
     }
 
     pub fn log_start(&self) -> Offset {
@@ -878,6 +924,37 @@ impl PartitionLog {
             source,
         }
     }
+}
+
+/// Rebuilds producer state from the snapshot and the batch headers after it.
+fn replay_producers(
+    dir: &Path,
+    segments: &BTreeMap<Offset, Segment>,
+    next_offset: Offset,
+    limits: &DecodeLimits,
+) -> io::Result<ProducerStates> {
+    let (mut states, from) = match ProducerStates::read_snapshot(dir) {
+        Some((s, at)) if at <= next_offset => (s, at),
+        _ => (ProducerStates::default(), Offset(0)),
+    };
+    for seg in segments.values().filter(|s| s.next_offset > from) {
+        let start = if seg.base <= from {
+            seg.lookup(from)
+        } else {
+            0
+        };
+        let mut found = Vec::new();
+        let _ = seg.scan(start, Offset(0), limits, |b, batch| {
+            if b.base_offset >= from && batch.producer_id() >= 0 {
+                found.push(batch.clone());
+            }
+        })?;
+        for batch in found {
+            let base = batch.base_offset();
+            states.record(&batch, base, 0);
+        }
+    }
+    Ok(states)
 }
 
 fn last_segment(segments: &mut BTreeMap<Offset, Segment>) -> &mut Segment {

@@ -31,6 +31,8 @@ pub struct ProducerConfig {
     pub in_flight_per_partition: usize,
     /// Attempts per batch in all, the first included.
     pub attempts: u32,
+    /// Ask the node for a producer id and number batches, so retries are never written twice.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -43,6 +45,7 @@ impl Default for ProducerConfig {
             in_flight_bytes_max: 64 << 20,
             in_flight_per_partition: 1,
             attempts: 5,
+            idempotence: true,
         }
     }
 }
@@ -111,12 +114,14 @@ struct Pending {
     builder: BatchBuilder,
     outcome: Completer,
     started: Instant,
+    /// In-flight bytes this batch holds, taken record by record in `send`.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Ready {
     batch: Bytes,
     outcome: Completer,
-    permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 type PartitionKey = (String, u32);
@@ -125,11 +130,13 @@ struct Inner {
     client: Arc<Client>,
     config: ProducerConfig,
     pending: Mutex<HashMap<String, HashMap<u32, Pending>>>,
-    senders: Mutex<HashMap<PartitionKey, mpsc::Sender<Ready>>>,
+    senders: Mutex<HashMap<PartitionKey, mpsc::UnboundedSender<Pending>>>,
     partitions: Mutex<HashMap<String, u32>>,
     sticky: Mutex<HashMap<String, u32>>,
     in_flight: Arc<Semaphore>,
     in_flight_bytes_max: usize,
+    /// Producer id and epoch from the node, fetched on first use when idempotence is on.
+    identity: tokio::sync::OnceCell<(i64, i16)>,
 }
 
 /// Sends records to a cluster. Cheap to clone; clones share batches and connections.
@@ -152,13 +159,15 @@ impl Producer {
             senders: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
             sticky: Mutex::new(HashMap::new()),
+            identity: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(linger_loop(Arc::downgrade(&inner)));
         Producer { inner }
     }
 
     /// Queues a record; the partition is `partition`, else the key's murmur2 hash, else a sticky
-    /// choice that changes with each batch.
+    /// choice that changes with each batch. Waits while `in_flight_bytes_max` bytes are queued
+    /// or in flight.
     pub async fn send(
         &self,
         topic: &str,
@@ -177,59 +186,64 @@ impl Producer {
                 }
             }
         };
+        let cost = 16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        let cost = cost.min(self.inner.in_flight_bytes_max) as u32;
+        let permit = self
+            .inner
+            .in_flight
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| ClientError::ConnectionLost("the producer is closed".into()))?;
         let now = now_ms();
-        let (future, full) = {
-            let mut pending = lock(&self.inner.pending);
-            if !pending.contains_key(topic) {
-                pending.insert(topic.to_string(), HashMap::new());
-            }
-            let by_partition = pending
-                .get_mut(topic)
-                .unwrap_or_else(|| unreachable!("inserted above"));
-            let entry = by_partition.entry(partition).or_insert_with(|| Pending {
-                builder: BatchBuilder::with_capacity(
-                    self.inner.config.compression,
-                    self.inner.config.batch_bytes + 4096,
-                ),
-                outcome: Completer::new(),
-                started: Instant::now(),
-            });
-            let future = DeliveryFuture {
-                outcome: entry.outcome.0.clone(),
-                index: u64::from(entry.builder.record_count()),
-            };
-            entry.builder.push(now, key, value, headers);
-            let full = if entry.builder.size_bytes() >= self.inner.config.batch_bytes {
-                by_partition.remove(&partition)
-            } else {
-                None
-            };
-            (future, full)
+        let mut pending = lock(&self.inner.pending);
+        if !pending.contains_key(topic) {
+            pending.insert(topic.to_string(), HashMap::new());
+        }
+        let by_partition = pending
+            .get_mut(topic)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        let entry = by_partition.entry(partition).or_insert_with(|| Pending {
+            builder: BatchBuilder::with_capacity(
+                self.inner.config.compression,
+                self.inner.config.batch_bytes + 4096,
+            ),
+            outcome: Completer::new(),
+            started: Instant::now(),
+            permit: None,
+        });
+        let future = DeliveryFuture {
+            outcome: entry.outcome.0.clone(),
+            index: u64::from(entry.builder.record_count()),
         };
-        if let Some(p) = full {
+        entry.builder.push(now, key, value, headers);
+        match entry.permit.as_mut() {
+            Some(p) => p.merge(permit),
+            None => entry.permit = Some(permit),
+        }
+        if entry.builder.size_bytes() >= self.inner.config.batch_bytes {
+            if let Some(full) = by_partition.remove(&partition) {
+                // Enqueued under the lock, so batches of a partition keep their order.
+                enqueue(&self.inner, (topic.to_string(), partition), full);
+            }
             if key.is_none() {
                 lock(&self.inner.sticky).remove(topic);
             }
-            dispatch(&self.inner, (topic.to_string(), partition), p).await;
         }
         Ok(future)
     }
 
     /// Sends every queued batch now and waits until all in-flight requests are answered.
     pub async fn flush(&self) {
-        let drained: Vec<(PartitionKey, Pending)> = lock(&self.inner.pending)
-            .iter_mut()
-            .flat_map(|(t, parts)| {
-                parts
-                    .drain()
-                    .map(|(p, pending)| ((t.clone(), p), pending))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (key, p) in drained {
-            dispatch(&self.inner, key, p).await;
+        {
+            let mut pending = lock(&self.inner.pending);
+            for (topic, parts) in pending.iter_mut() {
+                for (p, batch) in parts.drain() {
+                    enqueue(&self.inner, (topic.clone(), p), batch);
+                }
+            }
         }
-        // Every permit back means nothing is in flight.
+        // Every permit back means nothing is queued or in flight.
         let all = self.inner.in_flight_bytes_max as u32;
         if let Ok(p) = self.inner.in_flight.acquire_many(all).await {
             drop(p);
@@ -266,41 +280,52 @@ impl Producer {
     }
 }
 
-/// Moves a full or lingered batch to its partition's sender, waiting for in-flight room.
-async fn dispatch(inner: &Arc<Inner>, key: PartitionKey, pending: Pending) {
-    let batch = pending.builder.finish().into_bytes();
-    let cost = batch.len().clamp(1, inner.in_flight_bytes_max) as u32;
-    let Ok(permit) = inner.in_flight.clone().acquire_many_owned(cost).await else {
-        return;
-    };
-    let sender = {
-        let mut senders = lock(&inner.senders);
-        senders
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(inner.config.in_flight_per_partition.max(1) * 2);
-                tokio::spawn(partition_sender(inner.clone(), key.clone(), rx));
-                tx
-            })
-            .clone()
-    };
-    let ready = Ready {
-        batch,
-        outcome: pending.outcome,
-        permit,
-    };
-    if let Err(mpsc::error::SendError(ready)) = sender.send(ready).await {
-        ready.outcome.complete(Err(ClientError::ConnectionLost(
+/// Hands a full or lingered batch to its partition's sender task. Called with the pending lock
+/// held, so the order of batches per partition is the order of their records.
+fn enqueue(inner: &Arc<Inner>, key: PartitionKey, pending: Pending) {
+    let mut senders = lock(&inner.senders);
+    let tx = senders.entry(key.clone()).or_insert_with(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(partition_sender(inner.clone(), key.clone(), rx));
+        tx
+    });
+    if let Err(mpsc::error::SendError(p)) = tx.send(pending) {
+        p.outcome.complete(Err(ClientError::ConnectionLost(
             "the partition sender stopped".into(),
         )));
     }
 }
 
-/// Sends one partition's batches in order, keeping a bounded window in flight.
-async fn partition_sender(inner: Arc<Inner>, key: PartitionKey, mut rx: mpsc::Receiver<Ready>) {
+/// Seals one partition's batches in order — assigning idempotent sequence numbers — and sends
+/// them, keeping a bounded window in flight.
+async fn partition_sender(
+    inner: Arc<Inner>,
+    key: PartitionKey,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     let window = inner.config.in_flight_per_partition.max(1);
     let mut in_flight: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
-    while let Some(ready) = rx.recv().await {
+    let mut sequence: i32 = 0;
+    while let Some(pending) = rx.recv().await {
+        let mut builder = pending.builder;
+        if inner.config.idempotence {
+            match identity(&inner).await {
+                Ok((id, epoch)) => {
+                    let count = builder.record_count() as i32;
+                    builder = builder.producer(id, epoch, sequence);
+                    sequence = sequence.wrapping_add(count);
+                }
+                Err(e) => {
+                    pending.outcome.complete(Err(e));
+                    continue;
+                }
+            }
+        }
+        let ready = Ready {
+            batch: builder.finish().into_bytes(),
+            outcome: pending.outcome,
+            _permit: pending.permit,
+        };
         if in_flight.len() >= window {
             if let Some(h) = in_flight.pop_front() {
                 let _ = h.await;
@@ -317,6 +342,22 @@ async fn partition_sender(inner: Arc<Inner>, key: PartitionKey, mut rx: mpsc::Re
     }
 }
 
+async fn identity(inner: &Inner) -> Result<(i64, i16), ClientError> {
+    inner
+        .identity
+        .get_or_try_init(|| async {
+            match inner.client.call(&Request::InitProducer {}, &[]).await?.0 {
+                Response::ProducerInit {
+                    producer_id,
+                    producer_epoch,
+                } => Ok((producer_id, producer_epoch)),
+                other => Err(unexpected("init_producer", other)),
+            }
+        })
+        .await
+        .copied()
+}
+
 async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
     let request = Request::Produce {
         topic: key.0.clone(),
@@ -331,7 +372,6 @@ async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
             inner.config.attempts,
         )
         .await;
-    drop(ready.permit);
     let outcome = match result {
         Ok((Response::Produced { base_offset, .. }, _)) => Ok(base_offset),
         // acks = none: the offset is unknown.
@@ -352,26 +392,19 @@ async fn linger_loop(weak: Weak<Inner>) {
         tokio::time::sleep(tick).await;
         let Some(inner) = weak.upgrade() else { return };
         let linger = Duration::from_millis(inner.config.linger_ms);
-        let due: Vec<(PartitionKey, Pending)> = {
-            let mut pending = lock(&inner.pending);
-            let mut due = Vec::new();
-            for (topic, parts) in pending.iter_mut() {
-                let keys: Vec<u32> = parts
-                    .iter()
-                    .filter(|(_, p)| p.started.elapsed() >= linger)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in keys {
-                    if let Some(p) = parts.remove(&k) {
-                        due.push(((topic.clone(), k), p));
-                    }
+        let mut pending = lock(&inner.pending);
+        for (topic, parts) in pending.iter_mut() {
+            let due: Vec<u32> = parts
+                .iter()
+                .filter(|(_, p)| p.started.elapsed() >= linger)
+                .map(|(k, _)| *k)
+                .collect();
+            for partition in due {
+                if let Some(p) = parts.remove(&partition) {
+                    lock(&inner.sticky).remove(topic.as_str());
+                    enqueue(&inner, (topic.clone(), partition), p);
                 }
             }
-            due
-        };
-        for (key, p) in due {
-            lock(&inner.sticky).remove(&key.0);
-            dispatch(&inner, key, p).await;
         }
     }
 }
