@@ -31,6 +31,11 @@ impl ErrorCode {
     pub const TIMEOUT: ErrorCode = ErrorCode(20);
     pub const OUT_OF_ORDER_SEQUENCE: ErrorCode = ErrorCode(21);
     pub const PRODUCER_FENCED: ErrorCode = ErrorCode(22);
+    pub const REBALANCE_IN_PROGRESS: ErrorCode = ErrorCode(23);
+    pub const UNKNOWN_MEMBER: ErrorCode = ErrorCode(24);
+    pub const ILLEGAL_GENERATION: ErrorCode = ErrorCode(25);
+    pub const GROUP_NOT_EMPTY: ErrorCode = ErrorCode(26);
+    pub const UNKNOWN_GROUP: ErrorCode = ErrorCode(27);
 
     /// Whether a client may retry the same request and expect it to succeed.
     pub fn is_retriable(self) -> bool {
@@ -64,6 +69,11 @@ impl ErrorCode {
             ErrorCode::TIMEOUT => "timeout",
             ErrorCode::OUT_OF_ORDER_SEQUENCE => "out_of_order_sequence",
             ErrorCode::PRODUCER_FENCED => "producer_fenced",
+            ErrorCode::REBALANCE_IN_PROGRESS => "rebalance_in_progress",
+            ErrorCode::UNKNOWN_MEMBER => "unknown_member",
+            ErrorCode::ILLEGAL_GENERATION => "illegal_generation",
+            ErrorCode::GROUP_NOT_EMPTY => "group_not_empty",
+            ErrorCode::UNKNOWN_GROUP => "unknown_group",
             _ => "unknown",
         }
     }

@@ -90,6 +90,74 @@ pub enum Request {
     },
     /// Asks for a producer id and epoch for idempotent produce.
     InitProducer {},
+    /// Joins (or rejoins) a consumer group; answered when the rebalance's join phase is over.
+    JoinGroup(JoinGroup),
+    /// Fetches this member's assignment for a generation.
+    SyncGroup { group: String, member_id: String, generation: i32 },
+    Heartbeat { group: String, member_id: String, generation: i32 },
+    LeaveGroup { group: String, member_id: String },
+    /// Commits offsets; a member passes its id and generation, an admin tool passes an empty
+    /// member id (allowed only while the group has no members).
+    CommitOffsets { group: String, member_id: String, generation: i32, offsets: Vec<CommittedOffset> },
+    /// Committed offsets of a group, for the given partitions or all.
+    FetchOffsets { group: String, partitions: Option<Vec<(String, u32)>> },
+    ListGroups {},
+    DescribeGroup { group: String },
+}
+
+/// How a group moves partitions between members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
+pub enum RebalanceProtocol {
+    /// Every member revokes everything, then all partitions are reassigned.
+    #[default]
+    Eager,
+    /// Only partitions that move are revoked; the rest keep flowing (incremental cooperative).
+    Cooperative,
+}
+
+/// A member's join request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGroup {
+    pub group: String,
+    /// Empty on the first join; the coordinator assigns one.
+    pub member_id: String,
+    pub topics: Vec<String>,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub protocol: RebalanceProtocol,
+    /// `range`, `roundrobin` or `sticky`.
+    pub assignor: String,
+    /// Partitions the member still owns (cooperative protocol).
+    pub owned: Vec<(String, u32)>,
+}
+
+/// A committed offset with its metadata string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub principal: String,
+    pub topics: Vec<String>,
+    pub assignment: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDescription {
+    pub group: String,
+    /// `empty`, `preparing_rebalance` or `stable`.
+    pub state: String,
+    pub protocol: RebalanceProtocol,
+    pub assignor: String,
+    pub generation: i32,
+    pub members: Vec<GroupMember>,
 }
 
 impl Request {
@@ -105,6 +173,14 @@ impl Request {
             Request::Fetch { .. } => "fetch",
             Request::ListOffsets { .. } => "list_offsets",
             Request::InitProducer { .. } => "init_producer",
+            Request::JoinGroup(_) => "join_group",
+            Request::SyncGroup { .. } => "sync_group",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::LeaveGroup { .. } => "leave_group",
+            Request::CommitOffsets { .. } => "commit_offsets",
+            Request::FetchOffsets { .. } => "fetch_offsets",
+            Request::ListGroups { .. } => "list_groups",
+            Request::DescribeGroup { .. } => "describe_group",
         }
     }
 }
@@ -200,4 +276,9 @@ pub enum Response {
         producer_id: i64,
         producer_epoch: i16,
     },
+    Joined { generation: i32, member_id: String, leader: String, members: Vec<String> },
+    Synced { assignment: Vec<(String, u32)> },
+    CommittedOffsets(Vec<CommittedOffset>),
+    Groups(Vec<GroupDescription>),
+    GroupDescription(GroupDescription),
 }
