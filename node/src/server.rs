@@ -79,7 +79,11 @@ impl Server {
         let local_addr = endpoint.local_addr()?;
         info!(listen = %local_addr, cluster = %broker.cluster, node = broker.node_id, "listening");
         let groups = GroupCoordinator::open(broker.clone())?;
-        let ctx = Arc::new(Ctx { broker, groups, config });
+        let ctx = Arc::new(Ctx {
+            broker,
+            groups,
+            config,
+        });
         let accept = endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accept.accept().await {
@@ -311,12 +315,25 @@ async fn dispatch(
         }
         Request::JoinGroup(join) => {
             let (generation, member_id, leader, members) = ctx.groups.join(join, principal).await?;
-            plain(Response::Joined { generation, member_id, leader, members })
+            plain(Response::Joined {
+                generation,
+                member_id,
+                leader,
+                members,
+            })
         }
-        Request::SyncGroup { group, member_id, generation } => {
-            plain(Response::Synced { assignment: ctx.groups.sync(&group, &member_id, generation)? })
-        }
-        Request::Heartbeat { group, member_id, generation } => {
+        Request::SyncGroup {
+            group,
+            member_id,
+            generation,
+        } => plain(Response::Synced {
+            assignment: ctx.groups.sync(&group, &member_id, generation)?,
+        }),
+        Request::Heartbeat {
+            group,
+            member_id,
+            generation,
+        } => {
             ctx.groups.heartbeat(&group, &member_id, generation)?;
             plain(Response::Ack)
         }
@@ -324,17 +341,27 @@ async fn dispatch(
             ctx.groups.leave(&group, &member_id)?;
             plain(Response::Ack)
         }
-        Request::CommitOffsets { group, member_id, generation, offsets } => {
-            ctx.groups.commit(&group, &member_id, generation, offsets).await?;
+        Request::CommitOffsets {
+            group,
+            member_id,
+            generation,
+            offsets,
+        } => {
+            ctx.groups
+                .commit(&group, &member_id, generation, offsets)
+                .await?;
             plain(Response::Ack)
         }
-        Request::FetchOffsets { group, partitions } => {
-            plain(Response::CommittedOffsets(ctx.groups.fetch_offsets(&group, partitions)))
-        }
+        Request::FetchOffsets { group, partitions } => plain(Response::CommittedOffsets(
+            ctx.groups.fetch_offsets(&group, partitions),
+        )),
         Request::ListGroups {} => plain(Response::Groups(ctx.groups.list())),
         Request::DescribeGroup { group } => match ctx.groups.describe(&group) {
             Some(d) => plain(Response::GroupDescription(d)),
-            None => Err(WireError::new(ErrorCode::UNKNOWN_GROUP, format!("group {group:?} does not exist (no members, no committed offsets)"))),
+            None => Err(WireError::new(
+                ErrorCode::UNKNOWN_GROUP,
+                format!("group {group:?} does not exist (no members, no committed offsets)"),
+            )),
         },
         Request::InitProducer {} => {
             let producer_id = broker.allocate_producer_id()?;

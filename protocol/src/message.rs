@@ -93,16 +93,37 @@ pub enum Request {
     /// Joins (or rejoins) a consumer group; answered when the rebalance's join phase is over.
     JoinGroup(JoinGroup),
     /// Fetches this member's assignment for a generation.
-    SyncGroup { group: String, member_id: String, generation: i32 },
-    Heartbeat { group: String, member_id: String, generation: i32 },
-    LeaveGroup { group: String, member_id: String },
+    SyncGroup {
+        group: String,
+        member_id: String,
+        generation: i32,
+    },
+    Heartbeat {
+        group: String,
+        member_id: String,
+        generation: i32,
+    },
+    LeaveGroup {
+        group: String,
+        member_id: String,
+    },
     /// Commits offsets; a member passes its id and generation, an admin tool passes an empty
     /// member id (allowed only while the group has no members).
-    CommitOffsets { group: String, member_id: String, generation: i32, offsets: Vec<CommittedOffset> },
+    CommitOffsets {
+        group: String,
+        member_id: String,
+        generation: i32,
+        offsets: Vec<CommittedOffset>,
+    },
     /// Committed offsets of a group, for the given partitions or all.
-    FetchOffsets { group: String, partitions: Option<Vec<(String, u32)>> },
+    FetchOffsets {
+        group: String,
+        partitions: Option<Vec<(String, u32)>>,
+    },
     ListGroups {},
-    DescribeGroup { group: String },
+    DescribeGroup {
+        group: String,
+    },
 }
 
 /// How a group moves partitions between members.
@@ -276,8 +297,15 @@ pub enum Response {
         producer_id: i64,
         producer_epoch: i16,
     },
-    Joined { generation: i32, member_id: String, leader: String, members: Vec<String> },
-    Synced { assignment: Vec<(String, u32)> },
+    Joined {
+        generation: i32,
+        member_id: String,
+        leader: String,
+        members: Vec<String>,
+    },
+    Synced {
+        assignment: Vec<(String, u32)>,
+    },
     CommittedOffsets(Vec<CommittedOffset>),
     Groups(Vec<GroupDescription>),
     GroupDescription(GroupDescription),

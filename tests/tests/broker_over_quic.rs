@@ -404,7 +404,10 @@ async fn a_retried_produce_whose_ack_was_lost_is_written_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The retry carries the same producer id and sequence: same offsets, nothing new written.
-    let (resp, _) = conn.request(&produce, std::slice::from_ref(&batch)).await.unwrap();
+    let (resp, _) = conn
+        .request(&produce, std::slice::from_ref(&batch))
+        .await
+        .unwrap();
     assert!(
         matches!(
             resp,
@@ -483,6 +486,11 @@ async fn the_admin_listener_reports_health_readiness_and_status() {
     let body = status.split("\r\n\r\n").nth(1).unwrap();
     let json: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(json["cluster"], "east");
-    let seen = json["topics"].as_array().unwrap().iter().find(|t| t["name"] == "seen").expect("topic listed");
+    let seen = json["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "seen")
+        .expect("topic listed");
     assert_eq!(seen["partitions"].as_array().unwrap().len(), 2);
 }

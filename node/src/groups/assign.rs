@@ -40,16 +40,27 @@ pub fn assign(
 }
 
 fn subscribers<'a>(members: &'a BTreeMap<String, MemberView>, topic: &str) -> Vec<&'a String> {
-    members.iter().filter(|(_, m)| m.topics.iter().any(|t| t == topic)).map(|(id, _)| id).collect()
+    members
+        .iter()
+        .filter(|(_, m)| m.topics.iter().any(|t| t == topic))
+        .map(|(id, _)| id)
+        .collect()
 }
 
 fn all_topics(members: &BTreeMap<String, MemberView>) -> BTreeSet<String> {
-    members.values().flat_map(|m| m.topics.iter().cloned()).collect()
+    members
+        .values()
+        .flat_map(|m| m.topics.iter().cloned())
+        .collect()
 }
 
 /// Kafka's range assignor: per topic, contiguous ranges, the first members get one extra.
-fn range(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, u32>) -> BTreeMap<String, Vec<TopicPartition>> {
-    let mut out: BTreeMap<String, Vec<TopicPartition>> = members.keys().map(|m| (m.clone(), Vec::new())).collect();
+fn range(
+    members: &BTreeMap<String, MemberView>,
+    partitions: &BTreeMap<String, u32>,
+) -> BTreeMap<String, Vec<TopicPartition>> {
+    let mut out: BTreeMap<String, Vec<TopicPartition>> =
+        members.keys().map(|m| (m.clone(), Vec::new())).collect();
     for topic in all_topics(members) {
         let n = partitions.get(&topic).copied().unwrap_or(0);
         let subs = subscribers(members, &topic);
@@ -61,7 +72,9 @@ fn range(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, u
         for (i, m) in subs.iter().enumerate() {
             let count = per + u32::from((i as u32) < extra);
             for p in next..next + count {
-                out.entry((*m).clone()).or_default().push((topic.clone(), p));
+                out.entry((*m).clone())
+                    .or_default()
+                    .push((topic.clone(), p));
             }
             next += count;
         }
@@ -70,8 +83,12 @@ fn range(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, u
 }
 
 /// Round-robin over all subscribed partitions in order.
-fn round_robin(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, u32>) -> BTreeMap<String, Vec<TopicPartition>> {
-    let mut out: BTreeMap<String, Vec<TopicPartition>> = members.keys().map(|m| (m.clone(), Vec::new())).collect();
+fn round_robin(
+    members: &BTreeMap<String, MemberView>,
+    partitions: &BTreeMap<String, u32>,
+) -> BTreeMap<String, Vec<TopicPartition>> {
+    let mut out: BTreeMap<String, Vec<TopicPartition>> =
+        members.keys().map(|m| (m.clone(), Vec::new())).collect();
     let ids: Vec<&String> = members.keys().collect();
     let mut turn = 0usize;
     for topic in all_topics(members) {
@@ -91,7 +108,10 @@ fn round_robin(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<Str
 }
 
 /// Balanced, keeping as many owned partitions in place as balance allows.
-fn sticky(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, u32>) -> BTreeMap<String, Vec<TopicPartition>> {
+fn sticky(
+    members: &BTreeMap<String, MemberView>,
+    partitions: &BTreeMap<String, u32>,
+) -> BTreeMap<String, Vec<TopicPartition>> {
     let mut all: Vec<TopicPartition> = Vec::new();
     for topic in all_topics(members) {
         for p in 0..partitions.get(&topic).copied().unwrap_or(0) {
@@ -102,7 +122,8 @@ fn sticky(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, 
     let n_members = members.len().max(1);
     let quota_floor = all.len() / n_members;
     let mut with_extra = all.len() % n_members;
-    let mut out: BTreeMap<String, Vec<TopicPartition>> = members.keys().map(|m| (m.clone(), Vec::new())).collect();
+    let mut out: BTreeMap<String, Vec<TopicPartition>> =
+        members.keys().map(|m| (m.clone(), Vec::new())).collect();
     let mut taken: BTreeSet<TopicPartition> = BTreeSet::new();
     // Keep owned partitions up to each member's quota, members owning most first.
     let mut by_owned: Vec<(&String, &MemberView)> = members.iter().collect();
@@ -139,8 +160,14 @@ fn sticky(members: &BTreeMap<String, MemberView>, partitions: &BTreeMap<String, 
 
 /// Cooperative protocol: a partition still owned by another member is not given to its new
 /// owner until the old owner has revoked it (the next generation).
-fn withhold_moving(members: &BTreeMap<String, MemberView>, target: &mut BTreeMap<String, Vec<TopicPartition>>) {
-    let owner: BTreeMap<&TopicPartition, &String> = members.iter().flat_map(|(id, m)| m.owned.iter().map(move |tp| (tp, id))).collect();
+fn withhold_moving(
+    members: &BTreeMap<String, MemberView>,
+    target: &mut BTreeMap<String, Vec<TopicPartition>>,
+) {
+    let owner: BTreeMap<&TopicPartition, &String> = members
+        .iter()
+        .flat_map(|(id, m)| m.owned.iter().map(move |tp| (tp, id)))
+        .collect();
     for (id, tps) in target.iter_mut() {
         tps.retain(|tp| owner.get(tp).is_none_or(|o| *o == id));
     }
@@ -152,7 +179,15 @@ mod tests {
 
     fn members(n: usize, topics: &[&str]) -> BTreeMap<String, MemberView> {
         (0..n)
-            .map(|i| (format!("m{i}"), MemberView { topics: topics.iter().map(|t| t.to_string()).collect(), owned: vec![] }))
+            .map(|i| {
+                (
+                    format!("m{i}"),
+                    MemberView {
+                        topics: topics.iter().map(|t| t.to_string()).collect(),
+                        owned: vec![],
+                    },
+                )
+            })
             .collect()
     }
 
@@ -164,13 +199,24 @@ mod tests {
     fn the_seed_scenarios_split_four_partitions() {
         let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
         for assignor in ["range", "roundrobin", "sticky"] {
-            let a = |n| assign(assignor, RebalanceProtocol::Eager, &members(n, &["t"]), &parts);
+            let a = |n| {
+                assign(
+                    assignor,
+                    RebalanceProtocol::Eager,
+                    &members(n, &["t"]),
+                    &parts,
+                )
+            };
             assert_eq!(counts(&a(1)), vec![4], "{assignor}");
             assert_eq!(counts(&a(2)), vec![2, 2], "{assignor}");
             assert_eq!(counts(&a(4)), vec![1, 1, 1, 1], "{assignor}");
             let mut five = counts(&a(5));
             five.sort();
-            assert_eq!(five, vec![0, 1, 1, 1, 1], "{assignor}: a fifth consumer stays idle");
+            assert_eq!(
+                five,
+                vec![0, 1, 1, 1, 1],
+                "{assignor}: a fifth consumer stays idle"
+            );
         }
     }
 
@@ -183,7 +229,10 @@ mod tests {
         let first = assign("sticky", RebalanceProtocol::Cooperative, &m, &parts);
         assert_eq!(first["m0"].len(), 2);
         assert_eq!(first["m1"].len(), 2);
-        assert!(first["m2"].is_empty(), "moving partitions are withheld until revoked");
+        assert!(
+            first["m2"].is_empty(),
+            "moving partitions are withheld until revoked"
+        );
         // Next generation: the old owners report what they kept.
         m.get_mut("m0").unwrap().owned = first["m0"].clone();
         m.get_mut("m1").unwrap().owned = first["m1"].clone();

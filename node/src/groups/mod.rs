@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use strait_protocol::batch::split_batches;
-use strait_protocol::message::{CommittedOffset, GroupDescription, GroupMember, JoinGroup, RebalanceProtocol};
+use strait_protocol::message::{
+    CommittedOffset, GroupDescription, GroupMember, JoinGroup, RebalanceProtocol,
+};
 use strait_protocol::{BatchBuilder, Compression, ErrorCode, WireError};
 use tokio::sync::Notify;
 use tracing::info;
@@ -96,8 +98,17 @@ impl Group {
         let was_empty = self.state == GroupState::Empty;
         self.state = GroupState::PreparingRebalance;
         self.joined.clear();
-        self.earliest_completion = if was_empty { now + INITIAL_REBALANCE_DELAY } else { now };
-        let longest = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(30));
+        self.earliest_completion = if was_empty {
+            now + INITIAL_REBALANCE_DELAY
+        } else {
+            now
+        };
+        let longest = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(30));
         self.deadline = now + longest;
     }
 }
@@ -132,8 +143,13 @@ impl GroupCoordinator {
         let topic = match broker.topic(OFFSETS_TOPIC) {
             Ok(t) => t,
             Err(_) => {
-                let settings = [("cleanup.policy".to_string(), "compact".to_string()), ("flush".to_string(), "always".to_string())];
-                broker.create_topic(OFFSETS_TOPIC, 1, &settings).map_err(|e| anyhow::anyhow!("{e}"))?
+                let settings = [
+                    ("cleanup.policy".to_string(), "compact".to_string()),
+                    ("flush".to_string(), "always".to_string()),
+                ];
+                broker
+                    .create_topic(OFFSETS_TOPIC, 1, &settings)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
             }
         };
         let offsets_log = topic.partitions[0].clone();
@@ -146,7 +162,10 @@ impl GroupCoordinator {
             committed: Mutex::new(committed),
             next_member: std::sync::atomic::AtomicU64::new(crate::now_ms() as u64),
         });
-        info!(groups_with_offsets = groups, "group coordinator loaded committed offsets");
+        info!(
+            groups_with_offsets = groups,
+            "group coordinator loaded committed offsets"
+        );
         let weak = Arc::downgrade(&coordinator);
         tokio::spawn(async move {
             loop {
@@ -165,7 +184,9 @@ impl GroupCoordinator {
             let expired: Vec<String> = g
                 .members
                 .iter()
-                .filter(|(id, m)| now.duration_since(m.last_seen) > m.session_timeout && !g.joined.contains(*id))
+                .filter(|(id, m)| {
+                    now.duration_since(m.last_seen) > m.session_timeout && !g.joined.contains(*id)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in expired {
@@ -193,12 +214,26 @@ impl GroupCoordinator {
             let views: BTreeMap<String, MemberView> = g
                 .members
                 .iter()
-                .map(|(id, m)| (id.clone(), MemberView { topics: m.topics.clone(), owned: m.owned.clone() }))
+                .map(|(id, m)| {
+                    (
+                        id.clone(),
+                        MemberView {
+                            topics: m.topics.clone(),
+                            owned: m.owned.clone(),
+                        },
+                    )
+                })
                 .collect();
-            let topics: BTreeSet<&String> = g.members.values().flat_map(|m| m.topics.iter()).collect();
+            let topics: BTreeSet<&String> =
+                g.members.values().flat_map(|m| m.topics.iter()).collect();
             let partitions: BTreeMap<String, u32> = topics
                 .into_iter()
-                .filter_map(|t| self.broker.topic(t).ok().map(|tp| (t.clone(), tp.partitions.len() as u32)))
+                .filter_map(|t| {
+                    self.broker
+                        .topic(t)
+                        .ok()
+                        .map(|tp| (t.clone(), tp.partitions.len() as u32))
+                })
                 .collect();
             let target = assign::assign(&g.assignor, g.protocol, &views, &partitions);
             for (id, m) in g.members.iter_mut() {
@@ -212,23 +247,42 @@ impl GroupCoordinator {
     }
 
     /// Joins a member; waits until the rebalance's join phase completes.
-    pub async fn join(&self, req: JoinGroup, principal: &str) -> Result<(i32, String, String, Vec<String>), WireError> {
+    pub async fn join(
+        &self,
+        req: JoinGroup,
+        principal: &str,
+    ) -> Result<(i32, String, String, Vec<String>), WireError> {
         validate_group(&req.group)?;
         if !SESSION_TIMEOUT_MS.contains(&req.session_timeout_ms) {
-            return Err(err(ErrorCode::INVALID_REQUEST, format!("session timeout {} ms is outside 1000..=300000", req.session_timeout_ms)));
+            return Err(err(
+                ErrorCode::INVALID_REQUEST,
+                format!(
+                    "session timeout {} ms is outside 1000..=300000",
+                    req.session_timeout_ms
+                ),
+            ));
         }
         let (member_id, notify, target_generation) = {
             let mut groups = guard(&self.groups);
-            let g = groups.entry(req.group.clone()).or_insert_with(|| Group::new(req.protocol, &req.assignor));
+            let g = groups
+                .entry(req.group.clone())
+                .or_insert_with(|| Group::new(req.protocol, &req.assignor));
             if g.members.is_empty() {
                 g.protocol = req.protocol;
                 g.assignor = req.assignor.clone();
             } else if g.protocol != req.protocol {
-                return Err(err(ErrorCode::INVALID_REQUEST, format!(
-                    "group {:?} uses the {:?} protocol; this member asked for {:?}", req.group, g.protocol, req.protocol)));
+                return Err(err(
+                    ErrorCode::INVALID_REQUEST,
+                    format!(
+                        "group {:?} uses the {:?} protocol; this member asked for {:?}",
+                        req.group, g.protocol, req.protocol
+                    ),
+                ));
             }
             let member_id = if req.member_id.is_empty() {
-                let n = self.next_member.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let n = self
+                    .next_member
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 format!("{principal}-{n:x}")
             } else if g.members.contains_key(&req.member_id) {
                 req.member_id.clone()
@@ -237,15 +291,24 @@ impl GroupCoordinator {
                     "member {:?} is not in group {:?} (its session expired); rejoin with an empty member id", req.member_id, req.group)));
             };
             let now = Instant::now();
-            let changed = g.members.get(&member_id).is_none_or(|m| m.topics != req.topics);
+            let changed = g
+                .members
+                .get(&member_id)
+                .is_none_or(|m| m.topics != req.topics);
             let member = Member {
                 principal: principal.into(),
                 topics: req.topics.clone(),
                 owned: req.owned.clone(),
                 session_timeout: Duration::from_millis(u64::from(req.session_timeout_ms)),
-                rebalance_timeout: Duration::from_millis(u64::from(req.rebalance_timeout_ms.max(1000))),
+                rebalance_timeout: Duration::from_millis(u64::from(
+                    req.rebalance_timeout_ms.max(1000),
+                )),
                 last_seen: now,
-                assignment: g.members.get(&member_id).map(|m| m.assignment.clone()).unwrap_or_default(),
+                assignment: g
+                    .members
+                    .get(&member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default(),
             };
             g.members.insert(member_id.clone(), member);
             if changed || g.state != GroupState::PreparingRebalance {
@@ -260,27 +323,67 @@ impl GroupCoordinator {
             let notified = notify.notified();
             {
                 let groups = guard(&self.groups);
-                let g = groups.get(&req.group).ok_or_else(|| err(ErrorCode::UNKNOWN_GROUP, "group vanished"))?;
+                let g = groups
+                    .get(&req.group)
+                    .ok_or_else(|| err(ErrorCode::UNKNOWN_GROUP, "group vanished"))?;
                 if g.generation >= target_generation {
                     if !g.members.contains_key(&member_id) {
-                        return Err(err(ErrorCode::UNKNOWN_MEMBER, "removed from the group during the rebalance; rejoin"));
+                        return Err(err(
+                            ErrorCode::UNKNOWN_MEMBER,
+                            "removed from the group during the rebalance; rejoin",
+                        ));
                     }
-                    return Ok((g.generation, member_id, g.leader.clone(), g.members.keys().cloned().collect()));
+                    return Ok((
+                        g.generation,
+                        member_id,
+                        g.leader.clone(),
+                        g.members.keys().cloned().collect(),
+                    ));
                 }
             }
             notified.await;
         }
     }
 
-    fn with_member<T>(&self, group: &str, member_id: &str, generation: i32, f: impl FnOnce(&mut Group) -> T) -> Result<T, WireError> {
+    fn with_member<T>(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        f: impl FnOnce(&mut Group) -> T,
+    ) -> Result<T, WireError> {
+        self.with_member_in(group, member_id, generation, false, f)
+    }
+
+    /// Checks membership and generation. `during_rebalance` lets a member of the current
+    /// generation act while a rebalance is being prepared (commits before revoking).
+    fn with_member_in<T>(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        during_rebalance: bool,
+        f: impl FnOnce(&mut Group) -> T,
+    ) -> Result<T, WireError> {
         let mut groups = guard(&self.groups);
-        let g = groups.get_mut(group).ok_or_else(|| err(ErrorCode::UNKNOWN_GROUP, format!("group {group:?} has no members")))?;
+        let g = groups.get_mut(group).ok_or_else(|| {
+            err(
+                ErrorCode::UNKNOWN_GROUP,
+                format!("group {group:?} has no members"),
+            )
+        })?;
         let Some(m) = g.members.get_mut(member_id) else {
-            return Err(err(ErrorCode::UNKNOWN_MEMBER, format!("member {member_id:?} is not in group {group:?}; rejoin")));
+            return Err(err(
+                ErrorCode::UNKNOWN_MEMBER,
+                format!("member {member_id:?} is not in group {group:?}; rejoin"),
+            ));
         };
         m.last_seen = Instant::now();
-        if g.state == GroupState::PreparingRebalance {
-            return Err(err(ErrorCode::REBALANCE_IN_PROGRESS, format!("group {group:?} is rebalancing; rejoin")));
+        if g.state == GroupState::PreparingRebalance && !during_rebalance {
+            return Err(err(
+                ErrorCode::REBALANCE_IN_PROGRESS,
+                format!("group {group:?} is rebalancing; rejoin"),
+            ));
         }
         if generation != g.generation {
             return Err(err(ErrorCode::ILLEGAL_GENERATION, format!(
@@ -289,11 +392,26 @@ impl GroupCoordinator {
         Ok(f(g))
     }
 
-    pub fn sync(&self, group: &str, member_id: &str, generation: i32) -> Result<Vec<TopicPartition>, WireError> {
-        self.with_member(group, member_id, generation, |g| g.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default())
+    pub fn sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<Vec<TopicPartition>, WireError> {
+        self.with_member(group, member_id, generation, |g| {
+            g.members
+                .get(member_id)
+                .map(|m| m.assignment.clone())
+                .unwrap_or_default()
+        })
     }
 
-    pub fn heartbeat(&self, group: &str, member_id: &str, generation: i32) -> Result<(), WireError> {
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), WireError> {
         self.with_member(group, member_id, generation, |_| ())
     }
 
@@ -312,23 +430,43 @@ impl GroupCoordinator {
 
     /// Commits offsets durably. Members are checked against their generation; an empty member
     /// id (admin tools) is accepted only while the group has no members.
-    pub async fn commit(&self, group: &str, member_id: &str, generation: i32, offsets: Vec<CommittedOffset>) -> Result<(), WireError> {
+    pub async fn commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        offsets: Vec<CommittedOffset>,
+    ) -> Result<(), WireError> {
         validate_group(group)?;
         if member_id.is_empty() {
             let groups = guard(&self.groups);
             if groups.get(group).is_some_and(|g| !g.members.is_empty()) {
-                return Err(err(ErrorCode::GROUP_NOT_EMPTY, format!(
-                    "group {group:?} has active members; stop them before changing its offsets")));
+                return Err(err(
+                    ErrorCode::GROUP_NOT_EMPTY,
+                    format!(
+                        "group {group:?} has active members; stop them before changing its offsets"
+                    ),
+                ));
             }
         } else {
-            self.with_member(group, member_id, generation, |_| ())?;
+            self.with_member_in(group, member_id, generation, true, |_| ())?;
         }
         let mut b = BatchBuilder::new(Compression::None);
         let now = crate::now_ms();
         for o in &offsets {
-            let value = CommitValue { offset: o.offset, metadata: o.metadata.clone(), commit_ms: now };
-            let raw = postcard::to_allocvec(&value).map_err(|e| err(ErrorCode::INTERNAL, e.to_string()))?;
-            b.push(now, Some(&commit_key(group, &o.topic, o.partition)), Some(&raw), &[]);
+            let value = CommitValue {
+                offset: o.offset,
+                metadata: o.metadata.clone(),
+                commit_ms: now,
+            };
+            let raw = postcard::to_allocvec(&value)
+                .map_err(|e| err(ErrorCode::INTERNAL, e.to_string()))?;
+            b.push(
+                now,
+                Some(&commit_key(group, &o.topic, o.partition)),
+                Some(&raw),
+                &[],
+            );
         }
         if !b.is_empty() {
             let log = self.offsets_log.clone();
@@ -337,7 +475,9 @@ impl GroupCoordinator {
                 .await
                 .map_err(|e| err(ErrorCode::INTERNAL, e.to_string()))?
                 .map_err(|e| err(ErrorCode::STORAGE, format!("cannot store the commit: {e}")))?;
-            self.offsets_log.grown.send_replace(self.offsets_log.log.high_watermark().0);
+            self.offsets_log
+                .grown
+                .send_replace(self.offsets_log.log.high_watermark().0);
         }
         let mut committed = guard(&self.committed);
         let map = committed.entry(group.to_string()).or_default();
@@ -347,9 +487,15 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    pub fn fetch_offsets(&self, group: &str, partitions: Option<Vec<TopicPartition>>) -> Vec<CommittedOffset> {
+    pub fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Vec<CommittedOffset> {
         let committed = guard(&self.committed);
-        let Some(map) = committed.get(group) else { return Vec::new() };
+        let Some(map) = committed.get(group) else {
+            return Vec::new();
+        };
         match partitions {
             None => map.values().cloned().collect(),
             Some(ps) => ps.iter().filter_map(|tp| map.get(tp).cloned()).collect(),
@@ -398,7 +544,12 @@ impl GroupCoordinator {
 
 fn validate_group(group: &str) -> Result<(), WireError> {
     if group.is_empty() || group.len() > GROUP_NAME_LEN_MAX || group.contains('\0') {
-        return Err(err(ErrorCode::INVALID_REQUEST, format!("group name {group:?} must be 1 to {GROUP_NAME_LEN_MAX} characters without NUL")));
+        return Err(err(
+            ErrorCode::INVALID_REQUEST,
+            format!(
+                "group name {group:?} must be 1 to {GROUP_NAME_LEN_MAX} characters without NUL"
+            ),
+        ));
     }
     Ok(())
 }
@@ -408,7 +559,9 @@ fn commit_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
 }
 
 /// Rebuilds the committed-offset map from `__consumer_offsets`.
-fn load_commits(p: &Partition) -> anyhow::Result<HashMap<String, BTreeMap<TopicPartition, CommittedOffset>>> {
+fn load_commits(
+    p: &Partition,
+) -> anyhow::Result<HashMap<String, BTreeMap<TopicPartition, CommittedOffset>>> {
     let mut out: HashMap<String, BTreeMap<TopicPartition, CommittedOffset>> = HashMap::new();
     let mut at = p.log.log_start();
     let limits = p.log.config().decode_limits();
@@ -422,14 +575,26 @@ fn load_commits(p: &Partition) -> anyhow::Result<HashMap<String, BTreeMap<TopicP
                 let Some(key) = r.key else { continue };
                 let text = String::from_utf8_lossy(&key);
                 let parts: Vec<&str> = text.split('\0').collect();
-                let [kind, group, topic, partition] = parts.as_slice() else { continue };
-                let (Ok(partition), true) = (partition.parse::<u32>(), *kind == "offset") else { continue };
+                let [kind, group, topic, partition] = parts.as_slice() else {
+                    continue;
+                };
+                let (Ok(partition), true) = (partition.parse::<u32>(), *kind == "offset") else {
+                    continue;
+                };
                 let map = out.entry(group.to_string()).or_default();
-                match r.value.and_then(|v| postcard::from_bytes::<CommitValue>(&v).ok()) {
+                match r
+                    .value
+                    .and_then(|v| postcard::from_bytes::<CommitValue>(&v).ok())
+                {
                     Some(v) => {
                         map.insert(
                             (topic.to_string(), partition),
-                            CommittedOffset { topic: topic.to_string(), partition, offset: v.offset, metadata: v.metadata },
+                            CommittedOffset {
+                                topic: topic.to_string(),
+                                partition,
+                                offset: v.offset,
+                                metadata: v.metadata,
+                            },
                         );
                     }
                     None => {

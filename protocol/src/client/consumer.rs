@@ -8,9 +8,10 @@ use bytes::Bytes;
 
 use super::admin::Admin;
 use super::conn::{unexpected, Client, ClientError};
+use super::group::{self, GroupConfig, Membership, RebalanceEvent, ToConsumer, TopicPartition};
 use crate::batch::{split_batches, DecodeLimits, Header};
 use crate::error::ErrorCode;
-use crate::message::{OffsetSpec, Request, Response};
+use crate::message::{CommittedOffset, OffsetSpec, RebalanceProtocol, Request, Response};
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -60,7 +61,12 @@ pub struct Consumer {
     buffered: VecDeque<ConsumerRecord>,
     in_flight: tokio::task::JoinSet<FetchAnswer>,
     fetching: std::collections::BTreeSet<(String, u32)>,
+    group: Option<Membership>,
+    listener: Option<RebalanceListener>,
 }
+
+/// Called with each rebalance event from inside `poll`.
+pub type RebalanceListener = Box<dyn FnMut(&RebalanceEvent) + Send>;
 
 /// A fetch's answer, tagged with what it asked for so answers overtaken by a seek are dropped.
 type FetchAnswer = ((String, u32), u64, Result<(Response, Bytes), ClientError>);
@@ -74,6 +80,8 @@ impl Consumer {
             buffered: VecDeque::new(),
             in_flight: tokio::task::JoinSet::new(),
             fetching: Default::default(),
+            group: None,
+            listener: None,
         }
     }
 
@@ -131,6 +139,9 @@ impl Consumer {
 
     /// Returns the records available now, waiting up to `timeout` for some to arrive.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.group.is_some() {
+            self.group_step(timeout).await?;
+        }
         if !self.buffered.is_empty() {
             return Ok(self.buffered.drain(..).collect());
         }
@@ -168,6 +179,278 @@ impl Consumer {
                 self.start_fetches();
                 return Ok(self.buffered.drain(..).collect());
             }
+        }
+    }
+
+    /// Joins a consumer group for `topics`; the group's coordinator assigns partitions and
+    /// `poll` starts each at the group's committed offset (else at the reset policy's).
+    pub fn subscribe(&mut self, topics: &[&str], config: GroupConfig) {
+        self.positions.clear();
+        self.buffered.clear();
+        self.in_flight.abort_all();
+        self.fetching.clear();
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        self.group = Some(group::start(self.client.clone(), config, topics));
+    }
+
+    /// Called with every rebalance event, from inside `poll`.
+    pub fn set_rebalance_listener(
+        &mut self,
+        listener: impl FnMut(&RebalanceEvent) + Send + 'static,
+    ) {
+        self.listener = Some(Box::new(listener));
+    }
+
+    /// The partitions currently assigned.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// Whether this member is between learning of a rebalance and applying its outcome.
+    pub fn is_rebalancing(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|g| g.rebalancing.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// This member's id and generation, once it has joined.
+    pub fn membership(&self) -> Option<(String, i32)> {
+        self.group
+            .as_ref()
+            .filter(|g| g.generation >= 0)
+            .map(|g| (g.member_id.clone(), g.generation))
+    }
+
+    /// Commits the current positions of all assigned partitions and waits for the node.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let offsets: Vec<(TopicPartition, u64)> = self
+            .positions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits the current positions in the background; the handle tells how it went.
+    pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<(), ClientError>> {
+        let request = self.commit_request(
+            self.positions
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        );
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match request {
+                Some(r) => client.call(&r, &[]).await.map(|_| ()),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Commits explicit offsets (the next offset to read, per partition).
+    pub async fn commit_offsets(
+        &mut self,
+        offsets: Vec<(TopicPartition, u64)>,
+    ) -> Result<(), ClientError> {
+        if let Some(request) = self.commit_request(offsets) {
+            self.client.call(&request, &[]).await?;
+            if let Some(g) = self.group.as_mut() {
+                g.last_commit = std::time::Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_request(&self, offsets: Vec<(TopicPartition, u64)>) -> Option<Request> {
+        let g = self.group.as_ref()?;
+        if offsets.is_empty() {
+            return None;
+        }
+        let offsets = offsets
+            .into_iter()
+            .map(|((topic, partition), offset)| CommittedOffset {
+                topic,
+                partition,
+                offset,
+                metadata: String::new(),
+            })
+            .collect();
+        Some(Request::CommitOffsets {
+            group: g.config.group.clone(),
+            member_id: g.member_id.clone(),
+            generation: g.generation,
+            offsets,
+        })
+    }
+
+    /// Commits (when auto-commit is on), leaves the group and stops fetching.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        let Some(g) = self.group.as_ref() else {
+            return Ok(());
+        };
+        if g.config.auto_commit_interval_ms.is_some() {
+            let _ = self.commit().await;
+        }
+        let g = self
+            .group
+            .take()
+            .unwrap_or_else(|| unreachable!("checked above"));
+        group::leave(&self.client, &g.config.group, &g.member_id).await
+    }
+
+    /// Applies what the membership task decided, waits for a first assignment, auto-commits.
+    async fn group_step(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Some(g) = self.group.as_mut() else {
+                return Ok(());
+            };
+            let event = if g.assigned_once {
+                g.events.try_recv().ok()
+            } else {
+                // Nothing to fetch before the first assignment: wait for it.
+                match tokio::time::timeout_at(deadline, g.events.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => return Ok(()),
+                }
+            };
+            let Some(event) = event else { break };
+            self.apply(event).await?;
+        }
+        let due = self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.auto_commit_interval_ms_elapsed());
+        if due {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, event: ToConsumer) -> Result<(), ClientError> {
+        match event {
+            ToConsumer::RevokeAll(ack) => {
+                if let Some(g) = self.group.as_ref() {
+                    g.rebalancing
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                let all = self.assignment();
+                self.revoke(&all).await;
+                let _ = ack.send(());
+            }
+            ToConsumer::Lost => {
+                let all = self.assignment();
+                self.drop_partitions(&all);
+                self.notify(RebalanceEvent::Lost(all));
+            }
+            ToConsumer::Assigned {
+                generation,
+                member_id,
+                assignment,
+            } => {
+                let cooperative = {
+                    let Some(g) = self.group.as_mut() else {
+                        return Ok(());
+                    };
+                    g.generation = generation;
+                    g.member_id = member_id;
+                    g.assigned_once = true;
+                    g.rebalancing
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    g.config.protocol == RebalanceProtocol::Cooperative
+                };
+                let current = self.assignment();
+                let revoked: Vec<TopicPartition> = current
+                    .iter()
+                    .filter(|tp| !assignment.contains(tp))
+                    .cloned()
+                    .collect();
+                let added: Vec<TopicPartition> = assignment
+                    .iter()
+                    .filter(|tp| !current.contains(tp))
+                    .cloned()
+                    .collect();
+                if !revoked.is_empty() {
+                    self.revoke(&revoked).await;
+                }
+                self.start_partitions(&added).await?;
+                if !added.is_empty() {
+                    self.notify(RebalanceEvent::Assigned(added));
+                }
+                if cooperative && !revoked.is_empty() {
+                    if let Some(g) = self.group.as_ref() {
+                        // Hand the revoked partitions on: one more join completes the move.
+                        let _ = g.rejoin.send(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(&mut self, partitions: &[TopicPartition]) {
+        if self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.config.auto_commit_interval_ms.is_some())
+        {
+            let offsets: Vec<(TopicPartition, u64)> = partitions
+                .iter()
+                .filter_map(|tp| self.positions.get(tp).map(|o| (tp.clone(), *o)))
+                .collect();
+            if let Err(e) = self.commit_offsets(offsets).await {
+                tracing::warn!(error = %e, "commit before revocation failed");
+            }
+        }
+        self.drop_partitions(partitions);
+        self.notify(RebalanceEvent::Revoked(partitions.to_vec()));
+    }
+
+    fn drop_partitions(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.positions.remove(tp);
+        }
+        self.buffered.retain(|r| {
+            !partitions
+                .iter()
+                .any(|(t, p)| &*r.topic == t && r.partition == *p)
+        });
+    }
+
+    /// Starts newly assigned partitions at their committed offsets, else at the reset policy.
+    async fn start_partitions(&mut self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let Some(g) = self.group.as_ref() else {
+            return Ok(());
+        };
+        let req = Request::FetchOffsets {
+            group: g.config.group.clone(),
+            partitions: Some(partitions.to_vec()),
+        };
+        let committed = match self.client.call(&req, &[]).await?.0 {
+            Response::CommittedOffsets(c) => c,
+            other => return Err(unexpected("fetch_offsets", other)),
+        };
+        let admin = Admin::new(self.client.clone());
+        for tp in partitions {
+            let offset = match committed
+                .iter()
+                .find(|c| c.topic == tp.0 && c.partition == tp.1)
+            {
+                Some(c) => c.offset,
+                None => admin.list_offset(&tp.0, tp.1, self.config.reset).await?.0,
+            };
+            self.positions.insert(tp.clone(), offset);
+        }
+        Ok(())
+    }
+
+    fn notify(&mut self, event: RebalanceEvent) {
+        if let Some(l) = self.listener.as_mut() {
+            l(&event);
         }
     }
 

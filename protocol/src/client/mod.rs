@@ -5,9 +5,11 @@
 pub mod admin;
 pub mod conn;
 pub mod consumer;
+pub mod group;
 pub mod producer;
 
 pub use admin::Admin;
 pub use conn::{Client, ClientError, ClientOptions, Connection, HelloInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+pub use group::{GroupConfig, RebalanceEvent};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig};
