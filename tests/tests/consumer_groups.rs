@@ -226,7 +226,7 @@ async fn records_on_unmoved_partitions_during_rebalance(cooperative: bool) -> u6
                     .await
                     .unwrap();
                 i += 1;
-                if i % 60 == 0 {
+                if i.is_multiple_of(60) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }

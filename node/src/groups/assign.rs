@@ -97,7 +97,7 @@ fn round_robin(
             for _ in 0..ids.len() {
                 let m = ids[turn % ids.len()];
                 turn += 1;
-                if members[m].topics.iter().any(|t| *t == topic) {
+                if members[m].topics.contains(&topic) {
                     out.entry(m.clone()).or_default().push((topic.clone(), p));
                     break;
                 }
