@@ -280,3 +280,117 @@ fn produce_then_consume_returns_exactly_what_was_produced() {
         None,
     ));
 }
+
+#[test]
+fn consume_with_a_group_commits_and_reset_offsets_rewinds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(strait(d, &["certs", "init", "--dir", "c"], None));
+    ok(strait(
+        d,
+        &[
+            "certs", "issue", "--dir", "c", "--name", "node-1", "--role", "node",
+        ],
+        None,
+    ));
+    ok(strait(
+        d,
+        &[
+            "certs", "issue", "--dir", "c", "--name", "app", "--role", "client",
+        ],
+        None,
+    ));
+    let (_node, addr) = start_node(d);
+    let b = ["--bootstrap", addr.as_str()];
+    ok(strait(
+        d,
+        &[&["topic", "create", "events", "--partitions", "2"][..], &b].concat(),
+        None,
+    ));
+    let input: String = (0..10).map(|i| format!("e{i}\n")).collect();
+    ok(strait(
+        d,
+        &[&["produce", "events"][..], &b].concat(),
+        Some(input.as_bytes()),
+    ));
+    let consume = [
+        &[
+            "consume",
+            "events",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--json",
+            "--idle-exit-ms",
+            "1500",
+        ][..],
+        &b,
+    ]
+    .concat();
+    assert_eq!(ok(strait(d, &consume, None)).lines().count(), 10);
+    // Everything was committed: a second run of the group sees nothing new.
+    assert_eq!(ok(strait(d, &consume, None)).lines().count(), 0);
+    let described: Value = serde_json::from_str(&ok(strait(
+        d,
+        &[&["group", "describe", "g", "--json"][..], &b].concat(),
+        None,
+    )))
+    .unwrap();
+    let parts = described["partitions"].as_array().unwrap();
+    assert_eq!(
+        parts
+            .iter()
+            .map(|p| p["committed_offset"].as_u64().unwrap())
+            .sum::<u64>(),
+        10
+    );
+    assert!(parts.iter().all(|p| p["lag"] == 0), "{described}");
+    let listed: Value = serde_json::from_str(&ok(strait(
+        d,
+        &[&["group", "list", "--json"][..], &b].concat(),
+        None,
+    )))
+    .unwrap();
+    assert!(listed["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["group"] == "g"));
+    // A preview changes nothing; --execute rewinds.
+    let preview = ok(strait(
+        d,
+        &[
+            &[
+                "group",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "events",
+                "--to-earliest",
+            ][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+    assert!(preview.contains("preview only"), "{preview}");
+    assert_eq!(ok(strait(d, &consume, None)).lines().count(), 0);
+    ok(strait(
+        d,
+        &[
+            &[
+                "group",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "events",
+                "--to-earliest",
+                "--execute",
+            ][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+    assert_eq!(ok(strait(d, &consume, None)).lines().count(), 10);
+}

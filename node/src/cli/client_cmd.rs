@@ -9,7 +9,7 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use strait_protocol::client::{
-    Admin, Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    Admin, Client, ClientOptions, Consumer, ConsumerConfig, GroupConfig, Producer, ProducerConfig,
 };
 use strait_protocol::{Acks, Compression, OffsetSpec};
 
@@ -91,6 +91,13 @@ pub struct ConsumeArgs {
     /// One JSON object per record.
     #[arg(long)]
     json: bool,
+    /// Consume as a member of this group: partitions are assigned by the group and positions
+    /// are committed (every second, and on exit).
+    #[arg(long, conflicts_with_all = ["partition", "offset"])]
+    group: Option<String>,
+    /// Rebalance protocol of the group: eager or cooperative.
+    #[arg(long, default_value = "eager")]
+    group_protocol: String,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -266,6 +273,32 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     } else {
         OffsetSpec::Latest
     };
+    if let Some(group) = &args.group {
+        let mut config = GroupConfig {
+            auto_commit_interval_ms: Some(1000),
+            ..GroupConfig::new(group)
+        };
+        match args.group_protocol.as_str() {
+            "eager" => {}
+            "cooperative" => config = config.cooperative(),
+            other => anyhow::bail!("unknown --group-protocol {other:?}; use eager or cooperative"),
+        }
+        let mut consumer = Consumer::new(
+            client.clone(),
+            ConsumerConfig {
+                reset: if args.from_beginning {
+                    OffsetSpec::Earliest
+                } else {
+                    OffsetSpec::Latest
+                },
+                ..ConsumerConfig::default()
+            },
+        );
+        consumer.subscribe(&[args.topic.as_str()], config);
+        let result = print_records(&mut consumer, &args).await;
+        consumer.close().await?;
+        return result;
+    }
     match (args.partition, args.offset) {
         (Some(p), Some(o)) => {
             consumer
@@ -276,6 +309,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         (Some(p), None) => consumer.assign(&[(args.topic.clone(), p)], spec).await?,
         _ => consumer.assign_topic(&args.topic, spec).await?,
     }
+    print_records(&mut consumer, &args).await
+}
+
+async fn print_records(consumer: &mut Consumer, args: &ConsumeArgs) -> anyhow::Result<()> {
     let mut seen = 0u64;
     let mut last_record = Instant::now();
     let stdout = std::io::stdout();

@@ -9,6 +9,7 @@ mod bench_cmd;
 mod certs_cmd;
 mod client_cmd;
 mod debug_cmd;
+mod group_cmd;
 mod node_cmd;
 mod output;
 
@@ -38,6 +39,9 @@ pub enum Command {
     Produce(client_cmd::ProduceArgs),
     /// Consume records and print them.
     Consume(client_cmd::ConsumeArgs),
+    /// Inspect consumer groups and move their offsets.
+    #[command(subcommand)]
+    Group(group_cmd::GroupCommand),
     /// Make and inspect certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
@@ -92,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(c) => client_cmd::topic(c).await,
         Command::Produce(a) => client_cmd::produce(a).await,
         Command::Consume(a) => client_cmd::consume(a).await,
+        Command::Group(c) => group_cmd::run(c).await,
         Command::Certs(c) => certs_cmd::run(c),
         Command::Bench(c) => bench_cmd::run(c).await,
         Command::Debug(c) => debug_cmd::run(c),
