@@ -375,3 +375,33 @@ async fn commits_and_fencing_survive_and_stale_members_are_refused() {
     );
     assert_eq!(again.assignment().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_picks_up_new_matching_topics() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), "");
+    let client = pki.client(&node.address);
+    let admin = Admin::new(client.clone());
+    admin.create_topic("orders-eu", 2, vec![]).await.unwrap();
+    admin.create_topic("payments", 2, vec![]).await.unwrap();
+    let mut c = Consumer::new(pki.client(&node.address), ConsumerConfig::default());
+    c.subscribe_pattern(
+        "orders-.*",
+        GroupConfig {
+            topic_refresh_ms: 300,
+            ..group_config("g")
+        },
+    )
+    .unwrap();
+    let mut one = [c];
+    settle(&mut one, &[2]).await;
+    admin.create_topic("orders-us", 3, vec![]).await.unwrap();
+    settle(&mut one, &[5]).await;
+    let topics: std::collections::BTreeSet<String> =
+        one[0].assignment().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        topics.into_iter().collect::<Vec<_>>(),
+        vec!["orders-eu".to_string(), "orders-us".to_string()]
+    );
+}

@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use super::admin::Admin;
 use super::conn::{unexpected, Client, ClientError};
-use super::group::{self, GroupConfig, Membership, RebalanceEvent, ToConsumer, TopicPartition};
+use super::group::{
+    self, GroupConfig, Membership, RebalanceEvent, Subscription, ToConsumer, TopicPartition,
+};
 use crate::batch::{split_batches, DecodeLimits, Header};
 use crate::error::ErrorCode;
 use crate::message::{CommittedOffset, OffsetSpec, RebalanceProtocol, Request, Response};
@@ -190,7 +192,33 @@ impl Consumer {
         self.in_flight.abort_all();
         self.fetching.clear();
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        self.group = Some(group::start(self.client.clone(), config, topics));
+        self.group = Some(group::start(
+            self.client.clone(),
+            config,
+            Subscription::Topics(topics),
+        ));
+    }
+
+    /// Joins a consumer group for every topic whose whole name matches `pattern`, including
+    /// topics created later.
+    pub fn subscribe_pattern(
+        &mut self,
+        pattern: &str,
+        config: GroupConfig,
+    ) -> Result<(), ClientError> {
+        let anchored = format!("^(?:{pattern})$");
+        let re = regex::Regex::new(&anchored)
+            .map_err(|e| ClientError::Invalid(format!("bad topic pattern {pattern:?}: {e}")))?;
+        self.positions.clear();
+        self.buffered.clear();
+        self.in_flight.abort_all();
+        self.fetching.clear();
+        self.group = Some(group::start(
+            self.client.clone(),
+            config,
+            Subscription::Pattern(re),
+        ));
+        Ok(())
     }
 
     /// Called with every rebalance event, from inside `poll`.

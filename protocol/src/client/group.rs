@@ -32,6 +32,16 @@ pub struct GroupConfig {
     pub heartbeat_interval_ms: u32,
     /// Commit positions this often from `poll`; None for manual commits only.
     pub auto_commit_interval_ms: Option<u64>,
+    /// How often a pattern subscription looks for new matching topics.
+    pub topic_refresh_ms: u64,
+}
+
+/// What a member consumes: named topics, or every topic whose name matches a pattern (new
+/// matching topics are picked up within `topic_refresh_ms`).
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    Topics(Vec<String>),
+    Pattern(regex::Regex),
 }
 
 impl GroupConfig {
@@ -44,6 +54,7 @@ impl GroupConfig {
             rebalance_timeout_ms: 30_000,
             heartbeat_interval_ms: 1_000,
             auto_commit_interval_ms: Some(5_000),
+            topic_refresh_ms: 5_000,
         }
     }
 
@@ -110,7 +121,7 @@ impl Drop for Membership {
     }
 }
 
-pub(crate) fn start(client: Arc<Client>, config: GroupConfig, topics: Vec<String>) -> Membership {
+pub(crate) fn start(client: Arc<Client>, config: GroupConfig, topics: Subscription) -> Membership {
     let (to_consumer, events) = mpsc::unbounded_channel();
     let (rejoin, rejoin_rx) = mpsc::unbounded_channel();
     let rebalancing = Arc::new(AtomicBool::new(true));
@@ -138,7 +149,7 @@ pub(crate) fn start(client: Arc<Client>, config: GroupConfig, topics: Vec<String
 async fn run(
     client: Arc<Client>,
     config: GroupConfig,
-    topics: Vec<String>,
+    subscription: Subscription,
     to_consumer: mpsc::UnboundedSender<ToConsumer>,
     mut rejoin: mpsc::UnboundedReceiver<()>,
     rebalancing: Arc<AtomicBool>,
@@ -146,7 +157,17 @@ async fn run(
     let mut member_id = String::new();
     let mut owned: Vec<TopicPartition> = Vec::new();
     let heartbeat = Duration::from_millis(u64::from(config.heartbeat_interval_ms.max(10)));
+    let refresh = Duration::from_millis(config.topic_refresh_ms.max(100));
     loop {
+        let topics = match resolve(&client, &subscription).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(group = %config.group, error = %e, "cannot list topics for the subscription; retrying");
+                tokio::time::sleep(heartbeat).await;
+                continue;
+            }
+        };
+        let mut last_refresh = tokio::time::Instant::now();
         let join = JoinGroup {
             group: config.group.clone(),
             member_id: member_id.clone(),
@@ -214,6 +235,29 @@ async fn run(
                     break;
                 }
             }
+            if matches!(subscription, Subscription::Pattern(_)) && last_refresh.elapsed() >= refresh
+            {
+                last_refresh = tokio::time::Instant::now();
+                if resolve(&client, &subscription)
+                    .await
+                    .is_ok_and(|now| now != topics)
+                {
+                    debug!(group = %config.group, "the pattern matches other topics now; rejoining");
+                    rebalancing.store(
+                        config.protocol == RebalanceProtocol::Cooperative,
+                        Ordering::Release,
+                    );
+                    if config.protocol == RebalanceProtocol::Eager {
+                        let (ack, done) = oneshot::channel();
+                        if to_consumer.send(ToConsumer::RevokeAll(ack)).is_err() {
+                            return;
+                        }
+                        let _ = done.await;
+                        owned.clear();
+                    }
+                    break;
+                }
+            }
             let hb = Request::Heartbeat {
                 group: config.group.clone(),
                 member_id: member_id.clone(),
@@ -253,6 +297,31 @@ async fn run(
                 }
                 Err(e) => debug!(group = %config.group, error = %e, "heartbeat failed; retrying"),
             }
+        }
+    }
+}
+
+/// The topic names a subscription stands for now.
+async fn resolve(client: &Client, subscription: &Subscription) -> Result<Vec<String>, ClientError> {
+    match subscription {
+        Subscription::Topics(t) => Ok(t.clone()),
+        Subscription::Pattern(re) => {
+            let meta = match client
+                .call(&Request::Metadata { topics: None }, &[])
+                .await?
+                .0
+            {
+                Response::Metadata(m) => m,
+                other => return Err(super::conn::unexpected("metadata", other)),
+            };
+            let mut names: Vec<String> = meta
+                .topics
+                .into_iter()
+                .map(|t| t.name)
+                .filter(|n| re.is_match(n))
+                .collect();
+            names.sort();
+            Ok(names)
         }
     }
 }

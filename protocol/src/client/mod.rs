@@ -11,5 +11,5 @@ pub mod producer;
 pub use admin::Admin;
 pub use conn::{Client, ClientError, ClientOptions, Connection, HelloInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
-pub use group::{GroupConfig, RebalanceEvent};
+pub use group::{GroupConfig, RebalanceEvent, Subscription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig};
