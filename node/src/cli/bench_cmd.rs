@@ -74,6 +74,9 @@ pub struct NetArgs {
     /// and may reach the node out of order; idempotence then retries them into order.
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
+    /// Consume as a group with 1, 2 and 4 members (bench consume).
+    #[arg(long)]
+    group: bool,
     /// Single-record round trips measured for latency.
     #[arg(long, default_value_t = 2000)]
     round_trips: u32,
@@ -455,6 +458,17 @@ async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
             "consume_ratio_to_lower_raw".into(),
             json!(round(mb_s / lower)),
         );
+        if args.group {
+            for members in [1usize, 2, 4] {
+                let (records_per_s, mb_s) =
+                    group_consume(&rig, members, wanted, args.record_size).await?;
+                report.insert(
+                    format!("group_{members}_members_records_per_s"),
+                    json!(records_per_s as u64),
+                );
+                report.insert(format!("group_{members}_members_mb_s"), json!(round(mb_s)));
+            }
+        }
     } else {
         let mb_s = mbps(total, produce_time);
         report.insert(
@@ -492,6 +506,53 @@ async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
     let broker = rig.broker.clone();
     tokio::task::spawn_blocking(move || broker.close()).await?;
     Ok(Value::Object(report))
+}
+
+/// Consumes every record of `bench` with a fresh group of `members` consumers; the clock runs
+/// from the first subscribe to the last record, rebalances included.
+async fn group_consume(
+    rig: &Rig,
+    members: usize,
+    wanted: u64,
+    record_size: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let group = format!("bench-{members}-{}", strait_node::now_ms());
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..members {
+        let client = rig.client()?;
+        let seen = seen.clone();
+        let group = group.clone();
+        tasks.spawn(async move {
+            let config = ConsumerConfig {
+                partition_bytes_max: 4 << 20,
+                ..Default::default()
+            };
+            let mut consumer = Consumer::new(client, config);
+            let group_config = strait_protocol::client::GroupConfig {
+                auto_commit_interval_ms: None,
+                ..strait_protocol::client::GroupConfig::new(&group)
+            };
+            consumer.subscribe(&["bench"], group_config);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while seen.load(std::sync::atomic::Ordering::Relaxed) < wanted
+                && Instant::now() < deadline
+            {
+                let n = consumer.poll(Duration::from_millis(200)).await?.len() as u64;
+                seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            consumer.close().await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let t = start.elapsed();
+    let n = seen.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(n >= wanted, "the group consumed {n} of {wanted} records");
+    Ok((n as f64 / t.as_secs_f64(), mbps(n * record_size as u64, t)))
 }
 
 /// Single-record produce round trips, one at a time, in microseconds.
