@@ -141,7 +141,17 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node of cluster `cluster` with the given data dir and extra config file text.
     pub fn start(pki: &Pki, cluster: &str, data_dir: &Path, config_toml: &str) -> NodeProcess {
-        let port = free_udp_port();
+        NodeProcess::start_on(pki, cluster, data_dir, config_toml, free_udp_port())
+    }
+
+    /// Starts a node on a given UDP port (to restart one where its peers expect it).
+    pub fn start_on(
+        pki: &Pki,
+        cluster: &str,
+        data_dir: &Path,
+        config_toml: &str,
+        port: u16,
+    ) -> NodeProcess {
         let address = format!("127.0.0.1:{port}");
         let config = data_dir.with_extension("toml");
         std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{e}"));

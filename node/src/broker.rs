@@ -34,12 +34,24 @@ pub struct Topic {
     pub name: TopicName,
     pub config: LogConfig,
     pub partitions: Vec<Arc<Partition>>,
+    pub mirror: Option<MirrorOf>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct TopicFile {
     partitions: u32,
     settings: Vec<(String, String)>,
+    #[serde(default)]
+    mirror: Option<MirrorOf>,
+}
+
+/// Marks a topic as the target of a mirror flow: read-only for clients, appended to only by
+/// the flow at the source's offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorOf {
+    pub flow: String,
+    pub source_cluster: String,
+    pub source_topic: String,
 }
 
 /// The node's topics.
@@ -126,7 +138,8 @@ impl Broker {
                     .iter()
                     .map(String::as_str),
             )?;
-            let t = broker.open_topic(topic.clone(), file.partitions, config)?;
+            let mut t = broker.open_topic(topic.clone(), file.partitions, config)?;
+            t.mirror = file.mirror;
             broker.topics.insert(topic, Arc::new(t));
         }
         info!(
@@ -159,6 +172,7 @@ impl Broker {
             name,
             config,
             partitions: parts,
+            mirror: None,
         })
     }
 
@@ -222,6 +236,17 @@ impl Broker {
         partitions: u32,
         settings: &[(String, String)],
     ) -> Result<Arc<Topic>, WireError> {
+        self.create_topic_with(name, partitions, settings, None)
+    }
+
+    /// Creates a topic, optionally as the read-only target of a mirror flow.
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: &[(String, String)],
+        mirror: Option<MirrorOf>,
+    ) -> Result<Arc<Topic>, WireError> {
         let parsed = TopicName::new(name)
             .map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
         if partitions == 0 || partitions > PARTITIONS_MAX {
@@ -251,14 +276,16 @@ impl Broker {
         let file = TopicFile {
             partitions,
             settings: settings.to_vec(),
+            mirror: mirror.clone(),
         };
         let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
         crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
             .map_err(|e| storage(&e))?;
-        let topic = Arc::new(
-            self.open_topic(parsed, partitions, config)
-                .map_err(|e| storage(&e))?,
-        );
+        let mut topic = self
+            .open_topic(parsed, partitions, config)
+            .map_err(|e| storage(&e))?;
+        topic.mirror = mirror;
+        let topic = Arc::new(topic);
         entry.or_insert(topic.clone());
         info!(topic = name, partitions, "topic created");
         Ok(topic)

@@ -363,6 +363,25 @@ async fn dispatch(
                 format!("group {group:?} does not exist (no members, no committed offsets)"),
             )),
         },
+        Request::CreateMirrorTopic {
+            name,
+            partitions,
+            configs,
+            flow,
+            source_cluster,
+            source_topic,
+        } => {
+            let mirror = crate::broker::MirrorOf {
+                flow,
+                source_cluster,
+                source_topic,
+            };
+            broker.create_topic_with(&name, partitions, &configs, Some(mirror))?;
+            plain(Response::TopicCreated { name, partitions })
+        }
+        Request::MirrorAppend { topic, partition } => {
+            mirror_append(broker, &topic, partition, payload).await
+        }
         Request::InitProducer {} => {
             let producer_id = broker.allocate_producer_id()?;
             plain(Response::ProducerInit {
@@ -445,6 +464,16 @@ async fn produce(
     payload: Bytes,
 ) -> Result<Answer, WireError> {
     let t = broker.topic(topic)?;
+    if let Some(m) = &t.mirror {
+        return Err(WireError::new(
+            ErrorCode::READ_ONLY_TOPIC,
+            format!(
+                "topic {topic:?} is a mirror of {:?} on cluster {:?}, written only by mirror flow {:?}; \
+                 produce to the source cluster, or promote the mirror topic when failing over",
+                m.source_topic, m.source_cluster, m.flow
+            ),
+        ));
+    }
     let p = broker.partition(topic, partition)?;
     let batches = split_batches(payload, &t.config.decode_limits()).map_err(|e| {
         WireError::new(
@@ -483,6 +512,64 @@ async fn produce(
     if acks == Acks::None {
         return Ok((Response::Ack, Vec::new()));
     }
+    Ok((
+        Response::Produced {
+            base_offset,
+            last_offset,
+            log_start: p.log.log_start().0,
+        },
+        Vec::new(),
+    ))
+}
+
+/// Appends batches at their own offsets into a mirror topic.
+async fn mirror_append(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    payload: Bytes,
+) -> Result<Answer, WireError> {
+    let t = broker.topic(topic)?;
+    if t.mirror.is_none() {
+        return Err(WireError::new(
+            ErrorCode::INVALID_REQUEST,
+            format!("topic {topic:?} is not a mirror topic; mirror flows append only to topics they created"),
+        ));
+    }
+    let p = broker.partition(topic, partition)?;
+    let batches = split_batches(payload, &t.config.decode_limits()).map_err(|e| {
+        WireError::new(
+            ErrorCode::CORRUPT_BATCH,
+            format!("{topic}/{partition}: {e}"),
+        )
+    })?;
+    let p2 = p.clone();
+    let append = move || -> Result<(u64, u64), LogError> {
+        let now = now_ms();
+        let (mut first, mut last) = (None, 0);
+        for b in batches {
+            if b.next_offset() <= p2.log.log_end() {
+                continue; // copied before: a retry
+            }
+            let a = p2.log.append_at(b, now)?;
+            first.get_or_insert(a.base_offset.0);
+            last = a.last_offset.0;
+        }
+        let end = p2.log.log_end().0;
+        Ok(match first {
+            Some(f) => (f, last),
+            None => (end, end.saturating_sub(1)),
+        })
+    };
+    let result = if t.config.flush == FlushPolicy::Always {
+        tokio::task::spawn_blocking(append)
+            .await
+            .map_err(|e| WireError::new(ErrorCode::INTERNAL, format!("append task failed: {e}")))?
+    } else {
+        append()
+    };
+    let (base_offset, last_offset) = result.map_err(log_error)?;
+    wake(&p);
     Ok((
         Response::Produced {
             base_offset,

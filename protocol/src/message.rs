@@ -124,6 +124,22 @@ pub enum Request {
     DescribeGroup {
         group: String,
     },
+    /// Creates a read-only mirror topic, the target of flow `flow`.
+    CreateMirrorTopic {
+        name: String,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+        flow: String,
+        source_cluster: String,
+        source_topic: String,
+    },
+    /// Appends whole batches at the offsets they carry (a mirror flow copying from its source).
+    /// Batches wholly below the log end were already copied and are skipped, so a retried
+    /// request never duplicates.
+    MirrorAppend {
+        topic: String,
+        partition: u32,
+    },
 }
 
 /// How a group moves partitions between members.
@@ -202,6 +218,8 @@ impl Request {
             Request::FetchOffsets { .. } => "fetch_offsets",
             Request::ListGroups { .. } => "list_groups",
             Request::DescribeGroup { .. } => "describe_group",
+            Request::CreateMirrorTopic { .. } => "create_mirror_topic",
+            Request::MirrorAppend { .. } => "mirror_append",
         }
     }
 }

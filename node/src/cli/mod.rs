@@ -10,6 +10,7 @@ mod certs_cmd;
 mod client_cmd;
 mod debug_cmd;
 mod group_cmd;
+mod mirror_cmd;
 mod node_cmd;
 mod output;
 
@@ -42,6 +43,9 @@ pub enum Command {
     /// Inspect consumer groups and move their offsets.
     #[command(subcommand)]
     Group(group_cmd::GroupCommand),
+    /// Run mirror flows between clusters.
+    #[command(subcommand)]
+    Mirror(mirror_cmd::MirrorCommand),
     /// Make and inspect certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
@@ -85,7 +89,7 @@ pub fn init_logging(cli: &Cli) {
 
 fn default_level(command: &Command) -> &'static str {
     match command {
-        Command::Node(_) => "info",
+        Command::Node(_) | Command::Mirror(_) => "info",
         _ => "warn",
     }
 }
@@ -97,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => client_cmd::produce(a).await,
         Command::Consume(a) => client_cmd::consume(a).await,
         Command::Group(c) => group_cmd::run(c).await,
+        Command::Mirror(c) => mirror_cmd::run(c).await,
         Command::Certs(c) => certs_cmd::run(c),
         Command::Bench(c) => bench_cmd::run(c).await,
         Command::Debug(c) => debug_cmd::run(c),

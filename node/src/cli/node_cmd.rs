@@ -194,7 +194,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown() {
+pub async fn wait_for_shutdown() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

@@ -1,0 +1,70 @@
+//! How source topics are named on the target, and which ones a flow must not copy.
+
+/// The naming mode of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Naming {
+    /// `orders` from cluster `east` becomes the read-only mirror topic `east.orders`, with
+    /// offsets identical to the source's.
+    #[default]
+    Prefix,
+}
+
+impl std::str::FromStr for Naming {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "prefix" => Ok(Naming::Prefix),
+            "identity" => Err(
+                "identity naming (active-active with provenance) is not available yet; use prefix"
+                    .into(),
+            ),
+            other => Err(format!("unknown naming {other:?}; use prefix")),
+        }
+    }
+}
+
+/// The target topic for `topic` of `source_cluster`, or None when the flow must not copy it:
+/// internal topics, and topics that are themselves mirrors of the target cluster (copying those
+/// back would build `a.b.a.orders` names and loop).
+pub fn target_topic(
+    naming: Naming,
+    source_cluster: &str,
+    target_cluster: &str,
+    topic: &str,
+) -> Option<String> {
+    if topic.starts_with("__") {
+        return None;
+    }
+    match naming {
+        Naming::Prefix => {
+            if topic.starts_with(&format!("{target_cluster}.")) {
+                return None;
+            }
+            Some(format!("{source_cluster}.{topic}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_names_and_loop_guard() {
+        assert_eq!(
+            target_topic(Naming::Prefix, "east", "west", "orders").as_deref(),
+            Some("east.orders")
+        );
+        assert_eq!(
+            target_topic(Naming::Prefix, "east", "west", "west.orders"),
+            None,
+            "a mirror of ours is not copied back"
+        );
+        assert_eq!(
+            target_topic(Naming::Prefix, "east", "west", "__consumer_offsets"),
+            None
+        );
+        assert!("identity".parse::<Naming>().is_err());
+    }
+}
