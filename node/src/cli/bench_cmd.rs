@@ -34,6 +34,8 @@ pub enum BenchCommand {
     Produce(NetArgs),
     /// Consuming from an in-process node over QUIC against raw QUIC and raw disk.
     Consume(NetArgs),
+    /// A mirror flow between two in-process clusters against single-node produce throughput.
+    Mirror(NetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +100,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Consume(args) => {
             let report = bench_net(&args, true).await?;
             print_report("consume", &report, args.json);
+        }
+        BenchCommand::Mirror(args) => {
+            let report = bench_mirror(&args).await?;
+            print_report("mirror", &report, args.json);
         }
     }
     Ok(())
@@ -331,14 +337,25 @@ struct Rig {
 
 impl Rig {
     async fn start(dir: &Path) -> anyhow::Result<Rig> {
+        Rig::start_cluster(dir, "bench", None).await
+    }
+
+    /// A node of cluster `cluster`; with `certs`, it shares that directory's CA and identities.
+    async fn start_cluster(dir: &Path, cluster: &str, certs: Option<&Path>) -> anyhow::Result<Rig> {
         let root = tempfile::Builder::new()
             .prefix(".strait-bench-")
             .tempdir_in(dir)?;
-        let certs = root.path().join("certs");
-        strait_certs::init_ca(&certs)?;
-        strait_certs::issue(&certs, "node-1", Role::Node, &[])?;
-        strait_certs::issue(&certs, "bench", Role::Client, &[])?;
-        let broker = Broker::open("bench", 1, &root.path().join("data"), LogConfig::default())?;
+        let certs = match certs {
+            Some(c) => c.to_path_buf(),
+            None => {
+                let certs = root.path().join("certs");
+                strait_certs::init_ca(&certs)?;
+                strait_certs::issue(&certs, "node-1", Role::Node, &[])?;
+                strait_certs::issue(&certs, "bench", Role::Client, &[])?;
+                certs
+            }
+        };
+        let broker = Broker::open(cluster, 1, &root.path().join("data"), LogConfig::default())?;
         let config = ListenConfig {
             listen: "127.0.0.1:0".parse()?,
             advertised: "127.0.0.1:0".into(),
@@ -553,6 +570,140 @@ async fn group_consume(
     let n = seen.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(n >= wanted, "the group consumed {n} of {wanted} records");
     Ok((n as f64 / t.as_secs_f64(), mbps(n * record_size as u64, t)))
+}
+
+/// Produces a backlog on `east`, times a flow copying it to `west` (catch-up), then measures
+/// end-to-end latency (produce on the source → readable on the target) with the flow live.
+async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
+    let east = Rig::start_cluster(&args.dir, "east", None).await?;
+    let west = Rig::start_cluster(&args.dir, "west", Some(&east.certs)).await?;
+    let source = east.client()?;
+    let target = west.client()?;
+    Admin::new(source.clone())
+        .create_topic("bench", args.partitions, vec![])
+        .await?;
+    let producer = Producer::new(
+        source.clone(),
+        ProducerConfig {
+            batch_bytes: args.batch_kib << 10,
+            ..ProducerConfig::default()
+        },
+    );
+    let value = vec![b'm'; args.record_size];
+    let start = Instant::now();
+    let mut last = None;
+    for i in 0..args.records {
+        last = Some(
+            producer
+                .send(
+                    "bench",
+                    Some((i % u64::from(args.partitions)) as u32),
+                    None,
+                    Some(&value),
+                    &[],
+                )
+                .await?,
+        );
+    }
+    producer.flush().await;
+    if let Some(d) = last {
+        d.wait().await?;
+    }
+    let produce_t = start.elapsed();
+    let total = args.records * args.record_size as u64;
+    let ends = |client: Arc<Client>, topic: &'static str, partitions: u32| async move {
+        let admin = Admin::new(client);
+        let mut sum = 0;
+        for p in 0..partitions {
+            sum += admin
+                .list_offset(topic, p, OffsetSpec::Latest)
+                .await
+                .map(|(o, _)| o)
+                .unwrap_or(0);
+        }
+        sum
+    };
+    let flow = Arc::new(strait_mirror::MirrorFlow::new(
+        strait_mirror::FlowConfig::new("bench", regex::Regex::new("^bench$")?),
+        source.clone(),
+        target.clone(),
+    ));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let runner = {
+        let flow = flow.clone();
+        tokio::spawn(async move { flow.run(stop).await })
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(600);
+    while ends(target.clone(), "east.bench", args.partitions).await < args.records {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the flow did not catch up within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let catch_up = start.elapsed();
+    let mut hist = Histogram::<u64>::new(3)?;
+    let admin = Admin::new(target.clone());
+    let single = Producer::new(
+        source.clone(),
+        ProducerConfig {
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        },
+    );
+    for _ in 0..args.round_trips.min(500) {
+        let t = Instant::now();
+        let offset = single
+            .send("bench", Some(0), None, Some(&value), &[])
+            .await?
+            .wait()
+            .await?;
+        while admin
+            .list_offset("east.bench", 0, OffsetSpec::Latest)
+            .await?
+            .0
+            <= offset
+        {
+            tokio::task::yield_now().await;
+        }
+        hist.record(t.elapsed().as_micros() as u64)?;
+    }
+    let _ = stop_tx.send(true);
+    let _ = runner.await;
+    let produce_mb_s = mbps(total, produce_t);
+    let mirror_mb_s = mbps(total, catch_up);
+    let mut report = serde_json::Map::new();
+    report.insert("records".into(), json!(args.records));
+    report.insert("record_bytes".into(), json!(args.record_size));
+    report.insert("partitions".into(), json!(args.partitions));
+    report.insert(
+        "single_node_produce_mb_s".into(),
+        json!(round(produce_mb_s)),
+    );
+    report.insert(
+        "mirror_catch_up_records_per_s".into(),
+        json!((args.records as f64 / catch_up.as_secs_f64()) as u64),
+    );
+    report.insert("mirror_catch_up_mb_s".into(), json!(round(mirror_mb_s)));
+    report.insert(
+        "mirror_ratio_to_produce".into(),
+        json!(round(mirror_mb_s / produce_mb_s)),
+    );
+    report.insert(
+        "end_to_end_latency_p50_us".into(),
+        json!(hist.value_at_quantile(0.5)),
+    );
+    report.insert(
+        "end_to_end_latency_p99_us".into(),
+        json!(hist.value_at_quantile(0.99)),
+    );
+    for rig in [&east, &west] {
+        rig.server.shutdown().await;
+        let broker = rig.broker.clone();
+        tokio::task::spawn_blocking(move || broker.close()).await?;
+    }
+    Ok(Value::Object(report))
 }
 
 /// Single-record produce round trips, one at a time, in microseconds.
