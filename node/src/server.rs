@@ -499,15 +499,7 @@ async fn produce(
         }
         Ok((first.unwrap_or(0), last))
     };
-    // `always` waits for an fsync: keep that off the async workers.
-    let result = if t.config.flush == FlushPolicy::Always {
-        tokio::task::spawn_blocking(append)
-            .await
-            .map_err(|e| WireError::new(ErrorCode::INTERNAL, format!("append task failed: {e}")))?
-    } else {
-        append()
-    };
-    let (base_offset, last_offset) = result.map_err(log_error)?;
+    let (base_offset, last_offset) = run_append(t.config.flush, append).await?;
     wake(&p);
     if acks == Acks::None {
         return Ok((Response::Ack, Vec::new()));
@@ -520,6 +512,22 @@ async fn produce(
         },
         Vec::new(),
     ))
+}
+
+/// Runs an append; under `flush = always` it waits for an fsync, so it runs off the async
+/// workers.
+async fn run_append(
+    flush: FlushPolicy,
+    append: impl FnOnce() -> Result<(u64, u64), LogError> + Send + 'static,
+) -> Result<(u64, u64), WireError> {
+    let result = if flush == FlushPolicy::Always {
+        tokio::task::spawn_blocking(append)
+            .await
+            .map_err(|e| WireError::new(ErrorCode::INTERNAL, format!("append task failed: {e}")))?
+    } else {
+        append()
+    };
+    result.map_err(log_error)
 }
 
 /// Appends batches at their own offsets into a mirror topic.
@@ -561,14 +569,7 @@ async fn mirror_append(
             None => (end, end.saturating_sub(1)),
         })
     };
-    let result = if t.config.flush == FlushPolicy::Always {
-        tokio::task::spawn_blocking(append)
-            .await
-            .map_err(|e| WireError::new(ErrorCode::INTERNAL, format!("append task failed: {e}")))?
-    } else {
-        append()
-    };
-    let (base_offset, last_offset) = result.map_err(log_error)?;
+    let (base_offset, last_offset) = run_append(t.config.flush, append).await?;
     wake(&p);
     Ok((
         Response::Produced {
