@@ -39,7 +39,7 @@ impl Flow {
                 "--target-bootstrap",
                 target,
                 "--max-mb-s",
-                "10",
+                "5",
             ])
             .arg("--ca")
             .arg(pki.ca())
