@@ -379,6 +379,19 @@ async fn dispatch(
             broker.create_topic_with(&name, partitions, &configs, Some(mirror))?;
             plain(Response::TopicCreated { name, partitions })
         }
+        Request::TranslateOffset {
+            source_cluster,
+            topic,
+            partition,
+            offset,
+        } => {
+            let (topic, offset) = translate(broker, &source_cluster, &topic, partition, offset)?;
+            plain(Response::Translated {
+                topic,
+                partition,
+                offset,
+            })
+        }
         Request::MirrorAppend { topic, partition } => {
             mirror_append(broker, &topic, partition, payload).await
         }
@@ -512,6 +525,47 @@ async fn produce(
         },
         Vec::new(),
     ))
+}
+
+/// Prefix-mode mirror topics hold source records at their source offsets, so translation is
+/// exact: the offset is the same, provided the record has been copied and not yet deleted.
+fn translate(
+    broker: &Broker,
+    cluster: &str,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<(String, u64), WireError> {
+    let mirror = broker
+        .topics()
+        .into_iter()
+        .find(|t| t.mirror.as_ref().is_some_and(|m| m.source_cluster == cluster && m.source_topic == topic))
+        .ok_or_else(|| {
+            WireError::new(
+                ErrorCode::UNKNOWN_TOPIC,
+                format!("no mirror of {topic:?} from cluster {cluster:?} on cluster {}; is a flow copying it?", broker.cluster),
+            )
+        })?;
+    let p = mirror.partitions.get(partition as usize).ok_or_else(|| {
+        WireError::new(
+            ErrorCode::UNKNOWN_PARTITION,
+            format!("{} has no partition {partition}", mirror.name),
+        )
+    })?;
+    let (start, end) = (p.log.log_start().0, p.log.high_watermark().0);
+    if offset >= end {
+        return Err(WireError::new(
+            ErrorCode::OFFSET_OUT_OF_RANGE,
+            format!("source offset {offset} of {topic}/{partition} is not mirrored yet (mirrored up to {end})"),
+        ));
+    }
+    if offset < start {
+        return Err(WireError::new(
+            ErrorCode::OFFSET_OUT_OF_RANGE,
+            format!("source offset {offset} of {topic}/{partition} was deleted on the target (it starts at {start})"),
+        ));
+    }
+    Ok((mirror.name.to_string(), offset))
 }
 
 /// Runs an append; under `flush = always` it waits for an fsync, so it runs off the async

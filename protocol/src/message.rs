@@ -140,6 +140,13 @@ pub enum Request {
         topic: String,
         partition: u32,
     },
+    /// Where a source record lives on this (target) cluster.
+    TranslateOffset {
+        source_cluster: String,
+        topic: String,
+        partition: u32,
+        offset: u64,
+    },
 }
 
 /// How a group moves partitions between members.
@@ -220,6 +227,7 @@ impl Request {
             Request::DescribeGroup { .. } => "describe_group",
             Request::CreateMirrorTopic { .. } => "create_mirror_topic",
             Request::MirrorAppend { .. } => "mirror_append",
+            Request::TranslateOffset { .. } => "translate_offset",
         }
     }
 }
@@ -327,4 +335,9 @@ pub enum Response {
     CommittedOffsets(Vec<CommittedOffset>),
     Groups(Vec<GroupDescription>),
     GroupDescription(GroupDescription),
+    Translated {
+        topic: String,
+        partition: u32,
+        offset: u64,
+    },
 }

@@ -191,6 +191,49 @@ async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
             "partition {p}: every batch is bit-identical at identical offsets"
         );
     }
+    // Translation is exact: the record at a source offset is the record at the translated one.
+    for (p, offset) in [(0u32, 0u64), (3, 1234), (7, source_ends[7] - 1)] {
+        let req = Request::TranslateOffset {
+            source_cluster: "east".into(),
+            topic: "orders".into(),
+            partition: p,
+            offset,
+        };
+        match target.call(&req, &[]).await.unwrap().0 {
+            Response::Translated {
+                topic,
+                partition,
+                offset: translated,
+            } => {
+                assert_eq!((topic.as_str(), partition), ("east.orders", p));
+                let fetch = |t: &str, o: u64| Request::Fetch {
+                    topic: t.into(),
+                    partition: p,
+                    offset: o,
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                    max_bytes: 1,
+                };
+                let (_, a) = source.call(&fetch("orders", offset), &[]).await.unwrap();
+                let (_, b) = target.call(&fetch(&topic, translated), &[]).await.unwrap();
+                assert_eq!(
+                    a, b,
+                    "the batch holding source offset {offset} is the one at {translated}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let beyond = Request::TranslateOffset {
+        source_cluster: "east".into(),
+        topic: "orders".into(),
+        partition: 0,
+        offset: 1 << 40,
+    };
+    assert_eq!(
+        target.call(&beyond, &[]).await.unwrap_err().code(),
+        Some(ErrorCode::OFFSET_OUT_OF_RANGE)
+    );
     // The mirror topic is read-only for clients.
     let producer = Producer::new(target.clone(), ProducerConfig::default());
     let err = producer

@@ -7,11 +7,27 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use strait_mirror::{FlowConfig, MirrorFlow, Naming};
 use strait_protocol::client::{Client, ClientOptions};
+use strait_protocol::message::{Request, Response};
 
 #[derive(Subcommand, Debug)]
 pub enum MirrorCommand {
     /// Run one mirror flow until Ctrl-C or SIGTERM.
     Run(RunArgs),
+    /// Where a source record is on the target cluster (ask the target's bootstrap).
+    Translate {
+        #[arg(long)]
+        source_cluster: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: u32,
+        #[arg(long)]
+        offset: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: super::ConnArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -53,7 +69,44 @@ fn whole(pattern: &str) -> anyhow::Result<regex::Regex> {
 }
 
 pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
-    let MirrorCommand::Run(args) = command;
+    let args = match command {
+        MirrorCommand::Run(args) => args,
+        MirrorCommand::Translate {
+            source_cluster,
+            topic,
+            partition,
+            offset,
+            json,
+            conn,
+        } => {
+            let client = super::client_cmd::client(&conn)?;
+            let req = Request::TranslateOffset {
+                source_cluster,
+                topic,
+                partition,
+                offset,
+            };
+            match client.call(&req, &[]).await?.0 {
+                Response::Translated {
+                    topic,
+                    partition,
+                    offset,
+                } if json => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"topic": topic, "partition": partition, "offset": offset})
+                    );
+                }
+                Response::Translated {
+                    topic,
+                    partition,
+                    offset,
+                } => println!("{topic} partition {partition} offset {offset}"),
+                other => anyhow::bail!("unexpected answer {other:?}"),
+            }
+            return Ok(());
+        }
+    };
     let naming: Naming = args
         .naming
         .parse()
