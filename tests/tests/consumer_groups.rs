@@ -52,7 +52,16 @@ async fn settle(consumers: &mut [Consumer], want: &[usize]) -> Vec<usize> {
         }
         let mut sizes: Vec<usize> = consumers.iter().map(|c| c.assignment().len()).collect();
         sizes.sort();
-        if sizes == want {
+        // Settled means every member has applied the same generation's assignment (a member
+        // that has not joined yet also has an empty assignment).
+        let generations: std::collections::BTreeSet<Option<i32>> = consumers
+            .iter()
+            .map(|c| c.membership().map(|(_, g)| g))
+            .collect();
+        let settled = generations.len() == 1
+            && !generations.contains(&None)
+            && consumers.iter().all(|c| !c.is_rebalancing());
+        if settled && sizes == want {
             return sizes;
         }
         assert!(
