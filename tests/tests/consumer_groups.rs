@@ -375,7 +375,12 @@ async fn commits_and_fencing_survive_and_stale_members_are_refused() {
     let mut again = Consumer::new(pki.client(&node.address), ConsumerConfig::default());
     again.subscribe(&["t"], group_config("g"));
     let mut extra = 0;
-    for _ in 0..10 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while again.assignment().len() < 2 {
+        extra += again.poll(Duration::from_millis(100)).await.unwrap().len();
+        assert!(Instant::now() < deadline, "the restarted group never assigned its partitions");
+    }
+    for _ in 0..5 {
         extra += again.poll(Duration::from_millis(100)).await.unwrap().len();
     }
     assert_eq!(
