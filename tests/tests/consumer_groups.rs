@@ -378,7 +378,10 @@ async fn commits_and_fencing_survive_and_stale_members_are_refused() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while again.assignment().len() < 2 {
         extra += again.poll(Duration::from_millis(100)).await.unwrap().len();
-        assert!(Instant::now() < deadline, "the restarted group never assigned its partitions");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted group never assigned its partitions"
+        );
     }
     for _ in 0..5 {
         extra += again.poll(Duration::from_millis(100)).await.unwrap().len();
