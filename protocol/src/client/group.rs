@@ -243,17 +243,10 @@ async fn run(
                     .is_ok_and(|now| now != topics)
                 {
                     debug!(group = %config.group, "the pattern matches other topics now; rejoining");
-                    rebalancing.store(
-                        config.protocol == RebalanceProtocol::Cooperative,
-                        Ordering::Release,
-                    );
-                    if config.protocol == RebalanceProtocol::Eager {
-                        let (ack, done) = oneshot::channel();
-                        if to_consumer.send(ToConsumer::RevokeAll(ack)).is_err() {
-                            return;
-                        }
-                        let _ = done.await;
-                        owned.clear();
+                    if !prepare_rejoin(config.protocol, &to_consumer, &rebalancing, &mut owned)
+                        .await
+                    {
+                        return;
                     }
                     break;
                 }
@@ -266,16 +259,10 @@ async fn run(
             match client.call(&hb, &[]).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some(ErrorCode::REBALANCE_IN_PROGRESS) => {
-                    if config.protocol == RebalanceProtocol::Eager {
-                        let (ack, done) = oneshot::channel();
-                        if to_consumer.send(ToConsumer::RevokeAll(ack)).is_err() {
-                            return;
-                        }
-                        let _ = done.await;
-                        owned.clear();
-                    } else {
-                        // Cooperative: keep consuming what we own while rejoining.
-                        rebalancing.store(true, Ordering::Release);
+                    if !prepare_rejoin(config.protocol, &to_consumer, &rebalancing, &mut owned)
+                        .await
+                    {
+                        return;
                     }
                     break;
                 }
@@ -299,6 +286,28 @@ async fn run(
             }
         }
     }
+}
+
+/// Gets ready to rejoin: eager members have the consumer revoke everything first (and wait for
+/// it); cooperative members keep what they own and only flag the rebalance. False when the
+/// consumer is gone.
+async fn prepare_rejoin(
+    protocol: RebalanceProtocol,
+    to_consumer: &mpsc::UnboundedSender<ToConsumer>,
+    rebalancing: &AtomicBool,
+    owned: &mut Vec<TopicPartition>,
+) -> bool {
+    if protocol == RebalanceProtocol::Eager {
+        let (ack, done) = oneshot::channel();
+        if to_consumer.send(ToConsumer::RevokeAll(ack)).is_err() {
+            return false;
+        }
+        let _ = done.await;
+        owned.clear();
+    } else {
+        rebalancing.store(true, Ordering::Release);
+    }
+    true
 }
 
 /// The topic names a subscription stands for now.
