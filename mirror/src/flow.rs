@@ -46,6 +46,10 @@ pub struct FlowConfig {
     pub in_flight_bytes_max: u32,
     /// Cap on the flow's copy rate, to leave a shared WAN link room for others.
     pub rate_bytes_per_s: Option<u64>,
+    /// Consumer groups whose committed offsets are carried over (checkpoints); None for none.
+    pub groups: Option<Regex>,
+    /// How often source commits are looked at.
+    pub checkpoint_interval: Duration,
 }
 
 impl FlowConfig {
@@ -59,6 +63,8 @@ impl FlowConfig {
             fetch_bytes_max: 4 << 20,
             in_flight_bytes_max: 64 << 20,
             rate_bytes_per_s: None,
+            groups: None,
+            checkpoint_interval: Duration::from_millis(500),
         }
     }
 }
@@ -134,6 +140,20 @@ impl MirrorFlow {
         ));
         let mut running: BTreeSet<(String, u32)> = BTreeSet::new();
         let mut copiers = tokio::task::JoinSet::new();
+        if let Some(groups) = self.config.groups.clone() {
+            let checkpoints = Checkpoints {
+                flow: self.config.name.clone(),
+                source: self.source.clone(),
+                target: self.target.clone(),
+                groups,
+                naming: self.config.naming,
+                source_cluster: source_cluster.clone(),
+                target_cluster: target_cluster.clone(),
+                interval: self.config.checkpoint_interval,
+            };
+            let stop = stop.clone();
+            copiers.spawn(async move { checkpoints.run(stop).await });
+        }
         loop {
             let shared = (&budget, &pacer);
             if let Err(e) = self
@@ -253,6 +273,100 @@ impl MirrorFlow {
             Err(e) if e.code() == Some(ErrorCode::TOPIC_EXISTS) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Carries committed offsets of matching groups from the source to the target, translated, for
+/// groups with no members on the target (a group running there owns its own offsets).
+struct Checkpoints {
+    flow: String,
+    source: Arc<Client>,
+    target: Arc<Client>,
+    groups: Regex,
+    naming: Naming,
+    source_cluster: String,
+    target_cluster: String,
+    interval: Duration,
+}
+
+impl Checkpoints {
+    async fn run(self, stop: watch::Receiver<bool>) {
+        let mut last: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
+        while !*stop.borrow() {
+            if let Err(e) = self.sync_once(&mut last).await {
+                warn!(flow = %self.flow, error = %e, "group checkpoint failed; retrying");
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    async fn sync_once(
+        &self,
+        last: &mut BTreeMap<(String, String, u32), u64>,
+    ) -> Result<(), ClientError> {
+        let groups = match self.source.call(&Request::ListGroups {}, &[]).await?.0 {
+            Response::Groups(g) => g,
+            other => return Err(ClientError::Invalid(format!("unexpected answer {other:?}"))),
+        };
+        let target_admin = Admin::new(self.target.clone());
+        for g in groups.iter().filter(|g| self.groups.is_match(&g.group)) {
+            let req = Request::FetchOffsets {
+                group: g.group.clone(),
+                partitions: None,
+            };
+            let committed = match self.source.call(&req, &[]).await?.0 {
+                Response::CommittedOffsets(c) => c,
+                other => return Err(ClientError::Invalid(format!("unexpected answer {other:?}"))),
+            };
+            let mut offsets = Vec::new();
+            for c in committed {
+                let Some(topic) = target_topic(
+                    self.naming,
+                    &self.source_cluster,
+                    &self.target_cluster,
+                    &c.topic,
+                ) else {
+                    continue;
+                };
+                // Prefix mirrors keep source offsets; never point past what has been copied.
+                let Ok((mirrored, _)) = target_admin
+                    .list_offset(&topic, c.partition, OffsetSpec::Latest)
+                    .await
+                else {
+                    continue;
+                };
+                let offset = c.offset.min(mirrored);
+                let key = (g.group.clone(), topic.clone(), c.partition);
+                if last.get(&key) == Some(&offset) {
+                    continue;
+                }
+                last.insert(key, offset);
+                offsets.push(strait_protocol::message::CommittedOffset {
+                    topic,
+                    partition: c.partition,
+                    offset,
+                    metadata: c.metadata,
+                });
+            }
+            if offsets.is_empty() {
+                continue;
+            }
+            let commit = Request::CommitOffsets {
+                group: g.group.clone(),
+                member_id: String::new(),
+                generation: -1,
+                offsets,
+            };
+            match self.target.call(&commit, &[]).await {
+                Ok(_) => {}
+                // The group runs on the target: its own commits win.
+                Err(e) if e.code() == Some(ErrorCode::GROUP_NOT_EMPTY) => {
+                    last.retain(|k, _| k.0 != g.group)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -30,6 +30,8 @@ impl Flow {
                 "east-to-west",
                 "--topics",
                 ".*",
+                "--groups",
+                ".*",
                 "--refresh-s",
                 "1",
             ])
@@ -318,4 +320,67 @@ async fn data_deleted_before_it_was_mirrored_is_reported_as_a_gap() {
         first.base_offset().0 >= start && first.base_offset().0 <= start + 10,
         "the copy starts where the source does"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_on_the_source_reaches_the_target_within_seconds() {
+    let pki = Pki::new();
+    strait_certs::issue(pki.dir.path(), "flow", Role::Mirror, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let east = NodeProcess::start(&pki, "east", &dir.path().join("east"), "");
+    let west = NodeProcess::start(&pki, "west", &dir.path().join("west"), "");
+    let source = pki.client(&east.address);
+    let target = pki.client(&west.address);
+    Admin::new(source.clone())
+        .create_topic("orders", 2, vec![])
+        .await
+        .unwrap();
+    let producer = Producer::new(source.clone(), ProducerConfig::default());
+    for i in 0..100u32 {
+        producer
+            .send("orders", Some(i % 2), None, Some(&i.to_le_bytes()), &[])
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let flow_log = dir.path().join("flow.log");
+    let _flow = Flow::start(&pki, &east.address, &west.address, &flow_log);
+    let commit = |offset: u64| Request::CommitOffsets {
+        group: "billing".into(),
+        member_id: String::new(),
+        generation: -1,
+        offsets: vec![strait_protocol::message::CommittedOffset {
+            topic: "orders".into(),
+            partition: 1,
+            offset,
+            metadata: "m".into(),
+        }],
+    };
+    let on_target = || async {
+        let req = Request::FetchOffsets {
+            group: "billing".into(),
+            partitions: None,
+        };
+        match target.call(&req, &[]).await.unwrap().0 {
+            Response::CommittedOffsets(c) => c
+                .iter()
+                .find(|o| o.topic == "east.orders" && o.partition == 1)
+                .map(|o| o.offset),
+            other => panic!("{other:?}"),
+        }
+    };
+    for wanted in [30u64, 42] {
+        source.call(&commit(wanted), &[]).await.unwrap();
+        let committed_at = Instant::now();
+        while on_target().await != Some(wanted) {
+            assert!(
+                committed_at.elapsed() < Duration::from_secs(5),
+                "offset {wanted} never reached the target; flow log: {}",
+                std::fs::read_to_string(&flow_log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let lag = committed_at.elapsed();
+        assert!(lag < Duration::from_secs(3), "checkpoint took {lag:?}");
+    }
 }

@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Source topics to copy: a regular expression matched against the whole name.
     #[arg(long)]
     topics: String,
+    /// Consumer groups whose committed offsets are carried to the target (checkpoints).
+    #[arg(long)]
+    groups: Option<String>,
     /// Source topics to leave out, matched against the whole name.
     #[arg(long)]
     exclude: Option<String>,
@@ -119,6 +122,7 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
     let target = Client::new(ClientOptions::new(args.target_bootstrap.clone(), tls()?));
     let mut config = FlowConfig::new(&args.name, whole(&args.topics)?);
     config.exclude = args.exclude.as_deref().map(whole).transpose()?;
+    config.groups = args.groups.as_deref().map(whole).transpose()?;
     config.naming = naming;
     config.refresh = Duration::from_secs(args.refresh_s.max(1));
     config.rate_bytes_per_s = args.max_mb_s.map(|mb| mb << 20);
