@@ -23,11 +23,11 @@ use strait_protocol::message::{
     VERSION_MAX, VERSION_MIN,
 };
 use strait_protocol::transport::{transport_config, TransportLimits};
-use strait_protocol::{Acks, ErrorCode, Offset, Request, Response, WireError};
+use strait_protocol::{Acks, ErrorCode, Offset, RecordBatch, Request, Response, WireError};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, Partition};
+use crate::broker::{Broker, Partition, Topic};
 use crate::groups::GroupCoordinator;
 use crate::now_ms;
 use crate::storage::producer_state::SequenceError;
@@ -488,12 +488,7 @@ async fn produce(
         ));
     }
     let p = broker.partition(topic, partition)?;
-    let batches = split_batches(payload, &t.config.decode_limits()).map_err(|e| {
-        WireError::new(
-            ErrorCode::CORRUPT_BATCH,
-            format!("{topic}/{partition}: {e}"),
-        )
-    })?;
+    let batches = decode_batches(&t, topic, partition, payload)?;
     if batches.is_empty() {
         return Err(WireError::new(
             ErrorCode::INVALID_REQUEST,
@@ -568,6 +563,21 @@ fn translate(
     Ok((mirror.name.to_string(), offset))
 }
 
+/// Splits a request's payload into validated batches under the topic's limits.
+fn decode_batches(
+    t: &Topic,
+    topic: &str,
+    partition: u32,
+    payload: Bytes,
+) -> Result<Vec<RecordBatch>, WireError> {
+    split_batches(payload, &t.config.decode_limits()).map_err(|e| {
+        WireError::new(
+            ErrorCode::CORRUPT_BATCH,
+            format!("{topic}/{partition}: {e}"),
+        )
+    })
+}
+
 /// Runs an append; under `flush = always` it waits for an fsync, so it runs off the async
 /// workers.
 async fn run_append(
@@ -599,12 +609,7 @@ async fn mirror_append(
         ));
     }
     let p = broker.partition(topic, partition)?;
-    let batches = split_batches(payload, &t.config.decode_limits()).map_err(|e| {
-        WireError::new(
-            ErrorCode::CORRUPT_BATCH,
-            format!("{topic}/{partition}: {e}"),
-        )
-    })?;
+    let batches = decode_batches(&t, topic, partition, payload)?;
     let p2 = p.clone();
     let append = move || -> Result<(u64, u64), LogError> {
         let now = now_ms();

@@ -417,26 +417,7 @@ async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
             .await?;
     }
     producer.flush().await;
-    let start = Instant::now();
-    let mut deliveries = Vec::with_capacity(args.records as usize);
-    for i in 0..args.records {
-        deliveries.push(
-            producer
-                .send(
-                    "bench",
-                    Some((i % u64::from(args.partitions)) as u32),
-                    None,
-                    Some(&value),
-                    &[],
-                )
-                .await?,
-        );
-    }
-    producer.flush().await;
-    for d in deliveries {
-        d.wait().await?;
-    }
-    let produce_time = start.elapsed();
+    let produce_time = produce_all(&producer, args, &value).await?;
     let mut report = serde_json::Map::new();
     report.insert("records".into(), json!(args.records));
     report.insert("record_bytes".into(), json!(args.record_size));
@@ -590,26 +571,7 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
         },
     );
     let value = vec![b'm'; args.record_size];
-    let start = Instant::now();
-    let mut last = None;
-    for i in 0..args.records {
-        last = Some(
-            producer
-                .send(
-                    "bench",
-                    Some((i % u64::from(args.partitions)) as u32),
-                    None,
-                    Some(&value),
-                    &[],
-                )
-                .await?,
-        );
-    }
-    producer.flush().await;
-    if let Some(d) = last {
-        d.wait().await?;
-    }
-    let produce_t = start.elapsed();
+    let produce_t = produce_all(&producer, args, &value).await?;
     let total = args.records * args.record_size as u64;
     let ends = |client: Arc<Client>, topic: &'static str, partitions: u32| async move {
         let admin = Admin::new(client);
@@ -704,6 +666,30 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
         tokio::task::spawn_blocking(move || broker.close()).await?;
     }
     Ok(Value::Object(report))
+}
+
+/// Sends `args.records` records round-robin over the partitions and waits for every
+/// acknowledgement; returns how long that took.
+async fn produce_all(
+    producer: &Producer,
+    args: &NetArgs,
+    value: &[u8],
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut deliveries = Vec::with_capacity(args.records as usize);
+    for i in 0..args.records {
+        let partition = (i % u64::from(args.partitions)) as u32;
+        deliveries.push(
+            producer
+                .send("bench", Some(partition), None, Some(value), &[])
+                .await?,
+        );
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.wait().await?;
+    }
+    Ok(start.elapsed())
 }
 
 /// Single-record produce round trips, one at a time, in microseconds.

@@ -718,20 +718,9 @@ impl PartitionLog {
         let mut start: Option<u64> = None;
         let mut end = at;
         while at < size {
-            let corrupt = |reason: String| LogError::Corrupt {
-                log: self.name.clone(),
-                segment: base,
-                position: at,
-                reason,
-            };
-            let head = reader
-                .read(at, batch::LENGTH_PREFIX_LEN)
-                .map_err(|source| self.io("reading a segment", source))?
-                .ok_or_else(|| corrupt("torn batch header".into()))?;
-            let len = batch::total_len(&head, limits).map_err(|e| corrupt(e.to_string()))?;
-            let (batch_base, _) =
-                batch::peek_header(&head).ok_or_else(|| corrupt("torn batch header".into()))?;
-            if batch_base >= high_watermark {
+            let parsed = self.batch_at(&mut reader, base, at, limits)?;
+            let len = parsed.size_bytes();
+            if parsed.base_offset() >= high_watermark {
                 break;
             }
             if let Some(s) = start {
@@ -739,11 +728,6 @@ impl PartitionLog {
                     break;
                 }
             }
-            let bytes = reader
-                .read(at, len)
-                .map_err(|source| self.io("reading a segment", source))?
-                .ok_or_else(|| corrupt("torn batch".into()))?;
-            let parsed = RecordBatch::parse(bytes, limits).map_err(|e| corrupt(e.to_string()))?;
             if parsed.next_offset() > from && start.is_none() {
                 start = Some(at);
             }
@@ -760,6 +744,32 @@ impl PartitionLog {
         std::os::unix::fs::FileExt::read_exact_at(file, &mut out, start)
             .map_err(|source| self.io("reading a segment", source))?;
         Ok(Bytes::from(out))
+    }
+
+    /// Reads and validates the whole batch at `at` of segment `base`; any damage is `Corrupt`.
+    fn batch_at(
+        &self,
+        reader: &mut ChunkReader<'_>,
+        base: Offset,
+        at: u64,
+        limits: &DecodeLimits,
+    ) -> Result<RecordBatch, LogError> {
+        let corrupt = |reason: String| LogError::Corrupt {
+            log: self.name.clone(),
+            segment: base,
+            position: at,
+            reason,
+        };
+        let head = reader
+            .read(at, batch::LENGTH_PREFIX_LEN)
+            .map_err(|source| self.io("reading a segment", source))?
+            .ok_or_else(|| corrupt("torn batch header".into()))?;
+        let len = batch::total_len(&head, limits).map_err(|e| corrupt(e.to_string()))?;
+        let bytes = reader
+            .read(at, len)
+            .map_err(|source| self.io("reading a segment", source))?
+            .ok_or_else(|| corrupt("torn batch".into()))?;
+        RecordBatch::parse(bytes, limits).map_err(|e| corrupt(e.to_string()))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`, with that
@@ -782,21 +792,14 @@ impl PartitionLog {
             let mut reader = ChunkReader::new(&file, size);
             let mut at = position;
             while at < size {
+                let parsed = self.batch_at(&mut reader, base, at, &limits)?;
+                let len = parsed.size_bytes();
                 let corrupt = |reason: String| LogError::Corrupt {
                     log: self.name.clone(),
                     segment: base,
                     position: at,
                     reason,
                 };
-                let head = reader
-                    .read(at, batch::LENGTH_PREFIX_LEN)
-                    .map_err(|s| self.io("reading", s))?;
-                let head = head.ok_or_else(|| corrupt("torn header".into()))?;
-                let len = batch::total_len(&head, &limits).map_err(|e| corrupt(e.to_string()))?;
-                let bytes = reader.read(at, len).map_err(|s| self.io("reading", s))?;
-                let bytes = bytes.ok_or_else(|| corrupt("torn batch".into()))?;
-                let parsed =
-                    RecordBatch::parse(bytes, &limits).map_err(|e| corrupt(e.to_string()))?;
                 if parsed.max_timestamp_ms() >= timestamp_ms {
                     let records = parsed
                         .records(limits.batch_bytes_decompressed_max)
