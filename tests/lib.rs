@@ -37,7 +37,7 @@ pub fn strait_bin() -> PathBuf {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let newest = ["node/src", "protocol/src", "certs/src"]
+        let newest = ["node/src", "protocol/src", "certs/src", "mirror/src"]
             .iter()
             .filter_map(|d| newest_mtime(&root.join(d)))
             .max();
@@ -128,6 +128,77 @@ pub fn free_udp_port() -> u16 {
     s.local_addr()
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A free TCP port on loopback (bound, then released), for admin listeners.
+pub fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    s.local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One record as a consumer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub offset: u64,
+    pub key: Option<bytes::Bytes>,
+    pub value: Option<bytes::Bytes>,
+}
+
+/// Every record of a partition, in offset order, read with plain fetches.
+pub async fn read_partition(client: &Arc<Client>, topic: &str, partition: u32) -> Vec<Seen> {
+    use strait_protocol::message::{Request, Response};
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetch = Request::Fetch {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 4 << 20,
+        };
+        let (resp, payload) = client
+            .call(&fetch, &[])
+            .await
+            .unwrap_or_else(|e| panic!("fetch {topic}/{partition}@{offset}: {e}"));
+        let Response::Fetched { .. } = resp else {
+            panic!("unexpected fetch answer {resp:?}");
+        };
+        if payload.is_empty() {
+            return out;
+        }
+        let batches = strait_protocol::batch::split_batches(payload, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for b in batches {
+            for r in b.records(u32::MAX).unwrap_or_else(|e| panic!("{e}")) {
+                if r.offset.0 >= offset {
+                    out.push(Seen {
+                        offset: r.offset.0,
+                        key: r.key,
+                        value: r.value,
+                    });
+                }
+            }
+            offset = offset.max(b.next_offset().0);
+        }
+    }
+}
+
+/// Runs `strait ARGS…` to completion and returns its stdout; panics with stderr on failure.
+pub fn strait(args: &[&str]) -> String {
+    let out = Command::new(strait_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run strait: {e}"));
+    assert!(
+        out.status.success(),
+        "strait {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A `strait node run` child process.

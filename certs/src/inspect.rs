@@ -84,6 +84,20 @@ pub fn principal_of(der: &[u8]) -> Option<String> {
     Some(cn)
 }
 
+/// The role a certificate was issued for (its organizational unit), if it names one.
+pub fn role_of(der: &[u8]) -> Option<crate::Role> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let ou = cert
+        .subject()
+        .iter_organizational_unit()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    drop(cert);
+    crate::Role::parse(&ou)
+}
+
 fn ip_string(raw: &[u8]) -> String {
     match raw.len() {
         4 => std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).to_string(),

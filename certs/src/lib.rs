@@ -12,7 +12,7 @@ mod tls;
 use std::path::PathBuf;
 
 pub use authority::{init_ca, issue, issue_with_validity, Role};
-pub use inspect::{inspect, principal_of, CertInfo};
+pub use inspect::{inspect, principal_of, role_of, CertInfo};
 pub use tls::{
     client_config, client_config_without_identity, load_certs, load_key, server_config, ALPN,
 };

@@ -1,27 +1,30 @@
-//! A mirror flow: finds matching source topics, creates their mirror topics on the target and
-//! runs one copier per partition.
+//! A mirror flow: finds matching source topics, creates their targets, and runs one copier per
+//! partition, plus the group checkpoints and heartbeats.
 //!
-//! Each copier resumes from the target partition's log end, fetches whole batches from the
-//! source (one stream per request, so a slow partition never blocks another), and appends them
-//! unchanged at their source offsets with `MirrorAppend`. In-flight bytes per flow are bounded
-//! by a semaphore.
+//! Discovery runs every `refresh`: new matching topics and new partitions are picked up, the
+//! target topics are created (prefix mode: read-only mirror topics with the source's partition
+//! count and settings; identity mode: ordinary topics of the same name) or grown, and source
+//! topics that disappeared are reported (and their targets deleted only when configured).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use regex::Regex;
-use strait_protocol::batch::{split_batches, DecodeLimits};
 use strait_protocol::client::{Admin, Client, ClientError};
-use strait_protocol::message::{OffsetSpec, Request, Response};
+use strait_protocol::message::Request;
 use strait_protocol::ErrorCode;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{info, warn};
 
+use crate::checkpoints::Checkpoints;
+use crate::copier::{lock, Copier, Pacer};
+use crate::heartbeat::{self, heartbeat_mirror, HEARTBEAT_TOPIC};
 use crate::naming::{target_topic, Naming};
+use crate::status::{FlowStatus, PartitionState};
 
-/// Settings that configs copied from the source topic to its mirror.
+/// Settings that are copied from the source topic to its target.
 const SYNCED_SETTINGS: &[&str] = &[
     "retention.ms",
     "retention.bytes",
@@ -38,7 +41,7 @@ pub struct FlowConfig {
     pub topics: Regex,
     pub exclude: Option<Regex>,
     pub naming: Naming,
-    /// How often new matching topics are looked for.
+    /// How often new matching topics and partitions are looked for.
     pub refresh: Duration,
     /// Most bytes one fetch from the source may return.
     pub fetch_bytes_max: u32,
@@ -48,8 +51,13 @@ pub struct FlowConfig {
     pub rate_bytes_per_s: Option<u64>,
     /// Consumer groups whose committed offsets are carried over (checkpoints); None for none.
     pub groups: Option<Regex>,
+    pub groups_exclude: Option<Regex>,
     /// How often source commits are looked at.
     pub checkpoint_interval: Duration,
+    /// How often a heartbeat is written to the source; None for no heartbeats.
+    pub heartbeat_interval: Option<Duration>,
+    /// Delete the target topic when its source topic is deleted (off: reported only).
+    pub propagate_deletes: bool,
 }
 
 impl FlowConfig {
@@ -64,31 +72,16 @@ impl FlowConfig {
             in_flight_bytes_max: 64 << 20,
             rate_bytes_per_s: None,
             groups: None,
-            checkpoint_interval: Duration::from_millis(500),
+            groups_exclude: None,
+            checkpoint_interval: Duration::from_millis(250),
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            propagate_deletes: false,
         }
     }
-}
 
-/// One mirrored partition's progress.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PartitionStatus {
-    pub source_topic: String,
-    pub partition: u32,
-    pub target_topic: String,
-    /// Next source offset to copy (everything below is on the target).
-    pub mirrored_offset: u64,
-    pub source_end_offset: u64,
-    /// Ranges of source offsets deleted on the source before they could be copied.
-    pub gaps: Vec<(u64, u64)>,
-    pub last_error: Option<String>,
-}
-
-/// The whole flow's progress, keyed by (source topic, partition).
-#[derive(Debug, Clone, Default)]
-pub struct FlowStatus {
-    pub source_cluster: String,
-    pub target_cluster: String,
-    pub partitions: BTreeMap<(String, u32), PartitionStatus>,
+    fn selects(&self, topic: &str) -> bool {
+        self.topics.is_match(topic) && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+    }
 }
 
 /// A running flow between two clusters.
@@ -99,19 +92,31 @@ pub struct MirrorFlow {
     status: Arc<Mutex<FlowStatus>>,
 }
 
+/// Copiers running, by (source topic, partition).
+type Running = BTreeMap<(String, u32), AbortHandle>;
+
 impl MirrorFlow {
     pub fn new(config: FlowConfig, source: Arc<Client>, target: Arc<Client>) -> Self {
+        let status = FlowStatus {
+            name: config.name.clone(),
+            naming: config.naming.as_str().into(),
+            ..Default::default()
+        };
         MirrorFlow {
             config,
             source,
             target,
-            status: Arc::new(Mutex::new(FlowStatus::default())),
+            status: Arc::new(Mutex::new(status)),
         }
     }
 
-    /// A snapshot of the flow's progress.
+    pub fn config(&self) -> &FlowConfig {
+        &self.config
+    }
+
+    /// A snapshot of the flow's progress, with lag computed as of now.
     pub fn status(&self) -> FlowStatus {
-        lock(&self.status).clone()
+        lock(&self.status).report(crate::status::now_ms())
     }
 
     /// Shared handle to the progress, for reporting while the flow runs.
@@ -119,54 +124,91 @@ impl MirrorFlow {
         self.status.clone()
     }
 
-    /// Runs until `stop` turns true: discovers topics every `refresh` and copies them.
+    /// Runs until `stop` turns true, reconnecting with backoff while either cluster is away.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), ClientError> {
-        let source_cluster = self.source.connection().await?.hello.cluster.clone();
-        let target_cluster = self.target.connection().await?.hello.cluster.clone();
+        let mut backoff = Duration::from_millis(200);
+        let (source_cluster, target_cluster) = loop {
+            match self.clusters().await {
+                Ok(names) => break names,
+                Err(e) => {
+                    warn!(flow = %self.config.name, error = %e, "cannot reach both clusters; retrying");
+                    {
+                        let mut s = lock(&self.status);
+                        s.connected = false;
+                        s.last_error = Some(e.to_string());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    if *stop.borrow() {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if source_cluster == target_cluster {
+            return Err(ClientError::Invalid(format!(
+                "flow {} connects cluster {source_cluster} to itself; point --source-bootstrap at another cluster",
+                self.config.name
+            )));
+        }
         {
             let mut s = lock(&self.status);
             s.source_cluster = source_cluster.clone();
             s.target_cluster = target_cluster.clone();
         }
-        info!(flow = %self.config.name, source = %source_cluster, target = %target_cluster, "mirror flow started");
-        let pacer = Arc::new(Pacer {
-            rate: self.config.rate_bytes_per_s,
-            next: Mutex::new(tokio::time::Instant::now()),
-        });
-        let budget = Arc::new(Semaphore::new(
-            self.config
-                .in_flight_bytes_max
-                .max(self.config.fetch_bytes_max) as usize,
-        ));
-        let mut running: BTreeSet<(String, u32)> = BTreeSet::new();
-        let mut copiers = tokio::task::JoinSet::new();
+        info!(flow = %self.config.name, source = %source_cluster, target = %target_cluster,
+            naming = self.config.naming.as_str(), "mirror flow started");
+        let shared = Shared {
+            pacer: Arc::new(Pacer {
+                rate: self.config.rate_bytes_per_s,
+                next: Mutex::new(tokio::time::Instant::now()),
+            }),
+            budget: Arc::new(Semaphore::new(
+                self.config
+                    .in_flight_bytes_max
+                    .max(self.config.fetch_bytes_max) as usize,
+            )),
+            source_cluster,
+            target_cluster,
+        };
+        let mut tasks = JoinSet::new();
         if let Some(groups) = self.config.groups.clone() {
             let checkpoints = Checkpoints {
                 flow: self.config.name.clone(),
                 source: self.source.clone(),
                 target: self.target.clone(),
                 groups,
+                groups_exclude: self.config.groups_exclude.clone(),
                 naming: self.config.naming,
-                source_cluster: source_cluster.clone(),
-                target_cluster: target_cluster.clone(),
+                source_cluster: shared.source_cluster.clone(),
+                target_cluster: shared.target_cluster.clone(),
                 interval: self.config.checkpoint_interval,
+                status: self.status.clone(),
             };
-            let stop = stop.clone();
-            copiers.spawn(async move { checkpoints.run(stop).await });
+            tasks.spawn(checkpoints.run(stop.clone()));
         }
+        if let Some(interval) = self.config.heartbeat_interval {
+            tasks.spawn(heartbeat::beat(
+                self.config.name.clone(),
+                self.source.clone(),
+                interval,
+                stop.clone(),
+            ));
+        }
+        let mut running = Running::new();
         loop {
-            let shared = (&budget, &pacer);
-            if let Err(e) = self
-                .discover(
-                    &source_cluster,
-                    &target_cluster,
-                    &mut running,
-                    &mut copiers,
-                    shared,
-                    &stop,
-                )
-                .await
+            let result = self
+                .discover(&shared, &mut running, &mut tasks, &stop)
+                .await;
             {
+                let mut s = lock(&self.status);
+                s.connected = result.is_ok();
+                s.last_error = result.as_ref().err().map(ToString::to_string);
+            }
+            if let Err(e) = result {
                 warn!(flow = %self.config.name, error = %e, "topic discovery failed; retrying");
             }
             tokio::select! {
@@ -174,82 +216,156 @@ impl MirrorFlow {
                 _ = stop.changed() => {}
             }
             if *stop.borrow() {
-                copiers.shutdown().await;
+                tasks.shutdown().await;
                 info!(flow = %self.config.name, "mirror flow stopped");
                 return Ok(());
             }
         }
     }
 
+    async fn clusters(&self) -> Result<(String, String), ClientError> {
+        let source = self.source.connection().await?.hello.cluster.clone();
+        let target = self.target.connection().await?.hello.cluster.clone();
+        Ok((source, target))
+    }
+
     async fn discover(
         &self,
-        source_cluster: &str,
-        target_cluster: &str,
-        running: &mut BTreeSet<(String, u32)>,
-        copiers: &mut tokio::task::JoinSet<()>,
-        (budget, pacer): (&Arc<Semaphore>, &Arc<Pacer>),
+        shared: &Shared,
+        running: &mut Running,
+        tasks: &mut JoinSet<()>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), ClientError> {
         let source_admin = Admin::new(self.source.clone());
         let meta = source_admin.metadata(None).await?;
-        for t in meta.topics {
-            let selected = self.config.topics.is_match(&t.name)
-                && !self
-                    .config
-                    .exclude
-                    .as_ref()
-                    .is_some_and(|e| e.is_match(&t.name));
-            let Some(target) =
-                target_topic(self.config.naming, source_cluster, target_cluster, &t.name)
-            else {
-                continue;
+        let present: BTreeSet<&str> = meta.topics.iter().map(|t| t.name.as_str()).collect();
+        self.handle_deleted(&present, running).await;
+        for t in &meta.topics {
+            let (target, heartbeat) = if t.name == HEARTBEAT_TOPIC {
+                if self.config.heartbeat_interval.is_none() {
+                    continue;
+                }
+                (heartbeat_mirror(&shared.source_cluster), true)
+            } else {
+                let Some(target) = target_topic(
+                    self.config.naming,
+                    &shared.source_cluster,
+                    &shared.target_cluster,
+                    &t.name,
+                ) else {
+                    continue;
+                };
+                if !self.config.selects(&t.name) {
+                    continue;
+                }
+                (target, false)
             };
-            if !selected
-                || t.partitions
-                    .iter()
-                    .all(|p| running.contains(&(t.name.clone(), p.id)))
+            if t.partitions
+                .iter()
+                .all(|p| running.contains_key(&(t.name.clone(), p.id)))
             {
                 continue;
             }
+            let naming = if heartbeat {
+                Naming::Prefix
+            } else {
+                self.config.naming
+            };
             self.ensure_target(
                 &source_admin,
                 &t.name,
                 &target,
                 t.partitions.len() as u32,
-                source_cluster,
+                naming,
+                shared,
             )
             .await?;
             for p in &t.partitions {
-                if !running.insert((t.name.clone(), p.id)) {
+                let key = (t.name.clone(), p.id);
+                if running.contains_key(&key) {
                     continue;
                 }
                 let copier = Copier {
                     flow: self.config.name.clone(),
                     source: self.source.clone(),
                     target: self.target.clone(),
+                    source_cluster: shared.source_cluster.clone(),
+                    target_cluster: shared.target_cluster.clone(),
+                    naming,
                     source_topic: t.name.clone(),
                     target_topic: target.clone(),
                     partition: p.id,
                     fetch_bytes_max: self.config.fetch_bytes_max,
-                    budget: budget.clone(),
-                    pacer: pacer.clone(),
+                    budget: shared.budget.clone(),
+                    pacer: shared.pacer.clone(),
                     status: self.status.clone(),
+                    heartbeat,
                 };
-                let stop = stop.clone();
-                copiers.spawn(async move { copier.run(stop).await });
+                let handle = tasks.spawn(copier.run(stop.clone()));
+                running.insert(key, handle);
             }
         }
         Ok(())
     }
 
-    /// Creates the mirror topic on the target with the source's partition count and settings.
+    /// Stops copying topics that vanished from the source and reports them; deletes their
+    /// targets only when the flow is configured to propagate deletes.
+    async fn handle_deleted(&self, present: &BTreeSet<&str>, running: &mut Running) {
+        let gone: BTreeSet<String> = running
+            .keys()
+            .filter(|(t, _)| !present.contains(t.as_str()))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in gone {
+            let mut target = None;
+            running.retain(|(t, _), handle| {
+                if *t == topic {
+                    handle.abort();
+                    false
+                } else {
+                    true
+                }
+            });
+            {
+                let mut s = lock(&self.status);
+                for ((t, _), p) in s.by_partition.iter_mut() {
+                    if *t == topic {
+                        p.state = PartitionState::SourceDeleted;
+                        p.last_error = Some("the source topic was deleted".into());
+                        target = Some(p.target_topic.clone());
+                    }
+                }
+                if !s.deleted_source_topics.contains(&topic) {
+                    s.deleted_source_topics.push(topic.clone());
+                }
+            }
+            let target = target.unwrap_or_default();
+            if self.config.propagate_deletes && !target.is_empty() {
+                match Admin::new(self.target.clone()).delete_topic(&target).await {
+                    Ok(()) => {
+                        warn!(flow = %self.config.name, topic, target, "source topic deleted; deleted its target as configured")
+                    }
+                    Err(e) => {
+                        warn!(flow = %self.config.name, topic, target, error = %e, "source topic deleted; could not delete its target")
+                    }
+                }
+            } else {
+                warn!(flow = %self.config.name, topic, target,
+                    "source topic deleted; its copy on the target is kept (set propagate_deletes to delete it too)");
+            }
+        }
+    }
+
+    /// Creates the target with the source's partition count and settings, or grows it when the
+    /// source gained partitions.
     async fn ensure_target(
         &self,
         source: &Admin,
         topic: &str,
         target: &str,
         partitions: u32,
-        source_cluster: &str,
+        naming: Naming,
+        shared: &Shared,
     ) -> Result<(), ClientError> {
         let described = source.describe_topic(topic).await?;
         let configs: Vec<(String, String)> = described
@@ -257,271 +373,47 @@ impl MirrorFlow {
             .into_iter()
             .filter(|(k, _)| SYNCED_SETTINGS.contains(&k.as_str()))
             .collect();
-        let req = Request::CreateMirrorTopic {
-            name: target.into(),
-            partitions,
-            configs,
-            flow: self.config.name.clone(),
-            source_cluster: source_cluster.into(),
-            source_topic: topic.into(),
-        };
-        match self.target.call(&req, &[]).await {
-            Ok(_) => {
-                info!(flow = %self.config.name, topic, target, partitions, "created mirror topic");
-                Ok(())
-            }
-            Err(e) if e.code() == Some(ErrorCode::TOPIC_EXISTS) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Carries committed offsets of matching groups from the source to the target, translated, for
-/// groups with no members on the target (a group running there owns its own offsets).
-struct Checkpoints {
-    flow: String,
-    source: Arc<Client>,
-    target: Arc<Client>,
-    groups: Regex,
-    naming: Naming,
-    source_cluster: String,
-    target_cluster: String,
-    interval: Duration,
-}
-
-impl Checkpoints {
-    async fn run(self, stop: watch::Receiver<bool>) {
-        let mut last: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
-        while !*stop.borrow() {
-            if let Err(e) = self.sync_once(&mut last).await {
-                warn!(flow = %self.flow, error = %e, "group checkpoint failed; retrying");
-            }
-            tokio::time::sleep(self.interval).await;
-        }
-    }
-
-    async fn sync_once(
-        &self,
-        last: &mut BTreeMap<(String, String, u32), u64>,
-    ) -> Result<(), ClientError> {
-        let groups = match self.source.call(&Request::ListGroups {}, &[]).await?.0 {
-            Response::Groups(g) => g,
-            other => return Err(ClientError::Invalid(format!("unexpected answer {other:?}"))),
-        };
         let target_admin = Admin::new(self.target.clone());
-        for g in groups.iter().filter(|g| self.groups.is_match(&g.group)) {
-            let req = Request::FetchOffsets {
-                group: g.group.clone(),
-                partitions: None,
-            };
-            let committed = match self.source.call(&req, &[]).await?.0 {
-                Response::CommittedOffsets(c) => c,
-                other => return Err(ClientError::Invalid(format!("unexpected answer {other:?}"))),
-            };
-            let mut offsets = Vec::new();
-            for c in committed {
-                let Some(topic) = target_topic(
-                    self.naming,
-                    &self.source_cluster,
-                    &self.target_cluster,
-                    &c.topic,
-                ) else {
-                    continue;
+        let created = match naming {
+            Naming::Prefix => {
+                let req = Request::CreateMirrorTopic {
+                    name: target.into(),
+                    partitions,
+                    configs,
+                    flow: self.config.name.clone(),
+                    source_cluster: shared.source_cluster.clone(),
+                    source_topic: topic.into(),
                 };
-                // Prefix mirrors keep source offsets; never point past what has been copied.
-                let Ok((mirrored, _)) = target_admin
-                    .list_offset(&topic, c.partition, OffsetSpec::Latest)
-                    .await
-                else {
-                    continue;
-                };
-                let offset = c.offset.min(mirrored);
-                let key = (g.group.clone(), topic.clone(), c.partition);
-                if last.get(&key) == Some(&offset) {
-                    continue;
-                }
-                last.insert(key, offset);
-                offsets.push(strait_protocol::message::CommittedOffset {
-                    topic,
-                    partition: c.partition,
-                    offset,
-                    metadata: c.metadata,
-                });
+                self.target.call(&req, &[]).await.map(|_| ())
             }
-            if offsets.is_empty() {
-                continue;
+            Naming::Identity => target_admin.create_topic(target, partitions, configs).await,
+        };
+        match created {
+            Ok(()) => {
+                info!(flow = %self.config.name, topic, target, partitions, "created target topic");
+                return Ok(());
             }
-            let commit = Request::CommitOffsets {
-                group: g.group.clone(),
-                member_id: String::new(),
-                generation: -1,
-                offsets,
-            };
-            match self.target.call(&commit, &[]).await {
-                Ok(_) => {}
-                // The group runs on the target: its own commits win.
-                Err(e) if e.code() == Some(ErrorCode::GROUP_NOT_EMPTY) => {
-                    last.retain(|k, _| k.0 != g.group)
-                }
-                Err(e) => return Err(e),
-            }
+            Err(e) if e.code() == Some(ErrorCode::TOPIC_EXISTS) => {}
+            Err(e) => return Err(e),
+        }
+        let have = target_admin
+            .metadata(Some(vec![target.to_string()]))
+            .await?
+            .topics
+            .first()
+            .map_or(0, |t| t.partitions.len() as u32);
+        if have < partitions {
+            target_admin.add_partitions(target, partitions).await?;
+            info!(flow = %self.config.name, topic, target, from = have, to = partitions, "grew target topic to the source's partition count");
         }
         Ok(())
     }
 }
 
-/// Copies one partition.
-struct Copier {
-    flow: String,
-    source: Arc<Client>,
-    target: Arc<Client>,
-    source_topic: String,
-    target_topic: String,
-    partition: u32,
-    fetch_bytes_max: u32,
-    budget: Arc<Semaphore>,
+/// What every copier of a flow shares.
+struct Shared {
     pacer: Arc<Pacer>,
-    status: Arc<Mutex<FlowStatus>>,
-}
-
-/// Spaces copies out so the flow stays under its rate cap, across all its partitions.
-struct Pacer {
-    rate: Option<u64>,
-    next: Mutex<tokio::time::Instant>,
-}
-
-impl Pacer {
-    async fn pace(&self, bytes: usize) {
-        let Some(rate) = self.rate.filter(|r| *r > 0) else {
-            return;
-        };
-        let wait_until = {
-            let mut next = lock(&self.next);
-            let now = tokio::time::Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-            start
-        };
-        tokio::time::sleep_until(wait_until).await;
-    }
-}
-
-impl Copier {
-    async fn run(self, stop: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        while !*stop.borrow() {
-            match self.copy().await {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(flow = %self.flow, topic = %self.source_topic, partition = self.partition, error = %e,
-                        "copy interrupted; resuming from the target's end");
-                    self.update(|s| s.last_error = Some(e.to_string()));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    fn update(&self, f: impl FnOnce(&mut PartitionStatus)) {
-        let mut status = lock(&self.status);
-        let entry = status
-            .partitions
-            .entry((self.source_topic.clone(), self.partition))
-            .or_insert_with(|| PartitionStatus {
-                source_topic: self.source_topic.clone(),
-                partition: self.partition,
-                target_topic: self.target_topic.clone(),
-                ..Default::default()
-            });
-        f(entry);
-    }
-
-    /// Resumes at the target's log end and copies until an error.
-    async fn copy(&self) -> Result<(), ClientError> {
-        let target_admin = Admin::new(self.target.clone());
-        let (mut position, _) = target_admin
-            .list_offset(&self.target_topic, self.partition, OffsetSpec::Latest)
-            .await?;
-        self.update(|s| s.mirrored_offset = position);
-        let limits = DecodeLimits::default();
-        loop {
-            let fetch = Request::Fetch {
-                topic: self.source_topic.clone(),
-                partition: self.partition,
-                offset: position,
-                max_wait_ms: 500,
-                min_bytes: 1,
-                max_bytes: self.fetch_bytes_max,
-            };
-            let permit = self
-                .budget
-                .acquire_many(self.fetch_bytes_max)
-                .await
-                .map_err(|_| ClientError::Invalid("flow stopped".into()))?;
-            let (high_watermark, payload) = match self.source.call(&fetch, &[]).await {
-                Ok((Response::Fetched { high_watermark, .. }, payload)) => {
-                    (high_watermark, payload)
-                }
-                Ok((other, _)) => {
-                    return Err(ClientError::Invalid(format!(
-                        "unexpected fetch answer {other:?}"
-                    )))
-                }
-                Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
-                    position = self.skip_deleted(position).await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            self.update(|s| s.source_end_offset = high_watermark);
-            let batches: Vec<Bytes> = split_batches(payload, &limits)?
-                .into_iter()
-                .filter(|b| b.next_offset().0 > position)
-                .map(|b| b.into_bytes())
-                .collect();
-            if batches.is_empty() {
-                continue;
-            }
-            self.pacer.pace(batches.iter().map(Bytes::len).sum()).await;
-            let append = Request::MirrorAppend {
-                topic: self.target_topic.clone(),
-                partition: self.partition,
-            };
-            match self.target.call(&append, &batches).await?.0 {
-                Response::Produced { last_offset, .. } => position = position.max(last_offset + 1),
-                other => {
-                    return Err(ClientError::Invalid(format!(
-                        "unexpected append answer {other:?}"
-                    )))
-                }
-            }
-            drop(permit);
-            self.update(|s| {
-                s.mirrored_offset = position;
-                s.last_error = None;
-            });
-        }
-    }
-
-    /// The source deleted what we were about to copy: report the gap and jump over it.
-    async fn skip_deleted(&self, position: u64) -> Result<u64, ClientError> {
-        let source_admin = Admin::new(self.source.clone());
-        let (start, _) = source_admin
-            .list_offset(&self.source_topic, self.partition, OffsetSpec::Earliest)
-            .await?;
-        if start <= position {
-            return Err(ClientError::Invalid(format!(
-                "offset {position} out of range though the source starts at {start}"
-            )));
-        }
-        warn!(flow = %self.flow, topic = %self.source_topic, partition = self.partition, from = position, to = start,
-            "GAP: source offsets {position}..{start} were deleted by retention before they were mirrored");
-        self.update(|s| s.gaps.push((position, start)));
-        Ok(start)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    budget: Arc<Semaphore>,
+    source_cluster: String,
+    target_cluster: String,
 }

@@ -1,13 +1,24 @@
 //! Cross-cluster replication: mirror flows that copy topics from a source cluster into the
-//! target cluster, batch for batch, at the source's offsets.
+//! target cluster, batch for batch.
 //!
-//! A flow keeps no state of its own: it resumes every partition from the target's log end, so
-//! any process can take a flow over and a crash never leaves a duplicate or a hole. Batches are
-//! forwarded as received (CRC checked, never decompressed). Data the source deleted before it
-//! was copied is reported as an explicit gap. Naming rules are pure functions in `naming`.
+//! A flow keeps no state of its own: every partition resumes from what the target holds
+//! (prefix mode: the target's log end, since offsets are identical; identity mode: the target's
+//! offset map, built from the provenance inside the stored batches), so any process can take a
+//! flow over and a crash never leaves a duplicate or a hole. Batches are forwarded as received
+//! (CRC checked, never decompressed; identity mode adds one provenance hop). Data the source
+//! deleted before it was copied is reported as an explicit gap.
 
+mod checkpoints;
+mod copier;
 pub mod flow;
+pub mod heartbeat;
+pub mod manager;
 pub mod naming;
+pub mod spec;
+pub mod status;
 
-pub use flow::{FlowConfig, FlowStatus, MirrorFlow, PartitionStatus};
+pub use flow::{FlowConfig, MirrorFlow};
+pub use manager::{Connector, FlowManager, FlowReport, ManagerError};
 pub use naming::Naming;
+pub use spec::{FlowSpec, SpecError};
+pub use status::{FlowStatus, Gap, PartitionState, PartitionStatus};

@@ -8,6 +8,19 @@ pub enum Naming {
     /// offsets identical to the source's.
     #[default]
     Prefix,
+    /// `orders` stays `orders`: the target topic is an ordinary topic that local producers write
+    /// too (active-active). Copied batches carry provenance; batches that already passed
+    /// through the target are never copied back, so A⇄B pairs and rings do not loop.
+    Identity,
+}
+
+impl Naming {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Naming::Prefix => "prefix",
+            Naming::Identity => "identity",
+        }
+    }
 }
 
 impl std::str::FromStr for Naming {
@@ -15,11 +28,8 @@ impl std::str::FromStr for Naming {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "prefix" => Ok(Naming::Prefix),
-            "identity" => Err(
-                "identity naming (active-active with provenance) is not available yet; use prefix"
-                    .into(),
-            ),
-            other => Err(format!("unknown naming {other:?}; use prefix")),
+            "identity" => Ok(Naming::Identity),
+            other => Err(format!("unknown naming {other:?}; use prefix or identity")),
         }
     }
 }
@@ -43,6 +53,7 @@ pub fn target_topic(
             }
             Some(format!("{source_cluster}.{topic}"))
         }
+        Naming::Identity => Some(topic.to_string()),
     }
 }
 
@@ -65,6 +76,11 @@ mod tests {
             target_topic(Naming::Prefix, "east", "west", "__consumer_offsets"),
             None
         );
-        assert!("identity".parse::<Naming>().is_err());
+        assert_eq!(
+            target_topic(Naming::Identity, "east", "west", "orders").as_deref(),
+            Some("orders")
+        );
+        assert_eq!("identity".parse::<Naming>(), Ok(Naming::Identity));
+        assert!("mirror".parse::<Naming>().is_err());
     }
 }

@@ -291,6 +291,53 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Grows a topic to `partitions` partitions (never shrinks: records are keyed to
+    /// partitions). Existing partitions keep serving throughout; the new ones start empty.
+    pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, WireError> {
+        let topic = self.topic(name)?;
+        let have = topic.partitions.len() as u32;
+        if partitions <= have || partitions > PARTITIONS_MAX {
+            return Err(WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("topic {name:?} has {have} partitions; it can grow to {}..={PARTITIONS_MAX}, not {partitions} (partitions are never removed)", have + 1),
+            ));
+        }
+        let storage = |e: &dyn std::fmt::Display| {
+            WireError::new(
+                ErrorCode::STORAGE,
+                format!("cannot grow topic {name:?}: {e}"),
+            )
+        };
+        let dir = self.topic_dir(&topic.name);
+        let raw = fs::read(dir.join(TOPIC_FILE)).map_err(|e| storage(&e))?;
+        let mut file: TopicFile = serde_json::from_slice(&raw).map_err(|e| storage(&e))?;
+        let mut parts = topic.partitions.clone();
+        for p in have..partitions {
+            let (log, _) = PartitionLog::open(
+                &dir.join(p.to_string()),
+                &format!("{name}/{p}"),
+                topic.config.clone(),
+                now_ms(),
+            )
+            .map_err(|e| storage(&e))?;
+            let (grown, _) = watch::channel(log.high_watermark().0);
+            parts.push(Arc::new(Partition { log, grown }));
+        }
+        file.partitions = partitions;
+        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
+        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
+            .map_err(|e| storage(&e))?;
+        let grown = Arc::new(Topic {
+            name: topic.name.clone(),
+            config: topic.config.clone(),
+            partitions: parts,
+            mirror: topic.mirror.clone(),
+        });
+        self.topics.insert(topic.name.clone(), grown.clone());
+        info!(topic = name, from = have, to = partitions, "topic grown");
+        Ok(grown)
+    }
+
     /// Deletes a topic: it disappears at once, its files are removed in the background.
     pub fn delete_topic(&self, name: &str) -> Result<(), WireError> {
         let topic = self.topic(name)?;

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::broker::{Broker, Partition, Topic};
 use crate::groups::GroupCoordinator;
 use crate::now_ms;
+use crate::storage::mirror_map::{SourceKey, Translation};
 use crate::storage::producer_state::SequenceError;
 use crate::storage::{FlushPolicy, LogError};
 
@@ -117,18 +118,23 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
                 return;
             }
         };
-    let principal = conn
+    let leaf = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|certs| certs.first().and_then(|c| strait_certs::principal_of(c)));
+        .and_then(|certs| certs.first().cloned());
+    let role = leaf.as_ref().and_then(|c| strait_certs::role_of(c));
+    let principal = leaf.as_ref().and_then(|c| strait_certs::principal_of(c));
     let Some(principal) = principal else {
         warn!(%peer, "peer certificate has no common name; connection refused");
         conn.close(1u32.into(), b"certificate without a common name");
         return;
     };
-    info!(%peer, %principal, "connection accepted");
+    info!(%peer, %principal, role = role.map(|r| r.as_str()).unwrap_or("none"), "connection accepted");
     let hello = Arc::new(AtomicBool::new(false));
-    let principal: Arc<str> = principal.into();
+    let principal = Arc::new(Peer {
+        principal: principal.into(),
+        role,
+    });
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -141,7 +147,7 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
                 ));
             }
             Err(e) => {
-                debug!(%peer, %principal, reason = %e, "connection closed");
+                debug!(%peer, principal = %principal.principal, reason = %e, "connection closed");
                 return;
             }
         }
@@ -153,7 +159,7 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     ctx: Arc<Ctx>,
     hello: Arc<AtomicBool>,
-    principal: Arc<str>,
+    principal: Arc<Peer>,
 ) {
     let read = tokio::time::timeout(
         ctx.config.request_read_timeout,
@@ -177,7 +183,7 @@ async fn handle_stream(
                 }
                 _ => ErrorCode::MALFORMED_FRAME,
             };
-            warn!(%principal, error = %e, "bad frame");
+            warn!(principal = %principal.principal, error = %e, "bad frame");
             let _ = recv.stop(1u32.into());
             (error(code, e.to_string()), Vec::new())
         }
@@ -187,7 +193,7 @@ async fn handle_stream(
             match dispatch(&ctx, &hello, &principal, request, payload).await {
                 Ok(answer) => answer,
                 Err(e) => {
-                    debug!(%principal, request = kind, error = %e, "request failed");
+                    debug!(principal = %principal.principal, request = kind, error = %e, "request failed");
                     (Response::Error(e), Vec::new())
                 }
             }
@@ -210,10 +216,38 @@ async fn handle_stream(
 
 type Answer = (Response, Vec<Bytes>);
 
+/// Who is on the other end of a connection, from its certificate.
+struct Peer {
+    principal: Arc<str>,
+    role: Option<strait_certs::Role>,
+}
+
+impl Peer {
+    /// Mirror flows (and nodes running flows as gateways) may create mirror topics and append
+    /// copied batches; clients may not, whatever else they are allowed.
+    fn require_mirror(&self, what: &str) -> Result<(), WireError> {
+        match self.role {
+            Some(strait_certs::Role::Mirror | strait_certs::Role::Node) => Ok(()),
+            _ => {
+                warn!(principal = %self.principal, what, "refused: not a mirror principal");
+                Err(WireError::new(
+                    ErrorCode::UNAUTHORIZED,
+                    format!(
+                        "{what} is for mirror flows; principal {:?} presented a {} certificate. \
+                         Issue one with `strait certs issue --dir CA_DIR --name NAME --role mirror` and run the flow with it",
+                        self.principal,
+                        self.role.map(|r| r.as_str()).unwrap_or("role-less")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 async fn dispatch(
     ctx: &Ctx,
     hello: &AtomicBool,
-    principal: &str,
+    peer: &Peer,
     request: Request,
     payload: Bytes,
 ) -> Result<Answer, WireError> {
@@ -242,7 +276,7 @@ async fn dispatch(
                 version: version_max.min(VERSION_MAX),
                 cluster: broker.cluster.clone(),
                 node_id: broker.node_id,
-                principal: principal.into(),
+                principal: peer.principal.to_string(),
             })
         }
         Request::Metadata { topics } => plain(Response::Metadata(metadata(ctx, topics))),
@@ -314,7 +348,8 @@ async fn dispatch(
             })
         }
         Request::JoinGroup(join) => {
-            let (generation, member_id, leader, members) = ctx.groups.join(join, principal).await?;
+            let (generation, member_id, leader, members) =
+                ctx.groups.join(join, &peer.principal).await?;
             plain(Response::Joined {
                 generation,
                 member_id,
@@ -371,6 +406,7 @@ async fn dispatch(
             source_cluster,
             source_topic,
         } => {
+            peer.require_mirror("creating a mirror topic")?;
             let mirror = crate::broker::MirrorOf {
                 flow,
                 source_cluster,
@@ -384,8 +420,10 @@ async fn dispatch(
             topic,
             partition,
             offset,
+            position,
         } => {
-            let (topic, offset) = translate(broker, &source_cluster, &topic, partition, offset)?;
+            let (topic, offset) =
+                translate(broker, &source_cluster, &topic, partition, offset, position)?;
             plain(Response::Translated {
                 topic,
                 partition,
@@ -393,7 +431,39 @@ async fn dispatch(
             })
         }
         Request::MirrorAppend { topic, partition } => {
+            peer.require_mirror("appending copied batches")?;
             mirror_append(broker, &topic, partition, payload).await
+        }
+        Request::AddPartitions { name, partitions } => {
+            let t = broker.topic(&name)?;
+            if let Some(m) = &t.mirror {
+                // A mirror keeps the source's partition count; only its flow grows it.
+                peer.require_mirror(&format!(
+                    "growing mirror topic {name:?} of flow {:?}",
+                    m.flow
+                ))?;
+            }
+            broker.add_partitions(&name, partitions)?;
+            plain(Response::TopicCreated { name, partitions })
+        }
+        Request::MirrorResume {
+            topic,
+            partition,
+            source_cluster,
+            source_topic,
+        } => {
+            let t = broker.topic(&topic)?;
+            let p = broker.partition(&topic, partition)?;
+            let next_source_offset = if t.mirror.is_some() {
+                Some(p.log.log_end().0).filter(|end| *end > 0)
+            } else {
+                p.log.mirrored_next(&SourceKey {
+                    cluster: source_cluster,
+                    topic: source_topic,
+                    partition,
+                })
+            };
+            plain(Response::MirrorResume { next_source_offset })
         }
         Request::InitProducer {} => {
             let producer_id = broker.allocate_producer_id()?;
@@ -489,6 +559,12 @@ async fn produce(
     }
     let p = broker.partition(topic, partition)?;
     let batches = decode_batches(&t, topic, partition, payload)?;
+    if batches.iter().any(|b| b.provenance().is_some()) {
+        return Err(WireError::new(
+            ErrorCode::INVALID_REQUEST,
+            format!("{topic}/{partition}: a produced batch carries mirror provenance; only mirror flows set it (through MirrorAppend)"),
+        ));
+    }
     if batches.is_empty() {
         return Err(WireError::new(
             ErrorCode::INVALID_REQUEST,
@@ -522,45 +598,88 @@ async fn produce(
     ))
 }
 
-/// Prefix-mode mirror topics hold source records at their source offsets, so translation is
-/// exact: the offset is the same, provided the record has been copied and not yet deleted.
+/// Where source offset `offset` of `topic`/`partition` on `cluster` lives here.
+///
+/// Prefix-mode mirror topics hold source records at their source offsets, so the offset is the
+/// same, provided it has been copied and not yet deleted. Identity-mode topics (same name on both
+/// sides, local writes interleaved) look it up in the partition's mirror map. With `position`,
+/// the answer is where a consumer that committed `offset` resumes (the first record here at or
+/// after it).
 fn translate(
     broker: &Broker,
     cluster: &str,
     topic: &str,
     partition: u32,
     offset: u64,
+    position: bool,
 ) -> Result<(String, u64), WireError> {
-    let mirror = broker
-        .topics()
-        .into_iter()
-        .find(|t| t.mirror.as_ref().is_some_and(|m| m.source_cluster == cluster && m.source_topic == topic))
-        .ok_or_else(|| {
+    let prefix_mirror = broker.topics().into_iter().find(|t| {
+        t.mirror
+            .as_ref()
+            .is_some_and(|m| m.source_cluster == cluster && m.source_topic == topic)
+    });
+    let t = match prefix_mirror {
+        Some(t) => t,
+        None => broker.topic(topic).map_err(|_| {
             WireError::new(
                 ErrorCode::UNKNOWN_TOPIC,
                 format!("no mirror of {topic:?} from cluster {cluster:?} on cluster {}; is a flow copying it?", broker.cluster),
             )
-        })?;
-    let p = mirror.partitions.get(partition as usize).ok_or_else(|| {
+        })?,
+    };
+    let p = t.partitions.get(partition as usize).ok_or_else(|| {
         WireError::new(
             ErrorCode::UNKNOWN_PARTITION,
-            format!("{} has no partition {partition}", mirror.name),
+            format!("{} has no partition {partition}", t.name),
         )
     })?;
+    let name = t.name.to_string();
     let (start, end) = (p.log.log_start().0, p.log.high_watermark().0);
-    if offset >= end {
-        return Err(WireError::new(
+    let not_yet = |through: String| {
+        WireError::new(
             ErrorCode::OFFSET_OUT_OF_RANGE,
-            format!("source offset {offset} of {topic}/{partition} is not mirrored yet (mirrored up to {end})"),
-        ));
+            format!("source offset {offset} of {topic}/{partition} from {cluster} is not mirrored to {} yet ({through})", broker.cluster),
+        )
+    };
+    if t.mirror.is_some() {
+        if position {
+            return Ok((name, offset.clamp(start, end)));
+        }
+        if offset >= end {
+            return Err(not_yet(format!("mirrored up to {end}")));
+        }
+        if offset < start {
+            return Err(WireError::new(
+                ErrorCode::OFFSET_OUT_OF_RANGE,
+                format!("source offset {offset} of {topic}/{partition} was deleted on the target (it starts at {start})"),
+            ));
+        }
+        return Ok((name, offset));
     }
-    if offset < start {
-        return Err(WireError::new(
+    let key = SourceKey {
+        cluster: cluster.into(),
+        topic: topic.into(),
+        partition,
+    };
+    if position {
+        return Ok((name, p.log.mirrored_position(&key, offset).min(end)));
+    }
+    match p.log.translate_mirrored(&key, offset) {
+        Translation::Exact(o) if o < end => Ok((name, o)),
+        Translation::Exact(_) => Err(not_yet("copied but not yet durable".into())),
+        Translation::Ahead { mirrored_through } => Err(not_yet(match mirrored_through {
+            Some(o) => format!("mirrored through source offset {o}"),
+            None => "nothing copied from it".into(),
+        })),
+        Translation::NotCopied { next_target } => Err(WireError::new(
             ErrorCode::OFFSET_OUT_OF_RANGE,
-            format!("source offset {offset} of {topic}/{partition} was deleted on the target (it starts at {start})"),
-        ));
+            format!("source offset {offset} of {topic}/{partition} from {cluster} was never copied here: it had already passed through {} or was deleted on the source first; the next copied record is at {next_target}", broker.cluster),
+        )),
+        Translation::Deleted => Err(WireError::new(
+            ErrorCode::OFFSET_OUT_OF_RANGE,
+            format!("source offset {offset} of {topic}/{partition} was copied but retention deleted it here (the log starts at {start})"),
+        )),
     }
-    Ok((mirror.name.to_string(), offset))
 }
 
 /// Splits a request's payload into validated batches under the topic's limits.
@@ -594,7 +713,8 @@ async fn run_append(
     result.map_err(log_error)
 }
 
-/// Appends batches at their own offsets into a mirror topic.
+/// Appends copied batches: at their own offsets into a prefix-mode mirror topic, at the log
+/// end (with their provenance mapped) into an identity-mode topic.
 async fn mirror_append(
     broker: &Broker,
     topic: &str,
@@ -602,25 +722,40 @@ async fn mirror_append(
     payload: Bytes,
 ) -> Result<Answer, WireError> {
     let t = broker.topic(topic)?;
-    if t.mirror.is_none() {
-        return Err(WireError::new(
-            ErrorCode::INVALID_REQUEST,
-            format!("topic {topic:?} is not a mirror topic; mirror flows append only to topics they created"),
-        ));
-    }
     let p = broker.partition(topic, partition)?;
     let batches = decode_batches(&t, topic, partition, payload)?;
+    let prefix = t.mirror.is_some();
+    if !prefix {
+        if let Some(b) = batches.iter().find(|b| {
+            b.provenance()
+                .and_then(|pr| pr.source().map(|h| h.cluster == broker.cluster))
+                .unwrap_or(true)
+        }) {
+            return Err(WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("{topic}/{partition}: batch at source offset {} carries no provenance naming another cluster; \
+                         identity-mode flows add a hop for the cluster they copy from", b.base_offset()),
+            ));
+        }
+    }
     let p2 = p.clone();
     let append = move || -> Result<(u64, u64), LogError> {
         let now = now_ms();
         let (mut first, mut last) = (None, 0);
         for b in batches {
-            if b.next_offset() <= p2.log.log_end() {
-                continue; // copied before: a retry
-            }
-            let a = p2.log.append_at(b, now)?;
-            first.get_or_insert(a.base_offset.0);
-            last = a.last_offset.0;
+            let appended = if prefix {
+                if b.next_offset() <= p2.log.log_end() {
+                    continue; // copied before: a retry
+                }
+                p2.log.append_at(b, now)?
+            } else {
+                match p2.log.append_mirrored(b, now)? {
+                    Some(a) => a,
+                    None => continue, // copied before: a retry or a resumed flow
+                }
+            };
+            first.get_or_insert(appended.base_offset.0);
+            last = appended.last_offset.0;
         }
         let end = p2.log.log_end().0;
         Ok(match first {
@@ -698,6 +833,7 @@ fn log_error(e: LogError) -> WireError {
             ..
         } => ErrorCode::PRODUCER_FENCED,
         LogError::Sequence { .. } => ErrorCode::OUT_OF_ORDER_SEQUENCE,
+        LogError::NoProvenance { .. } => ErrorCode::INVALID_REQUEST,
         _ => ErrorCode::STORAGE,
     };
     WireError::new(code, e.to_string())

@@ -123,13 +123,42 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Where a mirrored batch came from; carried inside the batch so provenance survives every hop.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// Most mirror hops one batch may record: longer paths are refused, which also bounds the
+/// provenance a hostile peer can make a node parse.
+pub const HOPS_MAX: usize = 16;
+
+/// Every cluster a mirrored batch passed through, oldest first; carried inside the batch so it
+/// survives every hop. The first hop is the record's origin; the last is the cluster the batch
+/// was copied from most recently, with the offsets it had there (what translation needs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Provenance {
-    pub origin_cluster: String,
-    pub origin_topic: String,
-    pub origin_partition: u32,
-    pub origin_base_offset: u64,
+    pub hops: Vec<Hop>,
+}
+
+/// One cluster a batch was copied from, and where it sat there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Hop {
+    pub cluster: String,
+    pub topic: String,
+    pub partition: u32,
+    pub base_offset: u64,
+}
+
+impl Provenance {
+    /// Where the records were first produced.
+    pub fn origin(&self) -> Option<&Hop> {
+        self.hops.first()
+    }
+
+    /// The cluster the batch was copied from last.
+    pub fn source(&self) -> Option<&Hop> {
+        self.hops.last()
+    }
+
+    /// Whether the batch already passed through `cluster`: copying it there again would loop.
+    pub fn includes(&self, cluster: &str) -> bool {
+        self.hops.iter().any(|h| h.cluster == cluster)
+    }
 }
 
 /// One record header.
@@ -309,7 +338,36 @@ impl RecordBatch {
         if self.provenance_len == 0 {
             return None;
         }
-        decode_provenance(&self.bytes[HEADER_LEN..HEADER_LEN + self.provenance_len])
+        decode_provenance(&self.bytes[HEADER_LEN..HEADER_LEN + self.provenance_len]).map(|(p, _)| p)
+    }
+
+    /// The same records with `hop` appended to the provenance: what a mirror forwards. The
+    /// records section is copied untouched (still compressed as the producer compressed it);
+    /// only the provenance, the length and the CRC change.
+    pub fn with_hop(&self, hop: Hop) -> Result<RecordBatch, DecodeError> {
+        let mut provenance = self.provenance().unwrap_or_default();
+        if provenance.hops.len() >= HOPS_MAX {
+            return Err(DecodeError::BadRecords(format!(
+                "batch already passed through {HOPS_MAX} clusters; refusing to copy it further"
+            )));
+        }
+        provenance.hops.push(hop);
+        let encoded = encode_provenance(&provenance);
+        let section = &self.bytes[HEADER_LEN + self.provenance_len..];
+        let mut out = BytesMut::with_capacity(HEADER_LEN + encoded.len() + section.len());
+        out.extend_from_slice(&self.bytes[..HEADER_LEN]);
+        out.extend_from_slice(&encoded);
+        out.extend_from_slice(section);
+        let batch_len = (out.len() - LENGTH_PREFIX_LEN) as u32;
+        out[AT_BATCH_LENGTH..AT_BATCH_LENGTH + 4].copy_from_slice(&batch_len.to_le_bytes());
+        let attributes = read_u16(&out, AT_ATTRIBUTES) | ATTR_PROVENANCE;
+        out[AT_ATTRIBUTES..AT_ATTRIBUTES + 2].copy_from_slice(&attributes.to_le_bytes());
+        let crc = crc32c::crc32c(&out[AT_ATTRIBUTES..]);
+        out[AT_CRC..AT_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(RecordBatch {
+            bytes: out.freeze(),
+            provenance_len: encoded.len(),
+        })
     }
 
     /// Returns the same batch with the node-assigned fields set, copying only if the bytes are
@@ -612,56 +670,59 @@ fn put_nullable(buf: &mut Vec<u8>, data: Option<&[u8]>) {
 }
 
 fn encode_provenance(p: &Provenance) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + p.origin_cluster.len() + p.origin_topic.len());
-    for s in [&p.origin_cluster, &p.origin_topic] {
-        let len = s.len().min(u16::MAX as usize);
-        out.extend_from_slice(&(len as u16).to_le_bytes());
-        out.extend_from_slice(&s.as_bytes()[..len]);
+    let mut out = Vec::with_capacity(1 + p.hops.len() * 32);
+    let hops = &p.hops[..p.hops.len().min(HOPS_MAX)];
+    out.push(hops.len() as u8);
+    for h in hops {
+        for s in [&h.cluster, &h.topic] {
+            let len = s.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(&s.as_bytes()[..len]);
+        }
+        out.extend_from_slice(&h.partition.to_le_bytes());
+        out.extend_from_slice(&h.base_offset.to_le_bytes());
     }
-    out.extend_from_slice(&p.origin_partition.to_le_bytes());
-    out.extend_from_slice(&p.origin_base_offset.to_le_bytes());
     out
 }
 
 fn provenance_len(buf: &[u8]) -> Result<usize, DecodeError> {
-    let mut at = 0;
-    for _ in 0..2 {
-        let len = buf.get(at..at + 2).ok_or(DecodeError::Truncated {
-            needed: at + 2,
-            available: buf.len(),
-        })?;
-        at += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
-    }
-    at += 12;
-    if at > buf.len() {
-        return Err(DecodeError::Truncated {
-            needed: at,
-            available: buf.len(),
-        });
-    }
-    decode_provenance(&buf[..at])
-        .ok_or_else(|| DecodeError::BadRecords("provenance is not UTF-8".into()))?;
-    Ok(at)
+    let (_, len) = decode_provenance(buf).ok_or_else(|| {
+        DecodeError::BadRecords(format!(
+            "provenance is truncated, not UTF-8 or longer than {HOPS_MAX} hops"
+        ))
+    })?;
+    Ok(len)
 }
 
-fn decode_provenance(buf: &[u8]) -> Option<Provenance> {
-    let mut at = 0;
-    let mut strings = Vec::with_capacity(2);
-    for _ in 0..2 {
-        let len = usize::from(u16::from_le_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
-        strings.push(String::from_utf8(buf.get(at + 2..at + 2 + len)?.to_vec()).ok()?);
-        at += 2 + len;
+/// Decodes a provenance block from the start of `buf`, returning it and its encoded length.
+fn decode_provenance(buf: &[u8]) -> Option<(Provenance, usize)> {
+    let count = usize::from(*buf.first()?);
+    if count == 0 || count > HOPS_MAX {
+        return None;
     }
-    let partition = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?);
-    let offset = u64::from_le_bytes(buf.get(at + 4..at + 12)?.try_into().ok()?);
-    let origin_topic = strings.pop()?;
-    let origin_cluster = strings.pop()?;
-    Some(Provenance {
-        origin_cluster,
-        origin_topic,
-        origin_partition: partition,
-        origin_base_offset: offset,
-    })
+    let mut at = 1;
+    let mut hops = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut strings = [String::new(), String::new()];
+        for s in &mut strings {
+            let len = usize::from(u16::from_le_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
+            *s = std::str::from_utf8(buf.get(at + 2..at + 2 + len)?)
+                .ok()?
+                .to_string();
+            at += 2 + len;
+        }
+        let partition = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?);
+        let base_offset = u64::from_le_bytes(buf.get(at + 4..at + 12)?.try_into().ok()?);
+        at += 12;
+        let [cluster, topic] = strings;
+        hops.push(Hop {
+            cluster,
+            topic,
+            partition,
+            base_offset,
+        });
+    }
+    Some((Provenance { hops }, at))
 }
 
 fn decode_records(batch: &RecordBatch, section: Bytes) -> Result<Vec<Record>, DecodeError> {
@@ -838,14 +899,17 @@ mod tests {
     }
 
     #[test]
-    fn provenance_survives_encoding() {
-        let p = Provenance {
-            origin_cluster: "east".into(),
-            origin_topic: "orders".into(),
-            origin_partition: 3,
-            origin_base_offset: 1187,
+    fn provenance_survives_encoding_and_hops_accumulate() {
+        let hop = |cluster: &str, base_offset| Hop {
+            cluster: cluster.into(),
+            topic: "orders".into(),
+            partition: 3,
+            base_offset,
         };
-        let mut b = BatchBuilder::new(Compression::None).provenance(p.clone());
+        let p = Provenance {
+            hops: vec![hop("east", 1187)],
+        };
+        let mut b = BatchBuilder::new(Compression::Lz4).provenance(p.clone());
         b.push(
             5,
             None,
@@ -855,9 +919,34 @@ mod tests {
                 value: None,
             }],
         );
-        let batch = RecordBatch::parse(b.finish().into_bytes(), &DecodeLimits::default()).unwrap();
+        let limits = DecodeLimits::default();
+        let batch = RecordBatch::parse(b.finish().into_bytes(), &limits).unwrap();
         assert_eq!(batch.provenance(), Some(p));
         assert_eq!(batch.records(1024).unwrap()[0].headers[0].key, "h");
+        let moved = batch.with_hop(hop("west", 7)).unwrap();
+        let reparsed = RecordBatch::parse(moved.as_bytes().clone(), &limits).unwrap();
+        let hops = reparsed.provenance().unwrap();
+        assert_eq!(hops.origin().unwrap().cluster, "east");
+        assert_eq!(hops.source().unwrap(), &hop("west", 7));
+        assert!(hops.includes("east") && hops.includes("west") && !hops.includes("north"));
+        assert_eq!(
+            reparsed.records(1024).unwrap(),
+            batch.records(1024).unwrap()
+        );
+        let plain = {
+            let mut b = BatchBuilder::new(Compression::Zstd);
+            b.push(1, Some(b"k"), Some(b"v"), &[]);
+            b.finish()
+        };
+        let first = plain.with_hop(hop("east", 0)).unwrap();
+        let first = RecordBatch::parse(first.into_bytes(), &limits).unwrap();
+        assert_eq!(first.provenance().unwrap().hops.len(), 1);
+        assert_eq!(first.records(1024).unwrap(), plain.records(1024).unwrap());
+        let mut long = first;
+        for i in 1..HOPS_MAX {
+            long = long.with_hop(hop(&format!("c{i}"), 0)).unwrap();
+        }
+        assert!(long.with_hop(hop("one-too-many", 0)).is_err());
     }
 
     proptest! {

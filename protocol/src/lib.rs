@@ -18,7 +18,8 @@ pub mod transport;
 pub mod varint;
 
 pub use batch::{
-    BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Provenance, Record, RecordBatch,
+    BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Hop, Provenance, Record,
+    RecordBatch,
 };
 pub use error::{ErrorCode, WireError};
 pub use ids::{LeaderEpoch, NodeId, Offset, PartitionId, TopicName};

@@ -124,6 +124,11 @@ pub enum Request {
     DescribeGroup {
         group: String,
     },
+    /// Grows a topic to `partitions` partitions (never shrinks).
+    AddPartitions {
+        name: String,
+        partitions: u32,
+    },
     /// Creates a read-only mirror topic, the target of flow `flow`.
     CreateMirrorTopic {
         name: String,
@@ -133,19 +138,32 @@ pub enum Request {
         source_cluster: String,
         source_topic: String,
     },
-    /// Appends whole batches at the offsets they carry (a mirror flow copying from its source).
-    /// Batches wholly below the log end were already copied and are skipped, so a retried
-    /// request never duplicates.
+    /// Appends batches copied by a mirror flow. Into a prefix-mode mirror topic they land at
+    /// the offsets they carry (batches wholly below the log end were copied before and are
+    /// skipped); into any other topic (identity mode) at the log end, each carrying provenance
+    /// whose last hop is the source partition (batches whose source offsets were copied before
+    /// are skipped). Either way a retried request never duplicates.
     MirrorAppend {
         topic: String,
         partition: u32,
     },
-    /// Where a source record lives on this (target) cluster.
+    /// Where a source record lives on this (target) cluster. With `position` set, the answer is
+    /// where a consumer that committed `offset` on the source resumes here (the first record at
+    /// or after it), rather than the very record at `offset`.
     TranslateOffset {
         source_cluster: String,
         topic: String,
         partition: u32,
         offset: u64,
+        position: bool,
+    },
+    /// The next source offset a flow must copy into `topic`/`partition` from `source_topic` of
+    /// `source_cluster`: everything below it is on this cluster. None when nothing was copied.
+    MirrorResume {
+        topic: String,
+        partition: u32,
+        source_cluster: String,
+        source_topic: String,
     },
 }
 
@@ -228,6 +246,8 @@ impl Request {
             Request::CreateMirrorTopic { .. } => "create_mirror_topic",
             Request::MirrorAppend { .. } => "mirror_append",
             Request::TranslateOffset { .. } => "translate_offset",
+            Request::MirrorResume { .. } => "mirror_resume",
+            Request::AddPartitions { .. } => "add_partitions",
         }
     }
 }
@@ -339,5 +359,8 @@ pub enum Response {
         topic: String,
         partition: u32,
         offset: u64,
+    },
+    MirrorResume {
+        next_source_offset: Option<u64>,
     },
 }

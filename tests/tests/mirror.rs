@@ -200,6 +200,7 @@ async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
             topic: "orders".into(),
             partition: p,
             offset,
+            position: false,
         };
         match target.call(&req, &[]).await.unwrap().0 {
             Response::Translated {
@@ -231,6 +232,7 @@ async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
         topic: "orders".into(),
         partition: 0,
         offset: 1 << 40,
+        position: false,
     };
     assert_eq!(
         target.call(&beyond, &[]).await.unwrap_err().code(),

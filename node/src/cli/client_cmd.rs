@@ -44,6 +44,14 @@ pub enum TopicCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Grow a topic to more partitions (partitions are never removed).
+    Alter {
+        name: String,
+        #[arg(long)]
+        partitions: u32,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Delete a topic and its data.
     Delete {
         name: String,
@@ -131,6 +139,16 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
                 .create_topic(&name, partitions, parse_configs(&configs)?)
                 .await?;
             println!("created topic {name} with {partitions} partitions");
+        }
+        TopicCommand::Alter {
+            name,
+            partitions,
+            conn,
+        } => {
+            Admin::new(client(&conn)?)
+                .add_partitions(&name, partitions)
+                .await?;
+            println!("topic {name} now has {partitions} partitions");
         }
         TopicCommand::Delete { name, conn } => {
             Admin::new(client(&conn)?).delete_topic(&name).await?;

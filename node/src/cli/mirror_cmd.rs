@@ -1,18 +1,51 @@
-//! `strait mirror run`: one flow, standalone, configured by flags.
+//! `strait mirror run|status|translate`: flows standalone (from flags or a config file), their
+//! progress from any process that runs them, and exact offset translation.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use strait_mirror::{FlowConfig, MirrorFlow, Naming};
+use serde::Deserialize;
+use serde_json::Value;
+use strait_mirror::{Connector, FlowManager, FlowSpec};
 use strait_protocol::client::{Client, ClientOptions};
 use strait_protocol::message::{Request, Response};
 
 #[derive(Subcommand, Debug)]
 pub enum MirrorCommand {
-    /// Run one mirror flow until Ctrl-C or SIGTERM.
+    /// Run mirror flows until Ctrl-C or SIGTERM: one from flags, or those of --config.
     Run(RunArgs),
+    /// Per flow and partition: state, source end, mirrored offset, lag, last error, gaps.
+    Status {
+        /// Admin address of the node or `mirror run` that runs the flows, e.g. 127.0.0.1:9400.
+        #[arg(long, env = "STRAIT_ADMIN")]
+        admin: String,
+        /// Only this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add (or, with --replace, reconfigure) a flow in a running node or `mirror run`, from
+    /// a TOML file holding one flow's fields; no restart needed.
+    Add {
+        #[arg(long, env = "STRAIT_ADMIN")]
+        admin: String,
+        /// TOML with the fields of one [[flows]] entry (name, source_bootstrap, topics, …).
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Stop and forget a flow in a running node or `mirror run`; what it copied stays.
+    Remove {
+        #[arg(long, env = "STRAIT_ADMIN")]
+        admin: String,
+        #[arg(long)]
+        flow: String,
+    },
     /// Where a source record is on the target cluster (ask the target's bootstrap).
     Translate {
         #[arg(long)]
@@ -32,48 +65,118 @@ pub enum MirrorCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// TOML file: target_bootstrap, ca, cert, key, admin_listen and [[flows]] tables.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The flow's name (mirror topics record it).
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     #[arg(long, value_delimiter = ',')]
     source_bootstrap: Vec<String>,
     #[arg(long, value_delimiter = ',')]
     target_bootstrap: Vec<String>,
     /// Source topics to copy: a regular expression matched against the whole name.
     #[arg(long)]
-    topics: String,
+    topics: Option<String>,
     /// Consumer groups whose committed offsets are carried to the target (checkpoints).
     #[arg(long)]
     groups: Option<String>,
+    #[arg(long)]
+    groups_exclude: Option<String>,
     /// Source topics to leave out, matched against the whole name.
     #[arg(long)]
     exclude: Option<String>,
-    /// How target topics are named: prefix (`east.orders`).
+    /// How target topics are named: prefix (`east.orders`, read-only, same offsets) or
+    /// identity (same name, local writes too, provenance stops loops).
     #[arg(long, default_value = "prefix")]
     naming: String,
-    /// Seconds between looks for new matching topics.
+    /// Seconds between looks for new matching topics and partitions.
     #[arg(long, default_value_t = 5)]
     refresh_s: u64,
     /// Cap on the copy rate in MB/s (all partitions together); no cap by default.
     #[arg(long)]
     max_mb_s: Option<u64>,
+    /// Delete a target topic when its source topic is deleted (default: report only).
+    #[arg(long)]
+    propagate_deletes: bool,
+    /// TCP address for /health and /flows (what `mirror status` reads).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     #[arg(long, env = "STRAIT_CA")]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// The flow's certificate (role mirror).
     #[arg(long, env = "STRAIT_CERT")]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     #[arg(long, env = "STRAIT_KEY")]
-    key: PathBuf,
+    key: Option<PathBuf>,
 }
 
-fn whole(pattern: &str) -> anyhow::Result<regex::Regex> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-        .with_context(|| format!("{pattern:?} is not a valid regular expression"))
+/// The `mirror run --config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorFile {
+    /// Target cluster of flows that do not name their own.
+    #[serde(default)]
+    target_bootstrap: Vec<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    flows: Vec<FlowSpec>,
+}
+
+/// Clients for flows, all with the same certificate.
+pub fn connector(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Connector> {
+    let tls = strait_certs::client_config(ca, cert, key)
+        .context("cannot load the certificate mirror flows connect with")?;
+    Ok(Arc::new(move |bootstrap: Vec<String>| {
+        Client::new(ClientOptions::new(bootstrap, tls.clone()))
+    }))
 }
 
 pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
-    let args = match command {
-        MirrorCommand::Run(args) => args,
+    match command {
+        MirrorCommand::Run(args) => run_flows(args).await,
+        MirrorCommand::Status { admin, flow, json } => status(&admin, flow.as_deref(), json).await,
+        MirrorCommand::Add {
+            admin,
+            spec,
+            replace,
+        } => {
+            let raw = std::fs::read_to_string(&spec)
+                .with_context(|| format!("cannot read {}", spec.display()))?;
+            let flow: FlowSpec = toml::from_str(&raw)
+                .with_context(|| format!("{} is not a valid flow", spec.display()))?;
+            flow.to_config()?;
+            let body = serde_json::to_value(&flow)?;
+            let answer = if replace {
+                let path = format!("/flows/{}", flow.name);
+                super::http::request(&admin, hyper::Method::PUT, &path, Some(&body)).await?
+            } else {
+                super::http::request(&admin, hyper::Method::POST, "/flows", Some(&body)).await?
+            };
+            if answer["changed"] == true {
+                println!("flow {} running at {admin}", flow.name);
+            } else {
+                println!(
+                    "flow {} already runs at {admin} with these settings; nothing changed",
+                    flow.name
+                );
+            }
+            Ok(())
+        }
+        MirrorCommand::Remove { admin, flow } => {
+            super::http::request(
+                &admin,
+                hyper::Method::DELETE,
+                &format!("/flows/{flow}"),
+                None,
+            )
+            .await?;
+            println!("flow {flow} removed from {admin}; what it copied stays on the target");
+            Ok(())
+        }
         MirrorCommand::Translate {
             source_cluster,
             topic,
@@ -88,6 +191,7 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
                 topic,
                 partition,
                 offset,
+                position: false,
             };
             match client.call(&req, &[]).await?.0 {
                 Response::Translated {
@@ -107,32 +211,146 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
                 } => println!("{topic} partition {partition} offset {offset}"),
                 other => anyhow::bail!("unexpected answer {other:?}"),
             }
-            return Ok(());
+            Ok(())
         }
+    }
+}
+
+async fn run_flows(args: RunArgs) -> anyhow::Result<()> {
+    let file: MirrorFile = match &args.config {
+        Some(path) => {
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&raw)
+                .with_context(|| format!("{} is not a valid mirror config", path.display()))?
+        }
+        None => MirrorFile::default(),
     };
-    let naming: Naming = args
-        .naming
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
-    let tls = || {
-        strait_certs::client_config(&args.ca, &args.cert, &args.key)
-            .context("cannot load the flow's certificate")
+    let mut flows = file.flows;
+    if let Some(name) = &args.name {
+        let topics = args
+            .topics
+            .clone()
+            .context("--name needs --topics (a regular expression of source topics)")?;
+        anyhow::ensure!(
+            !args.source_bootstrap.is_empty(),
+            "--name needs --source-bootstrap (the source cluster's nodes)"
+        );
+        let mut spec = FlowSpec::new(name, args.source_bootstrap.clone(), &topics);
+        spec.target_bootstrap = args.target_bootstrap.clone();
+        spec.exclude = args.exclude.clone();
+        spec.groups = args.groups.clone();
+        spec.groups_exclude = args.groups_exclude.clone();
+        spec.naming = args.naming.clone();
+        spec.refresh_ms = args.refresh_s.max(1) * 1000;
+        spec.max_mb_s = args.max_mb_s;
+        spec.propagate_deletes = args.propagate_deletes;
+        flows.push(spec);
+    }
+    anyhow::ensure!(
+        !flows.is_empty(),
+        "no flow to run: pass --name, --source-bootstrap, --target-bootstrap and --topics, or --config FILE with [[flows]]"
+    );
+    let need = |flag: &str| anyhow::anyhow!("missing --{flag} (or `{flag}` in --config)");
+    let ca = args.ca.or(file.ca).ok_or_else(|| need("ca"))?;
+    let cert = args.cert.or(file.cert).ok_or_else(|| need("cert"))?;
+    let key = args.key.or(file.key).ok_or_else(|| need("key"))?;
+    let target = if args.target_bootstrap.is_empty() {
+        file.target_bootstrap
+    } else {
+        args.target_bootstrap
     };
-    let source = Client::new(ClientOptions::new(args.source_bootstrap.clone(), tls()?));
-    let target = Client::new(ClientOptions::new(args.target_bootstrap.clone(), tls()?));
-    let mut config = FlowConfig::new(&args.name, whole(&args.topics)?);
-    config.exclude = args.exclude.as_deref().map(whole).transpose()?;
-    config.groups = args.groups.as_deref().map(whole).transpose()?;
-    config.naming = naming;
-    config.refresh = Duration::from_secs(args.refresh_s.max(1));
-    config.rate_bytes_per_s = args.max_mb_s.map(|mb| mb << 20);
-    let flow = MirrorFlow::new(config, source, target);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        super::node_cmd::wait_for_shutdown().await;
-        let _ = stop_tx.send(true);
-    });
-    println!("mirror flow {} running", args.name);
-    flow.run(stop).await?;
+    let manager = FlowManager::new(connector(&ca, &cert, &key)?, target, None);
+    if let Some(address) = args.admin_listen.or(file.admin_listen) {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot bind the admin listener on {address}"))?;
+        let bound = listener.local_addr()?;
+        let router = axum::Router::new()
+            .route("/health", axum::routing::get(|| async { "ok\n" }))
+            .merge(strait_node::admin::flow_routes(manager.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
+        println!("admin listener on http://{bound}");
+    }
+    let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
+    manager.start_configured(flows)?;
+    println!("mirror flows running: {}", names.join(", "));
+    super::node_cmd::wait_for_shutdown().await;
+    manager.shutdown().await;
+    Ok(())
+}
+
+async fn status(admin: &str, flow: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let body = super::http::get(admin, "/flows").await?;
+    let mut flows: Vec<Value> = body["flows"].as_array().cloned().unwrap_or_default();
+    if let Some(name) = flow {
+        flows.retain(|f| f["spec"]["name"] == name);
+        anyhow::ensure!(!flows.is_empty(), "no flow named {name:?} runs at {admin}");
+    }
+    if json {
+        let out: Vec<Value> = flows.iter().map(|f| f["status"].clone()).collect();
+        println!("{}", serde_json::json!({ "flows": out }));
+        return Ok(());
+    }
+    for f in &flows {
+        let s = &f["status"];
+        println!(
+            "flow {}  {} -> {}  naming {}  {}  lag {} records{}",
+            s["name"].as_str().unwrap_or("?"),
+            s["source_cluster"].as_str().unwrap_or("?"),
+            s["target_cluster"].as_str().unwrap_or("?"),
+            s["naming"].as_str().unwrap_or("?"),
+            if s["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            s["lag_records"],
+            match s["heartbeat"]["latency_ms"].as_i64() {
+                Some(ms) => format!("  heartbeat latency {ms} ms"),
+                None => String::new(),
+            }
+        );
+        if let Some(e) = s["last_error"].as_str() {
+            println!("  last error: {e}");
+        }
+        for t in s["deleted_source_topics"].as_array().into_iter().flatten() {
+            println!(
+                "  source topic {} was deleted; its copy is kept",
+                t.as_str().unwrap_or("?")
+            );
+        }
+        println!(
+            "  {:<28} {:>4} {:<12} {:>12} {:>12} {:>10} {:>9}  gaps / error",
+            "source topic", "part", "state", "source end", "mirrored", "lag", "lag s"
+        );
+        for p in s["partitions"].as_array().into_iter().flatten() {
+            let gaps: Vec<String> = p["gaps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|g| format!("GAP {}..{}", g["from"], g["to"]))
+                .collect();
+            println!(
+                "  {:<28} {:>4} {:<12} {:>12} {:>12} {:>10} {:>9.1}  {}{}",
+                p["source_topic"].as_str().unwrap_or("?"),
+                p["partition"],
+                p["state"].as_str().unwrap_or("?"),
+                p["source_end_offset"],
+                p["mirrored_offset"],
+                p["lag_records"],
+                p["lag_seconds"].as_f64().unwrap_or(0.0),
+                gaps.join(" "),
+                p["last_error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if flows.is_empty() {
+        println!("no flows run at {admin}");
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod certs_cmd;
 mod client_cmd;
 mod debug_cmd;
 mod group_cmd;
+mod http;
 mod mirror_cmd;
 mod node_cmd;
 mod output;

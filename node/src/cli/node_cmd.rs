@@ -70,6 +70,9 @@ struct NodeFile {
     topic_defaults: BTreeMap<String, toml::Value>,
     #[serde(default)]
     limits: Limits,
+    /// Mirror flows this node runs as its cluster's gateway, copying into its own cluster.
+    #[serde(default)]
+    flows: Vec<strait_mirror::FlowSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,10 +175,16 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
     };
+    let flows = strait_mirror::FlowManager::new(
+        super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?,
+        vec![listen_config.advertised.clone()],
+        Some(data_dir.join("flows.json")),
+    );
     let admin = Arc::new(AdminState {
         broker: broker.clone(),
         quic_address: listen_config.advertised.clone(),
         ready: AtomicBool::new(false),
+        flows: flows.clone(),
     });
     if let Some(address) = admin_listen {
         let bound = strait_node::admin::start(address, admin.clone()).await?;
@@ -183,12 +192,16 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     }
     let server = Server::start(broker.clone(), listen_config)?;
     admin.ready.store(true, Ordering::Release);
+    flows
+        .start_configured(file.flows)
+        .context("cannot start the flows in --config")?;
     println!(
         "strait node {node_id} of cluster {cluster} listening on {}",
         server.local_addr
     );
     wait_for_shutdown().await;
     info!("shutting down");
+    flows.shutdown().await;
     server.shutdown().await;
     tokio::task::spawn_blocking(move || broker.close()).await?;
     Ok(())

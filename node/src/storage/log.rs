@@ -18,6 +18,7 @@ use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 use tracing::{error, info, warn};
 
 use super::config::{FlushPolicy, LogConfig};
+use super::mirror_map::{MirrorMap, SourceKey, Translation};
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use super::segment::{self, ChunkReader, Segment};
 
@@ -62,6 +63,8 @@ pub enum LogError {
     },
     #[error("{log}: {source}")]
     Sequence { log: String, source: SequenceError },
+    #[error("{log}: a mirrored batch must carry provenance naming the cluster it was copied from; is the flow older than this node?")]
+    NoProvenance { log: String },
 }
 
 impl LogError {
@@ -125,6 +128,19 @@ struct LogState {
     /// Sealed segment files written since their last fsync.
     unsynced_sealed: Vec<Arc<File>>,
     producers: ProducerStates,
+    mirrors: MirrorMap,
+}
+
+/// How an append chooses the offsets of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendMode {
+    /// Next offsets of the log; idempotent producers are checked.
+    Assign,
+    /// The offsets the batch carries (prefix mirrors, followers).
+    Explicit,
+    /// Next offsets of the log, for a batch copied from another cluster: its provenance is
+    /// recorded in the mirror map and a batch copied before is skipped.
+    Mirrored,
 }
 
 struct SyncState {
@@ -229,8 +245,8 @@ impl PartitionLog {
             offset: next_offset,
         };
         write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
-        let producers = replay_producers(dir, &segments, next_offset, &limits)
-            .map_err(io_err("replaying producer state"))?;
+        let (producers, mirrors) = replay_headers(dir, &segments, next_offset, &limits)
+            .map_err(io_err("replaying producer state and the mirror map"))?;
         let first_base = segments.keys().next().copied().unwrap_or_default();
         let log_start = stored_start
             .unwrap_or(first_base)
@@ -253,6 +269,7 @@ impl PartitionLog {
             offline: None,
             unsynced_sealed: Vec::new(),
             producers,
+            mirrors,
         };
         let sync = SyncState {
             syncing: false,
@@ -294,21 +311,61 @@ impl PartitionLog {
     /// Appends a batch at the log end, assigning its offsets. Returns once the batch is as
     /// durable as the flush policy promises (with `always`, after an fsync that covers it).
     pub fn append(&self, batch: RecordBatch, now_ms: i64) -> Result<Appended, LogError> {
-        self.append_inner(batch, false, now_ms)
+        self.append_inner(batch, AppendMode::Assign, now_ms)
+            .map(|a| a.unwrap_or_else(|| unreachable!("only mirrored appends skip")))
     }
 
     /// Appends a batch at the offsets it already carries (mirrors, followers). Gaps are
     /// accepted; going backwards is not.
     pub fn append_at(&self, batch: RecordBatch, now_ms: i64) -> Result<Appended, LogError> {
-        self.append_inner(batch, true, now_ms)
+        self.append_inner(batch, AppendMode::Explicit, now_ms)
+            .map(|a| a.unwrap_or_else(|| unreachable!("only mirrored appends skip")))
+    }
+
+    /// Appends a batch copied from another cluster at the log end (identity-mode mirrors).
+    /// Its provenance's last hop names the source partition and offsets; a batch whose source
+    /// offsets were copied before is skipped (None), so a retried or resumed copy never
+    /// duplicates. The check and the append happen under one lock.
+    pub fn append_mirrored(
+        &self,
+        batch: RecordBatch,
+        now_ms: i64,
+    ) -> Result<Option<Appended>, LogError> {
+        self.append_inner(batch, AppendMode::Mirrored, now_ms)
+    }
+
+    /// Where source offset `offset` of `key` lives in this log.
+    pub fn translate_mirrored(&self, key: &SourceKey, offset: u64) -> Translation {
+        let st = lock(&self.state);
+        st.mirrors.translate(key, offset, st.log_start.0)
+    }
+
+    /// The first offset here holding a source offset at or after `offset` of `key`.
+    pub fn mirrored_position(&self, key: &SourceKey, offset: u64) -> u64 {
+        let st = lock(&self.state);
+        st.mirrors.position(key, offset, st.next_offset.0)
+    }
+
+    /// The next source offset of `key` to copy: everything below it is here (or was skipped).
+    pub fn mirrored_next(&self, key: &SourceKey) -> Option<u64> {
+        lock(&self.state).mirrors.next_source_offset(key)
+    }
+
+    /// Every source partition copied into this log with the next source offset to copy.
+    pub fn mirrored_sources(&self) -> Vec<(SourceKey, u64)> {
+        let st = lock(&self.state);
+        st.mirrors
+            .sources()
+            .filter_map(|(k, spans)| spans.last().map(|s| (k.clone(), s.source_last + 1)))
+            .collect()
     }
 
     fn append_inner(
         &self,
         batch: RecordBatch,
-        explicit: bool,
+        mode: AppendMode,
         now_ms: i64,
-    ) -> Result<Appended, LogError> {
+    ) -> Result<Option<Appended>, LogError> {
         let (appended, flush) = {
             let mut st = lock(&self.state);
             if let Some(reason) = &st.offline {
@@ -317,7 +374,23 @@ impl PartitionLog {
                     reason: reason.clone(),
                 });
             }
-            let base = if explicit {
+            let mut mirrored = None;
+            let base = if mode == AppendMode::Mirrored {
+                let Some((key, source_base)) = MirrorMap::key_of(&batch) else {
+                    return Err(LogError::NoProvenance {
+                        log: self.name.clone(),
+                    });
+                };
+                if st
+                    .mirrors
+                    .next_source_offset(&key)
+                    .is_some_and(|next| source_base < next)
+                {
+                    return Ok(None);
+                }
+                mirrored = Some((key, source_base));
+                st.next_offset
+            } else if mode == AppendMode::Explicit {
                 if batch.base_offset() < st.next_offset {
                     return Err(LogError::OffsetNotMonotonic {
                         log: self.name.clone(),
@@ -339,10 +412,10 @@ impl PartitionLog {
                         if flush == FlushPolicy::Always {
                             self.sync_through(last_offset.plus(1), now_ms)?;
                         }
-                        return Ok(Appended {
+                        return Ok(Some(Appended {
                             base_offset,
                             last_offset,
-                        });
+                        }));
                     }
                     Err(source) => {
                         return Err(LogError::Sequence {
@@ -362,8 +435,15 @@ impl PartitionLog {
                 return Err(self.undo_failed_write(&mut st, before, source));
             }
             st.next_offset = last_offset.plus(1);
-            if !explicit {
-                st.producers.record(&batch, base, now_ms);
+            match mode {
+                AppendMode::Assign => st.producers.record(&batch, base, now_ms),
+                // As the replay on open does: any stored provenance is mapped.
+                AppendMode::Explicit | AppendMode::Mirrored => {
+                    if let Some((key, source_base)) = mirrored.or_else(|| MirrorMap::key_of(&batch))
+                    {
+                        st.mirrors.record(key, source_base, &batch, base.0);
+                    }
+                }
             }
             (
                 Appended {
@@ -376,7 +456,7 @@ impl PartitionLog {
         if flush == FlushPolicy::Always {
             self.sync_through(appended.last_offset.plus(1), now_ms)?;
         }
-        Ok(appended)
+        Ok(Some(appended))
     }
 
     /// A failed `pwrite` may have left part of the batch behind: cut it off so the log stays
@@ -453,6 +533,9 @@ impl PartitionLog {
         st.segments.insert(seg.base, seg);
         if let Err(e) = st.producers.write_snapshot(&self.dir, base) {
             warn!(log = %self.name, error = %e, "could not snapshot producer state; the next open replays more");
+        }
+        if let Err(e) = st.mirrors.write_snapshot(&self.dir, base) {
+            warn!(log = %self.name, error = %e, "could not snapshot the mirror map; the next open replays more");
         }
         Ok(())
     }
@@ -575,6 +658,9 @@ impl PartitionLog {
         st.producers
             .write_snapshot(&self.dir, st.next_offset)
             .map_err(|source| self.io("writing the producer snapshot", source))?;
+        st.mirrors
+            .write_snapshot(&self.dir, st.next_offset)
+            .map_err(|source| self.io("writing the mirror map snapshot", source))?;
         for seg in st.segments.values() {
             seg.write_indexes()
                 .map_err(|source| self.io("writing indexes", source))?;
@@ -851,6 +937,7 @@ impl PartitionLog {
         if let Some(first) = st.segments.keys().next().copied() {
             if first > st.log_start {
                 st.log_start = first;
+                st.mirrors.prune(first.0);
                 write_offset_file(&self.dir.join(LOG_START_FILE), first)
                     .map_err(|source| self.io("writing the log start offset", source))?;
                 info!(log = %self.name, log_start = first.0, deleted = doomed.len(), "retention advanced the log start");
@@ -929,17 +1016,23 @@ impl PartitionLog {
     }
 }
 
-/// Rebuilds producer state from the snapshot and the batch headers after it.
-fn replay_producers(
+/// Rebuilds producer state and the mirror map from their snapshots and the batch headers after
+/// them (from the start when a snapshot is missing, damaged or ahead of a truncated log).
+fn replay_headers(
     dir: &Path,
     segments: &BTreeMap<Offset, Segment>,
     next_offset: Offset,
     limits: &DecodeLimits,
-) -> io::Result<ProducerStates> {
-    let (mut states, from) = match ProducerStates::read_snapshot(dir) {
+) -> io::Result<(ProducerStates, MirrorMap)> {
+    let (mut states, from_producers) = match ProducerStates::read_snapshot(dir) {
         Some((s, at)) if at <= next_offset => (s, at),
         _ => (ProducerStates::default(), Offset(0)),
     };
+    let (mut mirrors, from_mirrors) = match MirrorMap::read_snapshot(dir) {
+        Some((m, at)) if at <= next_offset => (m, at),
+        _ => (MirrorMap::default(), Offset(0)),
+    };
+    let from = from_producers.min(from_mirrors);
     for seg in segments.values().filter(|s| s.next_offset > from) {
         let start = if seg.base <= from {
             seg.lookup(from)
@@ -948,16 +1041,23 @@ fn replay_producers(
         };
         let mut found = Vec::new();
         let _ = seg.scan(start, Offset(0), limits, |b, batch| {
-            if b.base_offset >= from && batch.producer_id() >= 0 {
-                found.push(batch.clone());
+            let producer = b.base_offset >= from_producers && batch.producer_id() >= 0;
+            let mirrored = b.base_offset >= from_mirrors && batch.provenance().is_some();
+            if producer || mirrored {
+                found.push((batch.clone(), producer, mirrored));
             }
         })?;
-        for batch in found {
+        for (batch, producer, mirrored) in found {
             let base = batch.base_offset();
-            states.record(&batch, base, 0);
+            if producer {
+                states.record(&batch, base, 0);
+            }
+            if let Some((key, source_base)) = MirrorMap::key_of(&batch).filter(|_| mirrored) {
+                mirrors.record(key, source_base, &batch, base.0);
+            }
         }
     }
-    Ok(states)
+    Ok((states, mirrors))
 }
 
 fn last_segment(segments: &mut BTreeMap<Offset, Segment>) -> &mut Segment {

@@ -6,6 +6,7 @@
 pub mod compaction;
 pub mod config;
 pub mod log;
+pub mod mirror_map;
 pub mod producer_state;
 pub mod segment;
 

@@ -33,6 +33,18 @@ impl Admin {
         }
     }
 
+    /// Grows a topic to `partitions` partitions.
+    pub async fn add_partitions(&self, name: &str, partitions: u32) -> Result<(), ClientError> {
+        let req = Request::AddPartitions {
+            name: name.into(),
+            partitions,
+        };
+        match self.client.call(&req, &[]).await?.0 {
+            Response::TopicCreated { .. } => Ok(()),
+            other => Err(unexpected("add_partitions", other)),
+        }
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         match self
             .client

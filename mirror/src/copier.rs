@@ -1,0 +1,269 @@
+//! Copies one source partition into its target partition.
+//!
+//! The copier keeps no position of its own: it asks the target where copying resumes
+//! (`MirrorResume`), so a crash of the flow, the source or the target never leaves a duplicate
+//! or a hole. It fetches whole batches (one stream per request, so a slow partition never
+//! blocks another) and appends them unchanged: at their source offsets into a prefix mirror,
+//! with one more provenance hop into an identity-mode topic. Batches that already passed
+//! through the target cluster are never copied back.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strait_protocol::batch::{split_batches, DecodeLimits};
+use strait_protocol::client::{Admin, Client, ClientError};
+use strait_protocol::message::{OffsetSpec, Request, Response};
+use strait_protocol::{ErrorCode, Hop};
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::naming::Naming;
+use crate::status::{now_ms, FlowStatus, Gap, HeartbeatStatus, PartitionState, PartitionStatus};
+
+/// Copies one partition.
+pub(crate) struct Copier {
+    pub flow: String,
+    pub source: Arc<Client>,
+    pub target: Arc<Client>,
+    pub source_cluster: String,
+    pub target_cluster: String,
+    pub naming: Naming,
+    pub source_topic: String,
+    pub target_topic: String,
+    pub partition: u32,
+    pub fetch_bytes_max: u32,
+    pub budget: Arc<Semaphore>,
+    pub pacer: Arc<Pacer>,
+    pub status: Arc<Mutex<FlowStatus>>,
+    /// Heartbeat copiers report their latency as the flow's.
+    pub heartbeat: bool,
+}
+
+/// Spaces copies out so the flow stays under its rate cap, across all its partitions.
+pub(crate) struct Pacer {
+    pub rate: Option<u64>,
+    pub next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub async fn pace(&self, bytes: usize) {
+        let Some(rate) = self.rate.filter(|r| *r > 0) else {
+            return;
+        };
+        let wait_until = {
+            let mut next = lock(&self.next);
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+}
+
+impl Copier {
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        while !*stop.borrow() {
+            match self.copy().await {
+                Ok(()) => return,
+                Err(e) => {
+                    let deleted = e.code() == Some(ErrorCode::UNKNOWN_TOPIC)
+                        && self.state() == PartitionState::SourceDeleted;
+                    if !deleted {
+                        warn!(flow = %self.flow, topic = %self.source_topic, partition = self.partition, error = %e,
+                            "copy interrupted; resuming from what the target holds");
+                        self.update(|s| {
+                            s.last_error = Some(e.to_string());
+                            s.state = PartitionState::Retrying;
+                        });
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> PartitionState {
+        lock(&self.status)
+            .partition(&self.source_topic, self.partition)
+            .map(|p| p.state)
+            .unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PartitionStatus)) {
+        let mut status = lock(&self.status);
+        let entry = status
+            .by_partition
+            .entry((self.source_topic.clone(), self.partition))
+            .or_insert_with(|| PartitionStatus {
+                source_topic: self.source_topic.clone(),
+                partition: self.partition,
+                target_topic: self.target_topic.clone(),
+                ..Default::default()
+            });
+        f(entry);
+    }
+
+    /// Where copying resumes: the next source offset the target does not hold.
+    async fn resume_point(&self) -> Result<u64, ClientError> {
+        let req = Request::MirrorResume {
+            topic: self.target_topic.clone(),
+            partition: self.partition,
+            source_cluster: self.source_cluster.clone(),
+            source_topic: self.source_topic.clone(),
+        };
+        match self.target.call(&req, &[]).await?.0 {
+            Response::MirrorResume { next_source_offset } => Ok(next_source_offset.unwrap_or(0)),
+            other => Err(ClientError::Invalid(format!(
+                "unexpected resume answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Resumes where the target stands and copies until an error.
+    async fn copy(&self) -> Result<(), ClientError> {
+        let mut position = self.resume_point().await?;
+        self.update(|s| s.mirrored_offset = position);
+        let limits = DecodeLimits::default();
+        loop {
+            let fetch = Request::Fetch {
+                topic: self.source_topic.clone(),
+                partition: self.partition,
+                offset: position,
+                max_wait_ms: 500,
+                min_bytes: 1,
+                max_bytes: self.fetch_bytes_max,
+            };
+            let permit = self
+                .budget
+                .acquire_many(self.fetch_bytes_max)
+                .await
+                .map_err(|_| ClientError::Invalid("flow stopped".into()))?;
+            let (high_watermark, payload) = match self.source.call(&fetch, &[]).await {
+                Ok((Response::Fetched { high_watermark, .. }, payload)) => {
+                    (high_watermark, payload)
+                }
+                Ok((other, _)) => {
+                    return Err(ClientError::Invalid(format!(
+                        "unexpected fetch answer {other:?}"
+                    )))
+                }
+                Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
+                    position = self.skip_deleted(position).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.naming == Naming::Prefix && high_watermark < position {
+                return Err(ClientError::Invalid(format!(
+                    "the source ends at {high_watermark} but the mirror already holds offsets up to {position}: \
+                     was the source topic deleted and recreated? Delete the mirror topic to copy it afresh"
+                )));
+            }
+            let fetched = split_batches(payload, &limits)?;
+            let mut batches: Vec<Bytes> = Vec::with_capacity(fetched.len());
+            let (mut records, mut bytes, mut skipped, mut newest) = (0u64, 0u64, 0u64, None);
+            let mut next = position;
+            for b in fetched.into_iter().filter(|b| b.next_offset().0 > position) {
+                next = next.max(b.next_offset().0);
+                if self.naming == Naming::Identity {
+                    if b.provenance()
+                        .is_some_and(|p| p.includes(&self.target_cluster))
+                    {
+                        skipped += 1;
+                        continue;
+                    }
+                    records += u64::from(b.record_count());
+                    bytes += b.size_bytes() as u64;
+                    newest = newest.max(Some(b.max_timestamp_ms()));
+                    let hop = Hop {
+                        cluster: self.source_cluster.clone(),
+                        topic: self.source_topic.clone(),
+                        partition: self.partition,
+                        base_offset: b.base_offset().0,
+                    };
+                    batches.push(b.with_hop(hop)?.into_bytes());
+                } else {
+                    records += u64::from(b.record_count());
+                    bytes += b.size_bytes() as u64;
+                    newest = newest.max(Some(b.max_timestamp_ms()));
+                    batches.push(b.into_bytes());
+                }
+            }
+            if !batches.is_empty() {
+                self.pacer.pace(bytes as usize).await;
+                let append = Request::MirrorAppend {
+                    topic: self.target_topic.clone(),
+                    partition: self.partition,
+                };
+                match self.target.call(&append, &batches).await?.0 {
+                    Response::Produced { .. } => {}
+                    other => {
+                        return Err(ClientError::Invalid(format!(
+                            "unexpected append answer {other:?}"
+                        )))
+                    }
+                }
+            }
+            drop(permit);
+            position = next;
+            let acked = now_ms();
+            let latency = newest.map(|ts| (acked - ts).max(0));
+            if self.heartbeat {
+                if let Some(latency_ms) = latency {
+                    lock(&self.status).heartbeat = Some(HeartbeatStatus {
+                        latency_ms,
+                        at_ms: acked,
+                    });
+                }
+            }
+            self.update(|s| {
+                s.mirrored_offset = position;
+                s.source_end_offset = high_watermark.max(position);
+                s.records_copied += records;
+                s.bytes_copied += bytes;
+                s.batches_skipped_loop += skipped;
+                if latency.is_some() {
+                    s.replication_latency_ms = latency;
+                    s.newest_copied_ms = newest;
+                }
+                s.last_error = None;
+                s.state = if position >= high_watermark {
+                    PartitionState::CaughtUp
+                } else {
+                    PartitionState::Copying
+                };
+            });
+        }
+    }
+
+    /// The source deleted what we were about to copy: report the gap and jump over it.
+    async fn skip_deleted(&self, position: u64) -> Result<u64, ClientError> {
+        let source_admin = Admin::new(self.source.clone());
+        let (start, _) = source_admin
+            .list_offset(&self.source_topic, self.partition, OffsetSpec::Earliest)
+            .await?;
+        if start <= position {
+            return Err(ClientError::Invalid(format!(
+                "offset {position} out of range though the source starts at {start}"
+            )));
+        }
+        warn!(flow = %self.flow, topic = %self.source_topic, partition = self.partition, from = position, to = start,
+            "GAP: source offsets {position}..{start} were deleted by retention before they were mirrored");
+        self.update(|s| {
+            s.gaps.push(Gap {
+                from: position,
+                to: start,
+            })
+        });
+        info!(flow = %self.flow, topic = %self.source_topic, partition = self.partition, "resuming after the gap at {start}");
+        Ok(start)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

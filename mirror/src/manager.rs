@@ -1,0 +1,245 @@
+//! The flows a process runs (a node acting as its cluster's gateway, or a standalone `strait
+//! mirror run`): started from a config, added, replaced and removed at run time, and persisted
+//! so flows added through the admin API survive a restart.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strait_protocol::client::Client;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::copier::lock;
+use crate::flow::MirrorFlow;
+use crate::spec::{FlowSpec, SpecError};
+use crate::status::{now_ms, FlowStatus};
+
+/// Makes a client for a list of bootstrap addresses (with the process's certificate).
+pub type Connector = Arc<dyn Fn(Vec<String>) -> Arc<Client> + Send + Sync>;
+
+/// Why a change to the running flows was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("flow {0:?} already runs with other settings; replace it (PUT /flows/{0}) or remove it first")]
+    Exists(String),
+    #[error("no flow named {0:?} runs here; list them with `strait mirror status`")]
+    NotFound(String),
+    #[error("flow {0}: target_bootstrap is empty and this process is not a node; name the target cluster's nodes")]
+    NoTarget(String),
+    #[error("cannot persist the flows to {path}: {reason}")]
+    Persist { path: String, reason: String },
+}
+
+struct Running {
+    spec: FlowSpec,
+    status: Arc<Mutex<FlowStatus>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A flow's description and progress, as the admin API and `mirror status` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowReport {
+    pub spec: FlowSpec,
+    pub status: FlowStatus,
+}
+
+/// What is persisted: flows added at run time, and config flows removed at run time.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    added: Vec<FlowSpec>,
+    removed: Vec<String>,
+}
+
+/// The flows of one process.
+pub struct FlowManager {
+    connect: Connector,
+    /// Where flows with an empty `target_bootstrap` write (the node itself), if anywhere.
+    local_target: Vec<String>,
+    persist: Option<PathBuf>,
+    flows: Mutex<BTreeMap<String, Running>>,
+    changes: Mutex<Persisted>,
+}
+
+impl FlowManager {
+    pub fn new(
+        connect: Connector,
+        local_target: Vec<String>,
+        persist: Option<PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new(FlowManager {
+            connect,
+            local_target,
+            persist,
+            flows: Mutex::new(BTreeMap::new()),
+            changes: Mutex::new(Persisted::default()),
+        })
+    }
+
+    /// Starts the configured flows, minus those removed at run time, plus those added then.
+    pub fn start_configured(&self, configured: Vec<FlowSpec>) -> Result<(), ManagerError> {
+        let persisted: Persisted = self
+            .persist
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default();
+        let mut all: BTreeMap<String, FlowSpec> = configured
+            .into_iter()
+            .filter(|f| !persisted.removed.contains(&f.name))
+            .map(|f| (f.name.clone(), f))
+            .collect();
+        for f in &persisted.added {
+            all.insert(f.name.clone(), f.clone());
+        }
+        *lock(&self.changes) = persisted;
+        for spec in all.into_values() {
+            self.spawn(spec)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a flow at run time. Adding the very same description again changes nothing.
+    pub fn add(&self, spec: FlowSpec) -> Result<bool, ManagerError> {
+        if let Some(r) = lock(&self.flows).get(&spec.name) {
+            if r.spec == spec {
+                return Ok(false);
+            }
+            return Err(ManagerError::Exists(spec.name));
+        }
+        self.spawn(spec.clone())?;
+        self.record(|p| {
+            p.removed.retain(|n| *n != spec.name);
+            p.added.retain(|f| f.name != spec.name);
+            p.added.push(spec);
+        })?;
+        Ok(true)
+    }
+
+    /// Replaces a flow's settings (stop, then start with the new ones; state lives in the
+    /// target, so it resumes exactly where it stood).
+    pub async fn replace(&self, spec: FlowSpec) -> Result<bool, ManagerError> {
+        spec.to_config()?;
+        let same = lock(&self.flows).get(&spec.name).map(|r| r.spec == spec);
+        match same {
+            Some(true) => return Ok(false),
+            Some(false) => self.stop(&spec.name).await?,
+            None => {}
+        }
+        self.spawn(spec.clone())?;
+        self.record(|p| {
+            p.removed.retain(|n| *n != spec.name);
+            p.added.retain(|f| f.name != spec.name);
+            p.added.push(spec);
+        })?;
+        Ok(true)
+    }
+
+    /// Stops and forgets a flow; what it copied stays on the target.
+    pub async fn remove(&self, name: &str) -> Result<(), ManagerError> {
+        self.stop(name).await?;
+        self.record(|p| {
+            p.added.retain(|f| f.name != name);
+            if !p.removed.iter().any(|n| n == name) {
+                p.removed.push(name.to_string());
+            }
+        })
+    }
+
+    /// Every flow with its progress as of now.
+    pub fn list(&self) -> Vec<FlowReport> {
+        let now = now_ms();
+        lock(&self.flows)
+            .values()
+            .map(|r| FlowReport {
+                spec: r.spec.clone(),
+                status: lock(&r.status).report(now),
+            })
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<FlowReport> {
+        self.list().into_iter().find(|r| r.spec.name == name)
+    }
+
+    /// Stops every flow (on shutdown).
+    pub async fn shutdown(&self) {
+        let names: Vec<String> = lock(&self.flows).keys().cloned().collect();
+        for n in names {
+            let _ = self.stop(&n).await;
+        }
+    }
+
+    fn spawn(&self, spec: FlowSpec) -> Result<(), ManagerError> {
+        let config = spec.to_config()?;
+        let target = if spec.target_bootstrap.is_empty() {
+            if self.local_target.is_empty() {
+                return Err(ManagerError::NoTarget(spec.name));
+            }
+            self.local_target.clone()
+        } else {
+            spec.target_bootstrap.clone()
+        };
+        let source = (self.connect)(spec.source_bootstrap.clone());
+        let target = (self.connect)(target);
+        let flow = MirrorFlow::new(config, source, target);
+        let status = flow.status_handle();
+        let (stop, stop_rx) = watch::channel(false);
+        let name = spec.name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = flow.run(stop_rx).await {
+                warn!(flow = %name, error = %e, "mirror flow ended with an error");
+                lock(&flow.status_handle()).last_error = Some(e.to_string());
+            }
+        });
+        info!(flow = %spec.name, "mirror flow scheduled");
+        lock(&self.flows).insert(
+            spec.name.clone(),
+            Running {
+                spec,
+                status,
+                stop,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), ManagerError> {
+        let running = lock(&self.flows)
+            .remove(name)
+            .ok_or_else(|| ManagerError::NotFound(name.to_string()))?;
+        let _ = running.stop.send(true);
+        let abort = running.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), running.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+        info!(flow = name, "mirror flow removed");
+        Ok(())
+    }
+
+    fn record(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), ManagerError> {
+        let mut p = lock(&self.changes);
+        change(&mut p);
+        let Some(path) = &self.persist else {
+            return Ok(());
+        };
+        let err = |reason: String| ManagerError::Persist {
+            path: path.display().to_string(),
+            reason,
+        };
+        let raw = serde_json::to_vec_pretty(&*p).map_err(|e| err(e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, raw).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    }
+}
