@@ -17,13 +17,14 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::copier::lock;
+use crate::endpoint::Endpoint;
 use crate::naming::{target_topic, Naming};
 use crate::status::{now_ms, CheckpointStatus, FlowStatus};
 
 pub(crate) struct Checkpoints {
     pub flow: String,
     pub source: Arc<Client>,
-    pub target: Arc<Client>,
+    pub target: Arc<dyn Endpoint>,
     pub groups: Regex,
     pub groups_exclude: Option<Regex>,
     pub naming: Naming,

@@ -18,6 +18,7 @@ use strait_protocol::{ErrorCode, Hop};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::endpoint::Endpoint;
 use crate::naming::Naming;
 use crate::status::{now_ms, FlowStatus, Gap, HeartbeatStatus, PartitionState, PartitionStatus};
 
@@ -25,7 +26,7 @@ use crate::status::{now_ms, FlowStatus, Gap, HeartbeatStatus, PartitionState, Pa
 pub(crate) struct Copier {
     pub flow: String,
     pub source: Arc<Client>,
-    pub target: Arc<Client>,
+    pub target: Arc<dyn Endpoint>,
     pub source_cluster: String,
     pub target_cluster: String,
     pub naming: Naming,
@@ -38,6 +39,20 @@ pub(crate) struct Copier {
     pub status: Arc<Mutex<FlowStatus>>,
     /// Heartbeat copiers report their latency as the flow's.
     pub heartbeat: bool,
+}
+
+/// One fetch's worth of batches on its way to the target.
+struct Chunk {
+    batches: Vec<Bytes>,
+    /// The source offset after this chunk.
+    next: u64,
+    high_watermark: u64,
+    records: u64,
+    bytes: u64,
+    skipped: u64,
+    newest: Option<i64>,
+    /// Holds the bytes against the flow's in-flight budget until appended.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Spaces copies out so the flow stays under its rate cap, across all its partitions.
@@ -123,23 +138,47 @@ impl Copier {
         }
     }
 
-    /// Resumes where the target stands and copies until an error.
+    /// Resumes where the target stands and copies until an error. Fetching runs one request
+    /// ahead of appending (bounded by the flow's in-flight budget), so the source read and
+    /// the target write of one partition overlap.
     async fn copy(&self) -> Result<(), ClientError> {
-        let mut position = self.resume_point().await?;
+        let position = self.resume_point().await?;
         self.update(|s| s.mirrored_offset = position);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+        let fetcher = async move {
+            let mut position = position;
+            loop {
+                let chunk = self.fetch(&mut position).await?;
+                if tx.send(chunk).await.is_err() {
+                    return Ok::<(), ClientError>(());
+                }
+            }
+        };
+        let appender = async {
+            while let Some(chunk) = rx.recv().await {
+                self.append(chunk).await?;
+            }
+            Ok::<(), ClientError>(())
+        };
+        tokio::try_join!(fetcher, appender).map(|_| ())
+    }
+
+    /// Fetches from `position` on and prepares what to append; advances `position`.
+    async fn fetch(&self, position: &mut u64) -> Result<Chunk, ClientError> {
         let limits = DecodeLimits::default();
         loop {
             let fetch = Request::Fetch {
                 topic: self.source_topic.clone(),
                 partition: self.partition,
-                offset: position,
+                offset: *position,
                 max_wait_ms: 500,
                 min_bytes: 1,
                 max_bytes: self.fetch_bytes_max,
             };
             let permit = self
                 .budget
-                .acquire_many(self.fetch_bytes_max)
+                .clone()
+                .acquire_many_owned(self.fetch_bytes_max)
                 .await
                 .map_err(|_| ClientError::Invalid("flow stopped".into()))?;
             let (high_watermark, payload) = match self.source.call(&fetch, &[]).await {
@@ -152,92 +191,105 @@ impl Copier {
                     )))
                 }
                 Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
-                    position = self.skip_deleted(position).await?;
+                    *position = self.skip_deleted(*position).await?;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            if self.naming == Naming::Prefix && high_watermark < position {
+            if self.naming == Naming::Prefix && high_watermark < *position {
                 return Err(ClientError::Invalid(format!(
                     "the source ends at {high_watermark} but the mirror already holds offsets up to {position}: \
                      was the source topic deleted and recreated? Delete the mirror topic to copy it afresh"
                 )));
             }
             let fetched = split_batches(payload, &limits)?;
-            let mut batches: Vec<Bytes> = Vec::with_capacity(fetched.len());
-            let (mut records, mut bytes, mut skipped, mut newest) = (0u64, 0u64, 0u64, None);
-            let mut next = position;
-            for b in fetched.into_iter().filter(|b| b.next_offset().0 > position) {
-                next = next.max(b.next_offset().0);
-                if self.naming == Naming::Identity {
-                    if b.provenance()
+            let mut chunk = Chunk {
+                batches: Vec::with_capacity(fetched.len()),
+                next: *position,
+                high_watermark,
+                records: 0,
+                bytes: 0,
+                skipped: 0,
+                newest: None,
+                _permit: permit,
+            };
+            for b in fetched
+                .into_iter()
+                .filter(|b| b.next_offset().0 > *position)
+            {
+                chunk.next = chunk.next.max(b.next_offset().0);
+                if self.naming == Naming::Identity
+                    && b.provenance()
                         .is_some_and(|p| p.includes(&self.target_cluster))
-                    {
-                        skipped += 1;
-                        continue;
-                    }
-                    records += u64::from(b.record_count());
-                    bytes += b.size_bytes() as u64;
-                    newest = newest.max(Some(b.max_timestamp_ms()));
+                {
+                    chunk.skipped += 1;
+                    continue;
+                }
+                chunk.records += u64::from(b.record_count());
+                chunk.bytes += b.size_bytes() as u64;
+                chunk.newest = chunk.newest.max(Some(b.max_timestamp_ms()));
+                if self.naming == Naming::Identity {
                     let hop = Hop {
                         cluster: self.source_cluster.clone(),
                         topic: self.source_topic.clone(),
                         partition: self.partition,
                         base_offset: b.base_offset().0,
                     };
-                    batches.push(b.with_hop(hop)?.into_bytes());
+                    chunk.batches.push(b.with_hop(hop)?.into_bytes());
                 } else {
-                    records += u64::from(b.record_count());
-                    bytes += b.size_bytes() as u64;
-                    newest = newest.max(Some(b.max_timestamp_ms()));
-                    batches.push(b.into_bytes());
+                    chunk.batches.push(b.into_bytes());
                 }
             }
-            if !batches.is_empty() {
-                self.pacer.pace(bytes as usize).await;
-                let append = Request::MirrorAppend {
-                    topic: self.target_topic.clone(),
-                    partition: self.partition,
-                };
-                match self.target.call(&append, &batches).await?.0 {
-                    Response::Produced { .. } => {}
-                    other => {
-                        return Err(ClientError::Invalid(format!(
-                            "unexpected append answer {other:?}"
-                        )))
-                    }
-                }
-            }
-            drop(permit);
-            position = next;
-            let acked = now_ms();
-            let latency = newest.map(|ts| (acked - ts).max(0));
-            if self.heartbeat {
-                if let Some(latency_ms) = latency {
-                    lock(&self.status).heartbeat = Some(HeartbeatStatus {
-                        latency_ms,
-                        at_ms: acked,
-                    });
-                }
-            }
-            self.update(|s| {
-                s.mirrored_offset = position;
-                s.source_end_offset = high_watermark.max(position);
-                s.records_copied += records;
-                s.bytes_copied += bytes;
-                s.batches_skipped_loop += skipped;
-                if latency.is_some() {
-                    s.replication_latency_ms = latency;
-                    s.newest_copied_ms = newest;
-                }
-                s.last_error = None;
-                s.state = if position >= high_watermark {
-                    PartitionState::CaughtUp
-                } else {
-                    PartitionState::Copying
-                };
-            });
+            *position = chunk.next;
+            return Ok(chunk);
         }
+    }
+
+    /// Appends one fetched chunk on the target and records the progress.
+    async fn append(&self, chunk: Chunk) -> Result<(), ClientError> {
+        if !chunk.batches.is_empty() {
+            self.pacer.pace(chunk.bytes as usize).await;
+            let append = Request::MirrorAppend {
+                topic: self.target_topic.clone(),
+                partition: self.partition,
+            };
+            match self.target.call(&append, &chunk.batches).await?.0 {
+                Response::Produced { .. } => {}
+                other => {
+                    return Err(ClientError::Invalid(format!(
+                        "unexpected append answer {other:?}"
+                    )))
+                }
+            }
+        }
+        let acked = now_ms();
+        let latency = chunk.newest.map(|ts| (acked - ts).max(0));
+        if self.heartbeat {
+            if let Some(latency_ms) = latency {
+                lock(&self.status).heartbeat = Some(HeartbeatStatus {
+                    latency_ms,
+                    at_ms: acked,
+                });
+            }
+        }
+        self.update(|s| {
+            s.mirrored_offset = chunk.next;
+            s.source_end_offset = chunk.high_watermark.max(chunk.next);
+            s.records_copied += chunk.records;
+            s.bytes_copied += chunk.bytes;
+            s.batches_skipped_loop += chunk.skipped;
+            if latency.is_some() {
+                s.replication_latency_ms = latency;
+                s.newest_copied_ms = chunk.newest;
+            }
+            s.last_error = None;
+            s.state = if chunk.next >= chunk.high_watermark {
+                PartitionState::CaughtUp
+            } else {
+                PartitionState::Copying
+            };
+        });
+        Ok(())
     }
 
     /// The source deleted what we were about to copy: report the gap and jump over it.

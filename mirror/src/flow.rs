@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::checkpoints::Checkpoints;
 use crate::copier::{lock, Copier, Pacer};
+use crate::endpoint::{ask, topic_info, Endpoint};
 use crate::heartbeat::{self, heartbeat_mirror, HEARTBEAT_TOPIC};
 use crate::naming::{target_topic, Naming};
 use crate::status::{FlowStatus, PartitionState};
@@ -88,7 +89,7 @@ impl FlowConfig {
 pub struct MirrorFlow {
     config: FlowConfig,
     source: Arc<Client>,
-    target: Arc<Client>,
+    target: Arc<dyn Endpoint>,
     status: Arc<Mutex<FlowStatus>>,
 }
 
@@ -96,7 +97,7 @@ pub struct MirrorFlow {
 type Running = BTreeMap<(String, u32), AbortHandle>;
 
 impl MirrorFlow {
-    pub fn new(config: FlowConfig, source: Arc<Client>, target: Arc<Client>) -> Self {
+    pub fn new(config: FlowConfig, source: Arc<Client>, target: Arc<dyn Endpoint>) -> Self {
         let status = FlowStatus {
             name: config.name.clone(),
             naming: config.naming.as_str().into(),
@@ -225,7 +226,7 @@ impl MirrorFlow {
 
     async fn clusters(&self) -> Result<(String, String), ClientError> {
         let source = self.source.connection().await?.hello.cluster.clone();
-        let target = self.target.connection().await?.hello.cluster.clone();
+        let target = self.target.cluster().await?;
         Ok((source, target))
     }
 
@@ -341,7 +342,10 @@ impl MirrorFlow {
             }
             let target = target.unwrap_or_default();
             if self.config.propagate_deletes && !target.is_empty() {
-                match Admin::new(self.target.clone()).delete_topic(&target).await {
+                let req = Request::DeleteTopic {
+                    name: target.clone(),
+                };
+                match ask(self.target.as_ref(), &req).await.map(|_| ()) {
                     Ok(()) => {
                         warn!(flow = %self.config.name, topic, target, "source topic deleted; deleted its target as configured")
                     }
@@ -373,7 +377,6 @@ impl MirrorFlow {
             .into_iter()
             .filter(|(k, _)| SYNCED_SETTINGS.contains(&k.as_str()))
             .collect();
-        let target_admin = Admin::new(self.target.clone());
         let created = match naming {
             Naming::Prefix => {
                 let req = Request::CreateMirrorTopic {
@@ -384,9 +387,16 @@ impl MirrorFlow {
                     source_cluster: shared.source_cluster.clone(),
                     source_topic: topic.into(),
                 };
-                self.target.call(&req, &[]).await.map(|_| ())
+                ask(self.target.as_ref(), &req).await.map(|_| ())
             }
-            Naming::Identity => target_admin.create_topic(target, partitions, configs).await,
+            Naming::Identity => {
+                let req = Request::CreateTopic {
+                    name: target.into(),
+                    partitions,
+                    configs,
+                };
+                ask(self.target.as_ref(), &req).await.map(|_| ())
+            }
         };
         match created {
             Ok(()) => {
@@ -396,14 +406,15 @@ impl MirrorFlow {
             Err(e) if e.code() == Some(ErrorCode::TOPIC_EXISTS) => {}
             Err(e) => return Err(e),
         }
-        let have = target_admin
-            .metadata(Some(vec![target.to_string()]))
+        let have = topic_info(self.target.as_ref(), target)
             .await?
-            .topics
-            .first()
             .map_or(0, |t| t.partitions.len() as u32);
         if have < partitions {
-            target_admin.add_partitions(target, partitions).await?;
+            let req = Request::AddPartitions {
+                name: target.into(),
+                partitions,
+            };
+            ask(self.target.as_ref(), &req).await?;
             info!(flow = %self.config.name, topic, target, from = have, to = partitions, "grew target topic to the source's partition count");
         }
         Ok(())

@@ -10,6 +10,7 @@
 
 mod checkpoints;
 mod copier;
+pub mod endpoint;
 pub mod flow;
 pub mod heartbeat;
 pub mod manager;
@@ -17,6 +18,7 @@ pub mod naming;
 pub mod spec;
 pub mod status;
 
+pub use endpoint::{BoxFuture, Endpoint};
 pub use flow::{FlowConfig, MirrorFlow};
 pub use manager::{Connector, FlowManager, FlowReport, ManagerError};
 pub use naming::Naming;

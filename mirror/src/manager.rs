@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::copier::lock;
+use crate::endpoint::Endpoint;
 use crate::flow::MirrorFlow;
 use crate::spec::{FlowSpec, SpecError};
 use crate::status::{now_ms, FlowStatus};
@@ -61,7 +62,7 @@ struct Persisted {
 pub struct FlowManager {
     connect: Connector,
     /// Where flows with an empty `target_bootstrap` write (the node itself), if anywhere.
-    local_target: Vec<String>,
+    local_target: Option<Arc<dyn Endpoint>>,
     persist: Option<PathBuf>,
     flows: Mutex<BTreeMap<String, Running>>,
     changes: Mutex<Persisted>,
@@ -70,7 +71,7 @@ pub struct FlowManager {
 impl FlowManager {
     pub fn new(
         connect: Connector,
-        local_target: Vec<String>,
+        local_target: Option<Arc<dyn Endpoint>>,
         persist: Option<PathBuf>,
     ) -> Arc<Self> {
         Arc::new(FlowManager {
@@ -178,16 +179,15 @@ impl FlowManager {
 
     fn spawn(&self, spec: FlowSpec) -> Result<(), ManagerError> {
         let config = spec.to_config()?;
-        let target = if spec.target_bootstrap.is_empty() {
-            if self.local_target.is_empty() {
-                return Err(ManagerError::NoTarget(spec.name));
+        let target: Arc<dyn Endpoint> = if spec.target_bootstrap.is_empty() {
+            match &self.local_target {
+                Some(local) => local.clone(),
+                None => return Err(ManagerError::NoTarget(spec.name)),
             }
-            self.local_target.clone()
         } else {
-            spec.target_bootstrap.clone()
+            (self.connect)(spec.target_bootstrap.clone())
         };
         let source = (self.connect)(spec.source_bootstrap.clone());
-        let target = (self.connect)(target);
         let flow = MirrorFlow::new(config, source, target);
         let status = flow.status_handle();
         let (stop, stop_rx) = watch::channel(false);

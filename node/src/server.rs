@@ -59,6 +59,7 @@ struct Ctx {
 pub struct Server {
     endpoint: quinn::Endpoint,
     pub local_addr: SocketAddr,
+    ctx: Arc<Ctx>,
 }
 
 impl Server {
@@ -86,14 +87,29 @@ impl Server {
             config,
         });
         let accept = endpoint.clone();
+        let accepting = ctx.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accept.accept().await {
-                tokio::spawn(handle_connection(incoming, ctx.clone()));
+                tokio::spawn(handle_connection(incoming, accepting.clone()));
             }
         });
         Ok(Server {
             endpoint,
             local_addr,
+            ctx,
+        })
+    }
+
+    /// This node as the target of a flow running inside it: requests are served in-process,
+    /// and copied batches go straight into the logs (CRC-checked, not re-encoded).
+    pub fn local_endpoint(&self, flow_principal: &str) -> Arc<LocalEndpoint> {
+        Arc::new(LocalEndpoint {
+            ctx: self.ctx.clone(),
+            hello: AtomicBool::new(true),
+            peer: Peer {
+                principal: flow_principal.into(),
+                role: Some(strait_certs::Role::Node),
+            },
         })
     }
 
@@ -215,6 +231,74 @@ async fn handle_stream(
 }
 
 type Answer = (Response, Vec<Bytes>);
+
+/// The node as seen by a flow it runs; see [`Server::local_endpoint`].
+pub struct LocalEndpoint {
+    ctx: Arc<Ctx>,
+    hello: AtomicBool,
+    peer: Peer,
+}
+
+impl strait_mirror::Endpoint for LocalEndpoint {
+    fn call<'a>(
+        &'a self,
+        request: &'a Request,
+        payload: &'a [Bytes],
+    ) -> strait_mirror::BoxFuture<'a, Result<(Response, Bytes), ClientError>> {
+        Box::pin(async move {
+            let answer = match request {
+                Request::MirrorAppend { topic, partition } => {
+                    self.append_copies(topic, *partition, payload).await
+                }
+                other => {
+                    let joined = join(payload.to_vec());
+                    dispatch(&self.ctx, &self.hello, &self.peer, other.clone(), joined).await
+                }
+            };
+            match answer {
+                Ok((Response::Error(e), _)) | Err(e) => Err(ClientError::Wire(e)),
+                Ok((response, chunks)) => Ok((response, join(chunks))),
+            }
+        })
+    }
+
+    fn cluster(&self) -> strait_mirror::BoxFuture<'_, Result<String, ClientError>> {
+        Box::pin(async move { Ok(self.ctx.broker.cluster.clone()) })
+    }
+}
+
+impl LocalEndpoint {
+    /// Each payload chunk is one batch: checked on arrival, appended as-is.
+    async fn append_copies(
+        &self,
+        topic: &str,
+        partition: u32,
+        payload: &[Bytes],
+    ) -> Result<Answer, WireError> {
+        let broker = &self.ctx.broker;
+        let t = broker.topic(topic)?;
+        let limits = t.config.decode_limits();
+        let batches = payload
+            .iter()
+            .map(|b| RecordBatch::parse(b.clone(), &limits))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::CORRUPT_BATCH,
+                    format!("{topic}/{partition}: {e}"),
+                )
+            })?;
+        mirror_append(broker, &t, partition, batches).await
+    }
+}
+
+fn join(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    }
+}
 
 /// Who is on the other end of a connection, from its certificate.
 struct Peer {
@@ -432,7 +516,9 @@ async fn dispatch(
         }
         Request::MirrorAppend { topic, partition } => {
             peer.require_mirror("appending copied batches")?;
-            mirror_append(broker, &topic, partition, payload).await
+            let t = broker.topic(&topic)?;
+            let batches = decode_batches(&t, &topic, partition, payload)?;
+            mirror_append(broker, &t, partition, batches).await
         }
         Request::AddPartitions { name, partitions } => {
             let t = broker.topic(&name)?;
@@ -717,13 +803,12 @@ async fn run_append(
 /// end (with their provenance mapped) into an identity-mode topic.
 async fn mirror_append(
     broker: &Broker,
-    topic: &str,
+    t: &Topic,
     partition: u32,
-    payload: Bytes,
+    batches: Vec<RecordBatch>,
 ) -> Result<Answer, WireError> {
-    let t = broker.topic(topic)?;
+    let topic = t.name.as_str();
     let p = broker.partition(topic, partition)?;
-    let batches = decode_batches(&t, topic, partition, payload)?;
     let prefix = t.mirror.is_some();
     if !prefix {
         if let Some(b) = batches.iter().find(|b| {

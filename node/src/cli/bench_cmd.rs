@@ -79,6 +79,10 @@ pub struct NetArgs {
     /// Consume as a group with 1, 2 and 4 members (bench consume).
     #[arg(long)]
     group: bool,
+    /// bench mirror: run the flow inside the target node (`gateway`, as flows declared in a
+    /// node config run) or as a separate client of both clusters (`standalone`).
+    #[arg(long, default_value = "gateway")]
+    mirror_mode: String,
     /// Single-record round trips measured for latency.
     #[arg(long, default_value_t = 2000)]
     round_trips: u32,
@@ -352,6 +356,7 @@ impl Rig {
                 strait_certs::init_ca(&certs)?;
                 strait_certs::issue(&certs, "node-1", Role::Node, &[])?;
                 strait_certs::issue(&certs, "bench", Role::Client, &[])?;
+                strait_certs::issue(&certs, "bench-mirror", Role::Mirror, &[])?;
                 certs
             }
         };
@@ -585,10 +590,25 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
         }
         sum
     };
+    let flow_target: Arc<dyn strait_mirror::Endpoint> = match args.mirror_mode.as_str() {
+        "gateway" => west.server.local_endpoint("bench-gateway"),
+        "standalone" => {
+            let tls = strait_certs::client_config(
+                &east.certs.join("ca.crt"),
+                &east.certs.join("bench-mirror.crt"),
+                &east.certs.join("bench-mirror.key"),
+            )?;
+            Client::new(ClientOptions::new(
+                vec![west.server.local_addr.to_string()],
+                tls,
+            ))
+        }
+        other => anyhow::bail!("unknown --mirror-mode {other:?}; use gateway or standalone"),
+    };
     let flow = Arc::new(strait_mirror::MirrorFlow::new(
         strait_mirror::FlowConfig::new("bench", regex::Regex::new("^bench$")?),
         source.clone(),
-        target.clone(),
+        flow_target,
     ));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let runner = {
@@ -639,6 +659,7 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
     report.insert("records".into(), json!(args.records));
     report.insert("record_bytes".into(), json!(args.record_size));
     report.insert("partitions".into(), json!(args.partitions));
+    report.insert("mirror_mode".into(), json!(args.mirror_mode));
     report.insert(
         "single_node_produce_mb_s".into(),
         json!(round(produce_mb_s)),

@@ -260,7 +260,10 @@ async fn run_flows(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.target_bootstrap
     };
-    let manager = FlowManager::new(connector(&ca, &cert, &key)?, target, None);
+    let connect = connector(&ca, &cert, &key)?;
+    let default_target =
+        (!target.is_empty()).then(|| -> Arc<dyn strait_mirror::Endpoint> { connect(target) });
+    let manager = FlowManager::new(connect, default_target, None);
     if let Some(address) = args.admin_listen.or(file.admin_listen) {
         let listener = tokio::net::TcpListener::bind(address)
             .await

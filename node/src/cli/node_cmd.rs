@@ -175,14 +175,17 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
     };
-    let flows = strait_mirror::FlowManager::new(
-        super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?,
-        vec![listen_config.advertised.clone()],
-        Some(data_dir.join("flows.json")),
-    );
+    let connect =
+        super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;
+    let advertised = listen_config.advertised.clone();
+    let server = Server::start(broker.clone(), listen_config)?;
+    let local: Arc<dyn strait_mirror::Endpoint> =
+        server.local_endpoint(&format!("gateway:{cluster}/{node_id}"));
+    let flows =
+        strait_mirror::FlowManager::new(connect, Some(local), Some(data_dir.join("flows.json")));
     let admin = Arc::new(AdminState {
         broker: broker.clone(),
-        quic_address: listen_config.advertised.clone(),
+        quic_address: advertised,
         ready: AtomicBool::new(false),
         flows: flows.clone(),
     });
@@ -190,7 +193,6 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         let bound = strait_node::admin::start(address, admin.clone()).await?;
         println!("admin listener on http://{bound}");
     }
-    let server = Server::start(broker.clone(), listen_config)?;
     admin.ready.store(true, Ordering::Release);
     flows
         .start_configured(file.flows)
