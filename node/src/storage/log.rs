@@ -1060,6 +1060,28 @@ fn replay_headers(
     Ok((states, mirrors))
 }
 
+/// Writes `value` as postcard followed by its CRC-32C, atomically: the shared form of the
+/// derived-state snapshots (producer state, mirror map).
+pub(crate) fn write_snapshot_file<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut raw = postcard::to_allocvec(value).map_err(io::Error::other)?;
+    let crc = crc32c::crc32c(&raw);
+    raw.extend_from_slice(&crc.to_le_bytes());
+    write_atomically(path, &raw)
+}
+
+/// Reads a snapshot written by [`write_snapshot_file`]; None if missing, torn or corrupt.
+pub(crate) fn read_snapshot_file<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let raw = std::fs::read(path).ok()?;
+    if raw.len() < 4 {
+        return None;
+    }
+    let (body, crc) = raw.split_at(raw.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return None;
+    }
+    postcard::from_bytes(body).ok()
+}
+
 fn last_segment(segments: &mut BTreeMap<Offset, Segment>) -> &mut Segment {
     segments
         .values_mut()

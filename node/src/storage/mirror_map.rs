@@ -182,24 +182,13 @@ impl MirrorMap {
             offset: offset.0,
             map: self.clone(),
         };
-        let mut raw = postcard::to_allocvec(&snapshot).map_err(io::Error::other)?;
-        let crc = crc32c::crc32c(&raw);
-        raw.extend_from_slice(&crc.to_le_bytes());
-        super::log::write_atomically(&dir.join(SNAPSHOT_FILE), &raw)
+        super::log::write_snapshot_file(&dir.join(SNAPSHOT_FILE), &snapshot)
     }
 
     /// Reads a valid snapshot with the offset it covers up to; a missing or damaged one is
     /// None (the map is then rebuilt from the whole log).
     pub fn read_snapshot(dir: &Path) -> Option<(MirrorMap, Offset)> {
-        let raw = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
-        if raw.len() < 4 {
-            return None;
-        }
-        let (body, crc) = raw.split_at(raw.len() - 4);
-        if crc32c::crc32c(body).to_le_bytes() != crc {
-            return None;
-        }
-        let snapshot: Snapshot = postcard::from_bytes(body).ok()?;
+        let snapshot: Snapshot = super::log::read_snapshot_file(&dir.join(SNAPSHOT_FILE))?;
         Some((snapshot.map, Offset(snapshot.offset)))
     }
 }

@@ -185,23 +185,12 @@ impl ProducerStates {
             offset: offset.0,
             states: self.clone(),
         };
-        let mut raw = postcard::to_allocvec(&snapshot).map_err(io::Error::other)?;
-        let crc = crc32c::crc32c(&raw);
-        raw.extend_from_slice(&crc.to_le_bytes());
-        super::log::write_atomically(&dir.join(SNAPSHOT_FILE), &raw)
+        super::log::write_snapshot_file(&dir.join(SNAPSHOT_FILE), &snapshot)
     }
 
     /// Reads the snapshot, if a valid one exists, with the offset it covers up to.
     pub fn read_snapshot(dir: &Path) -> Option<(ProducerStates, Offset)> {
-        let raw = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
-        if raw.len() < 4 {
-            return None;
-        }
-        let (body, crc) = raw.split_at(raw.len() - 4);
-        if crc32c::crc32c(body).to_le_bytes() != crc {
-            return None;
-        }
-        let snapshot: Snapshot = postcard::from_bytes(body).ok()?;
+        let snapshot: Snapshot = super::log::read_snapshot_file(&dir.join(SNAPSHOT_FILE))?;
         Some((snapshot.states, Offset(snapshot.offset)))
     }
 }
