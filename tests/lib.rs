@@ -146,8 +146,12 @@ pub struct Seen {
     pub value: Option<bytes::Bytes>,
 }
 
-/// Every record of a partition, in offset order, read with plain fetches.
-pub async fn read_partition(client: &Arc<Client>, topic: &str, partition: u32) -> Vec<Seen> {
+/// Every batch of a partition as the node serves it, in offset order, read with plain fetches.
+pub async fn read_batches(
+    client: &Arc<Client>,
+    topic: &str,
+    partition: u32,
+) -> Vec<strait_protocol::RecordBatch> {
     use strait_protocol::message::{Request, Response};
     let mut out = Vec::new();
     let mut offset = 0;
@@ -173,18 +177,29 @@ pub async fn read_partition(client: &Arc<Client>, topic: &str, partition: u32) -
         let batches = strait_protocol::batch::split_batches(payload, &Default::default())
             .unwrap_or_else(|e| panic!("{e}"));
         for b in batches {
-            for r in b.records(u32::MAX).unwrap_or_else(|e| panic!("{e}")) {
-                if r.offset.0 >= offset {
-                    out.push(Seen {
-                        offset: r.offset.0,
-                        key: r.key,
-                        value: r.value,
-                    });
-                }
+            if b.next_offset().0 > offset {
+                offset = b.next_offset().0;
+                out.push(b);
             }
-            offset = offset.max(b.next_offset().0);
         }
     }
+}
+
+/// Every record of a partition, in offset order.
+pub async fn read_partition(client: &Arc<Client>, topic: &str, partition: u32) -> Vec<Seen> {
+    let mut out: Vec<Seen> = Vec::new();
+    for b in read_batches(client, topic, partition).await {
+        for r in b.records(u32::MAX).unwrap_or_else(|e| panic!("{e}")) {
+            if out.last().is_none_or(|last| r.offset.0 > last.offset) {
+                out.push(Seen {
+                    offset: r.offset.0,
+                    key: r.key,
+                    value: r.value,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Runs `strait ARGS…` to completion and returns its stdout; panics with stderr on failure.

@@ -114,12 +114,7 @@ impl FlowManager {
             }
             return Err(ManagerError::Exists(spec.name));
         }
-        self.spawn(spec.clone())?;
-        self.record(|p| {
-            p.removed.retain(|n| *n != spec.name);
-            p.added.retain(|f| f.name != spec.name);
-            p.added.push(spec);
-        })?;
+        self.start_added(spec)?;
         Ok(true)
     }
 
@@ -133,13 +128,18 @@ impl FlowManager {
             Some(false) => self.stop(&spec.name).await?,
             None => {}
         }
+        self.start_added(spec)?;
+        Ok(true)
+    }
+
+    /// Starts a flow added at run time and persists it as added.
+    fn start_added(&self, spec: FlowSpec) -> Result<(), ManagerError> {
         self.spawn(spec.clone())?;
         self.record(|p| {
             p.removed.retain(|n| *n != spec.name);
             p.added.retain(|f| f.name != spec.name);
             p.added.push(spec);
-        })?;
-        Ok(true)
+        })
     }
 
     /// Stops and forgets a flow; what it copied stays on the target.

@@ -70,29 +70,11 @@ impl Drop for Flow {
 
 /// Every batch of a partition, as the node serves it.
 async fn all_batches(client: &Arc<Client>, topic: &str, partition: u32) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetch = Request::Fetch {
-            topic: topic.into(),
-            partition,
-            offset,
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: 1 << 20,
-        };
-        let (resp, payload) = client.call(&fetch, &[]).await.unwrap();
-        assert!(matches!(resp, Response::Fetched { .. }));
-        if payload.is_empty() {
-            return out;
-        }
-        for b in strait_protocol::batch::split_batches(payload, &Default::default()).unwrap() {
-            if b.next_offset().0 > offset {
-                offset = b.next_offset().0;
-                out.push(b.into_bytes());
-            }
-        }
-    }
+    strait_tests::read_batches(client, topic, partition)
+        .await
+        .into_iter()
+        .map(|b| b.into_bytes())
+        .collect()
 }
 
 async fn ends(client: &Arc<Client>, topic: &str, partitions: u32) -> Vec<u64> {
