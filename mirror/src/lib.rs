@@ -17,6 +17,7 @@ pub mod manager;
 pub mod naming;
 pub mod spec;
 pub mod status;
+pub mod topology;
 
 pub use endpoint::{BoxFuture, Endpoint};
 pub use flow::{FlowConfig, MirrorFlow};

@@ -338,6 +338,51 @@ impl Broker {
         Ok(grown)
     }
 
+    /// Changes the named settings of a topic; the others keep their values. Every partition
+    /// log takes the new settings at once (retention and compaction on their next pass,
+    /// flush and segment settings on the next append), and `topic.json` keeps them.
+    pub fn alter_topic_config(
+        &self,
+        name: &str,
+        settings: &[(String, String)],
+    ) -> Result<Arc<Topic>, WireError> {
+        let topic = self.topic(name)?;
+        let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let config = topic
+            .config
+            .clone()
+            .with_settings(pairs.iter().map(String::as_str))
+            .map_err(|e| WireError::new(ErrorCode::INVALID_CONFIG, e.to_string()))?;
+        let storage = |e: &dyn std::fmt::Display| {
+            WireError::new(
+                ErrorCode::STORAGE,
+                format!("cannot alter topic {name:?}: {e}"),
+            )
+        };
+        let dir = self.topic_dir(&topic.name);
+        let raw = fs::read(dir.join(TOPIC_FILE)).map_err(|e| storage(&e))?;
+        let mut file: TopicFile = serde_json::from_slice(&raw).map_err(|e| storage(&e))?;
+        for (k, v) in settings {
+            file.settings.retain(|(have, _)| have != k);
+            file.settings.push((k.clone(), v.clone()));
+        }
+        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
+        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
+            .map_err(|e| storage(&e))?;
+        for p in &topic.partitions {
+            p.log.set_config(config.clone());
+        }
+        let altered = Arc::new(Topic {
+            name: topic.name.clone(),
+            config,
+            partitions: topic.partitions.clone(),
+            mirror: topic.mirror.clone(),
+        });
+        self.topics.insert(topic.name.clone(), altered.clone());
+        info!(topic = name, settings = ?pairs, "topic settings altered");
+        Ok(altered)
+    }
+
     /// Deletes a topic: it disappears at once, its files are removed in the background.
     pub fn delete_topic(&self, name: &str) -> Result<(), WireError> {
         let topic = self.topic(name)?;

@@ -376,6 +376,10 @@ async fn dispatch(
             broker.delete_topic(&name)?;
             plain(Response::TopicDeleted { name })
         }
+        Request::AlterTopicConfig { name, configs } => {
+            broker.alter_topic_config(&name, &configs)?;
+            plain(Response::TopicDescription(describe(broker, &name)?))
+        }
         Request::DescribeTopic { name } => {
             plain(Response::TopicDescription(describe(broker, &name)?))
         }

@@ -165,6 +165,12 @@ pub enum Request {
         source_cluster: String,
         source_topic: String,
     },
+    /// Changes settings of an existing topic (`retention.ms`, `flush`, …); settings not named
+    /// keep their values. Answers the topic's description with the new settings.
+    AlterTopicConfig {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
 }
 
 /// How a group moves partitions between members.
@@ -248,6 +254,7 @@ impl Request {
             Request::TranslateOffset { .. } => "translate_offset",
             Request::MirrorResume { .. } => "mirror_resume",
             Request::AddPartitions { .. } => "add_partitions",
+            Request::AlterTopicConfig { .. } => "alter_topic_config",
         }
     }
 }

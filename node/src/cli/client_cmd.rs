@@ -44,11 +44,15 @@ pub enum TopicCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Grow a topic to more partitions (partitions are never removed).
+    /// Grow a topic to more partitions (partitions are never removed) and/or change its
+    /// settings; settings not named keep their values.
     Alter {
         name: String,
-        #[arg(long)]
-        partitions: u32,
+        #[arg(long, required_unless_present = "configs")]
+        partitions: Option<u32>,
+        /// KEY=VALUE, as for create.
+        #[arg(long = "config")]
+        configs: Vec<String>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -143,12 +147,20 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Alter {
             name,
             partitions,
+            configs,
             conn,
         } => {
-            Admin::new(client(&conn)?)
-                .add_partitions(&name, partitions)
-                .await?;
-            println!("topic {name} now has {partitions} partitions");
+            let admin = Admin::new(client(&conn)?);
+            if let Some(partitions) = partitions {
+                admin.add_partitions(&name, partitions).await?;
+                println!("topic {name} now has {partitions} partitions");
+            }
+            if !configs.is_empty() {
+                admin
+                    .alter_topic_config(&name, parse_configs(&configs)?)
+                    .await?;
+                println!("topic {name}: set {}", configs.join(", "));
+            }
         }
         TopicCommand::Delete { name, conn } => {
             Admin::new(client(&conn)?).delete_topic(&name).await?;

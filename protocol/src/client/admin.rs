@@ -45,6 +45,22 @@ impl Admin {
         }
     }
 
+    /// Changes the named settings of a topic; the others keep their values.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        configs: Vec<(String, String)>,
+    ) -> Result<TopicDescription, ClientError> {
+        let req = Request::AlterTopicConfig {
+            name: name.into(),
+            configs,
+        };
+        match self.client.call(&req, &[]).await?.0 {
+            Response::TopicDescription(d) => Ok(d),
+            other => Err(unexpected("alter_topic_config", other)),
+        }
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         match self
             .client
