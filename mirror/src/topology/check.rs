@@ -92,7 +92,10 @@ impl Checker {
         if t.name.is_empty() || !plain_name(&t.name) {
             self.problem(
                 "topology",
-                format!("name {:?} must be ASCII letters, digits, '-' or '_'", t.name),
+                format!(
+                    "name {:?} must be ASCII letters, digits, '-' or '_'",
+                    t.name
+                ),
             );
         }
         if t.clusters.is_empty() {
@@ -118,20 +121,34 @@ impl Checker {
             for node in &cluster.nodes {
                 let element = format!("cluster {}, node {}", cluster.name, node.id);
                 if !ids.insert(node.id) {
-                    self.problem(&element, "node id used twice in this cluster; give each node its own id");
+                    self.problem(
+                        &element,
+                        "node id used twice in this cluster; give each node its own id",
+                    );
                 }
                 for (field, raw) in [("address", &node.address), ("admin", &node.admin)] {
                     let Ok(addr) = raw.parse::<SocketAddr>() else {
-                        self.problem(&element, format!("{field} {raw:?} is not IP:PORT, e.g. 127.0.0.1:7400"));
+                        self.problem(
+                            &element,
+                            format!("{field} {raw:?} is not IP:PORT, e.g. 127.0.0.1:7400"),
+                        );
                         continue;
                     };
                     let what = format!("{element} {field}");
                     if let Some((_, other)) = listeners.iter().find(|(a, _)| same_port(*a, addr)) {
-                        self.problem(&element, format!("{field} {raw} is also {other}; give every listener its own port"));
+                        self.problem(
+                            &element,
+                            format!(
+                                "{field} {raw} is also {other}; give every listener its own port"
+                            ),
+                        );
                     }
                     listeners.push((addr, what));
                 }
-                let dir = node.data_dir.clone().unwrap_or_else(|| node_identity(&cluster.name, node.id));
+                let dir = node
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| node_identity(&cluster.name, node.id));
                 if let Some(other) = data_dirs.insert(dir.clone(), element.clone()) {
                     self.problem(&element, format!("data_dir {dir:?} is also the data dir of {other}; nodes never share one"));
                 }
@@ -146,17 +163,29 @@ impl Checker {
             if let Err(e) = TopicName::new(topic.name.clone()) {
                 self.problem(&element, e.to_string());
             } else if topic.name.starts_with("__") {
-                self.problem(&element, "names starting with \"__\" are the nodes' own; pick another");
+                self.problem(
+                    &element,
+                    "names starting with \"__\" are the nodes' own; pick another",
+                );
             }
             if !names.insert(topic.name.clone()) {
-                self.problem(&element, "declared twice; list every origin cluster in one entry's origins");
+                self.problem(
+                    &element,
+                    "declared twice; list every origin cluster in one entry's origins",
+                );
             }
             let partitions = topic.partitions(&t.defaults);
             if partitions == 0 || partitions > 10_000 {
-                self.problem(&element, format!("partitions must be 1 to 10000, not {partitions}"));
+                self.problem(
+                    &element,
+                    format!("partitions must be 1 to 10000, not {partitions}"),
+                );
             }
             if topic.origins.is_empty() {
-                self.problem(&element, "origins is empty; name the clusters where it is produced");
+                self.problem(
+                    &element,
+                    "origins is empty; name the clusters where it is produced",
+                );
             }
             for origin in &topic.origins {
                 if t.cluster(origin).is_none() {
@@ -181,10 +210,22 @@ impl Checker {
                 }
             }
             if flow.source == flow.target {
-                self.problem(&element, format!("copies cluster {} into itself; a flow needs two different clusters", flow.source));
+                self.problem(
+                    &element,
+                    format!(
+                        "copies cluster {} into itself; a flow needs two different clusters",
+                        flow.source
+                    ),
+                );
             }
             if t.cluster(&flow.target).is_some() && flow.gateway(t).is_none() {
-                self.problem(&element, format!("gateway {:?} is not a node of cluster {}", flow.gateway, flow.target));
+                self.problem(
+                    &element,
+                    format!(
+                        "gateway {:?} is not a node of cluster {}",
+                        flow.gateway, flow.target
+                    ),
+                );
             }
             if let Err(e) = flow.spec(t).to_config() {
                 self.problem(&element, e.to_string());
@@ -205,7 +246,11 @@ impl Checker {
         for topic in &t.topics {
             for origin in &topic.origins {
                 made.insert((origin.clone(), topic.name.clone()), None);
-                queue.push_back((origin.clone(), topic.name.clone(), vec![(origin.clone(), String::new())]));
+                queue.push_back((
+                    origin.clone(),
+                    topic.name.clone(),
+                    vec![(origin.clone(), String::new())],
+                ));
             }
         }
         let mut reported = BTreeSet::new();
@@ -227,7 +272,10 @@ impl Checker {
                 let route = route(&path);
                 match config.naming {
                     Naming::Identity if passed => {
-                        if reported.insert(("identity", flow.name())) {
+                        let mut members: Vec<&str> = path.iter().map(|(c, _)| c.as_str()).collect();
+                        members.sort_unstable();
+                        members.dedup();
+                        if reported.insert(("identity", members.join(","))) {
                             self.notes.push(format!("flow {} closes a cycle of identity-mode flows ({route}): allowed, since every copied batch carries its provenance and is never copied into a cluster it already passed through", flow.name()));
                         }
                         continue;
@@ -254,7 +302,10 @@ impl Checker {
                     Some(by) => {
                         if reported.insert(("collision", format!("{}/{copy}", flow.target))) {
                             let other = match by {
-                                None => format!("the topic {copy:?} declared with origin {}", flow.target),
+                                None => format!(
+                                    "the topic {copy:?} declared with origin {}",
+                                    flow.target
+                                ),
                                 Some(f) => format!("the copy flow {f} makes"),
                             };
                             self.problem(format!("flow {}", flow.name()), format!("its mirror topic {copy:?} on cluster {} collides with {other}; rename the topic or narrow the flow's topics", flow.target));
@@ -284,7 +335,10 @@ impl Checker {
         }
         let list = missing.join(", ");
         if t.security.generate {
-            self.notes.push(format!("certificates: {list} missing in {}; `strait topology up` makes them", dir.display()));
+            self.notes.push(format!(
+                "certificates: {list} missing in {}; `strait topology up` makes them",
+                dir.display()
+            ));
         } else {
             self.problem("security", format!("certificate files missing in {}: {list}; issue them with `strait certs issue --dir {} --name NAME --role node|client` or set generate = true", dir.display(), dir.display()));
         }
@@ -292,7 +346,9 @@ impl Checker {
 }
 
 fn plain_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Whether two listeners would fight over a port.

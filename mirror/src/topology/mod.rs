@@ -55,17 +55,12 @@ pub fn load(path: &Path) -> Result<LoadedTopology, TopologyError> {
     })?;
     let topology = parse(path, &text)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let certs_dir = topology
-        .security
-        .certs_dir
-        .as_ref()
-        .map(|d| base.join(d));
-    let notes = check(&topology, certs_dir.as_deref()).map_err(|problems| {
-        TopologyError::Invalid {
+    let certs_dir = topology.security.certs_dir.as_ref().map(|d| base.join(d));
+    let notes =
+        check(&topology, certs_dir.as_deref()).map_err(|problems| TopologyError::Invalid {
             path: path.to_path_buf(),
             problems,
-        }
-    })?;
+        })?;
     Ok(LoadedTopology {
         topology,
         path: path.to_path_buf(),

@@ -55,7 +55,7 @@ impl Default for Defaults {
 }
 
 /// Where the certificates are, and who else gets one.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Security {
     /// Folder holding `ca.crt`, one `<cluster>-<node id>.crt/.key` per node and
@@ -74,6 +74,16 @@ pub struct Security {
 
 fn yes() -> bool {
     true
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            certs_dir: None,
+            generate: true,
+            principals: Vec::new(),
+        }
+    }
 }
 
 /// An identity with its own certificate.

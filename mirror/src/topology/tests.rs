@@ -63,13 +63,23 @@ fn syntax_errors_carry_line_and_column() {
 #[test]
 fn a_flow_naming_an_unknown_cluster_is_refused() {
     let text = TWO_REGIONS.replace("target = \"west\"", "target = \"wset\"");
-    one_problem_containing(&text, &["flow east-to-wset", "\"wset\"", "clusters: east, west"]);
+    one_problem_containing(
+        &text,
+        &["flow east-to-wset", "\"wset\"", "clusters: east, west"],
+    );
 }
 
 #[test]
 fn duplicate_ids_addresses_ports_and_dirs_are_refused() {
     let text = TWO_REGIONS.replace("127.0.0.1:7002", "127.0.0.1:7001");
-    one_problem_containing(&text, &["cluster west, node 1", "127.0.0.1:7001", "cluster east, node 1 address"]);
+    one_problem_containing(
+        &text,
+        &[
+            "cluster west, node 1",
+            "127.0.0.1:7001",
+            "cluster east, node 1 address",
+        ],
+    );
     let text = TWO_REGIONS.replace("127.0.0.1:9002", "0.0.0.0:9001");
     one_problem_containing(&text, &["cluster west, node 1", "admin"]);
     let text = TWO_REGIONS.replace(
@@ -122,7 +132,8 @@ naming = "NAMING"
 fn an_identity_cycle_is_allowed_and_explained() {
     let n = notes(&RING.replace("NAMING", "identity"));
     assert!(
-        n.iter().any(|n| n.contains("cycle of identity-mode flows") && n.contains("provenance")),
+        n.iter()
+            .any(|n| n.contains("cycle of identity-mode flows") && n.contains("provenance")),
         "{n:?}"
     );
 }
@@ -152,11 +163,17 @@ fn a_topic_colliding_with_a_mirror_topic_is_refused() {
 #[test]
 fn missing_certificate_files_are_named_unless_up_may_make_them() {
     let dir = tempfile_dir();
-    let strict = TWO_REGIONS.replace("name = \"t\"", "name = \"t\"\n[security]\ncerts_dir = \"c\"\ngenerate = false");
+    let strict = TWO_REGIONS.replace(
+        "name = \"t\"",
+        "name = \"t\"\n[security]\ncerts_dir = \"c\"\ngenerate = false",
+    );
     let t = parse(Path::new("t.toml"), &strict).unwrap();
     let found = check(&t, Some(&dir)).unwrap_err();
     let text = found[0].to_string();
-    assert!(text.starts_with("security") && text.contains("east-1.crt") && text.contains("admin.key"), "{text}");
+    assert!(
+        text.starts_with("security") && text.contains("east-1.crt") && text.contains("admin.key"),
+        "{text}"
+    );
     let lenient = strict.replace("generate = false", "generate = true");
     let t = parse(Path::new("t.toml"), &lenient).unwrap();
     let notes = check(&t, Some(&dir)).unwrap();
@@ -167,7 +184,10 @@ fn missing_certificate_files_are_named_unless_up_may_make_them() {
 #[test]
 fn bad_regexes_and_unknown_origins_name_their_element() {
     let text = TWO_REGIONS.replace("topics = \"orders\"", "topics = \"(orders\"");
-    one_problem_containing(&text, &["flow east-to-west", "topics", "regular expression"]);
+    one_problem_containing(
+        &text,
+        &["flow east-to-west", "topics", "regular expression"],
+    );
     let text = TWO_REGIONS.replace("origins = [\"east\"]", "origins = [\"north\"]");
     one_problem_containing(&text, &["topic orders", "\"north\""]);
 }

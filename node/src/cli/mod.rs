@@ -14,6 +14,7 @@ mod http;
 mod mirror_cmd;
 mod node_cmd;
 mod output;
+mod topology;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +48,9 @@ pub enum Command {
     /// Run mirror flows between clusters.
     #[command(subcommand)]
     Mirror(mirror_cmd::MirrorCommand),
+    /// Describe a federation in one file; validate, plan, apply, or run it locally (up).
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
     /// Make and inspect certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
@@ -91,6 +95,7 @@ pub fn init_logging(cli: &Cli) {
 fn default_level(command: &Command) -> &'static str {
     match command {
         Command::Node(_) | Command::Mirror(_) => "info",
+        Command::Topology(topology::TopologyCommand::Up { .. }) => "info",
         _ => "warn",
     }
 }
@@ -103,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(a) => client_cmd::consume(a).await,
         Command::Group(c) => group_cmd::run(c).await,
         Command::Mirror(c) => mirror_cmd::run(c).await,
+        Command::Topology(c) => topology::run(c).await,
         Command::Certs(c) => certs_cmd::run(c),
         Command::Bench(c) => bench_cmd::run(c).await,
         Command::Debug(c) => debug_cmd::run(c),

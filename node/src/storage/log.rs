@@ -1179,7 +1179,7 @@ fn write_offset_file(path: &Path, offset: Offset) -> io::Result<()> {
 }
 
 /// Writes a small file so that a crash leaves either the old or the new content.
-pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, data)?;
     fs::rename(tmp, path)
