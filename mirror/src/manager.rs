@@ -33,6 +33,8 @@ pub enum ManagerError {
     NotFound(String),
     #[error("flow {0}: target_bootstrap is empty and this process is not a node; name the target cluster's nodes")]
     NoTarget(String),
+    #[error("flow {0:?} uses identity naming: its target topics already take local writes, so there is nothing to promote")]
+    NotPromotable(String),
     #[error("cannot persist the flows to {path}: {reason}")]
     Persist { path: String, reason: String },
 }
@@ -167,6 +169,40 @@ impl FlowManager {
 
     pub fn get(&self, name: &str) -> Option<FlowReport> {
         self.list().into_iter().find(|r| r.spec.name == name)
+    }
+
+    /// Stops a prefix-mode flow for `source_topics` (all of them when empty) so their mirror
+    /// topics can be promoted: the whole flow is removed, or, for some topics, it keeps running
+    /// with those excluded. Returns the flow's progress as of the stop, which is the recovery
+    /// point of each partition.
+    pub async fn stop_for_promotion(
+        &self,
+        name: &str,
+        source_topics: &[String],
+    ) -> Result<FlowReport, ManagerError> {
+        let (spec, status) = {
+            let flows = lock(&self.flows);
+            let r = flows
+                .get(name)
+                .ok_or_else(|| ManagerError::NotFound(name.to_string()))?;
+            (r.spec.clone(), r.status.clone())
+        };
+        if spec.naming == crate::Naming::Identity.as_str() {
+            return Err(ManagerError::NotPromotable(name.to_string()));
+        }
+        if source_topics.is_empty() {
+            self.remove(name).await?;
+        } else {
+            let escaped: Vec<String> = source_topics.iter().map(|t| regex::escape(t)).collect();
+            let mut narrowed = spec.clone();
+            narrowed.exclude = Some(match &spec.exclude {
+                Some(e) => format!("(?:{e})|{}", escaped.join("|")),
+                None => escaped.join("|"),
+            });
+            self.replace(narrowed).await?;
+        }
+        let status = lock(&status).report(now_ms());
+        Ok(FlowReport { spec, status })
     }
 
     /// Stops every flow (on shutdown).

@@ -40,6 +40,7 @@ pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> anyhow::Resul
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/status", get(status))
+        .route("/flows/{name}/promote", axum::routing::post(promote))
         .merge(flow_routes(state.flows.clone()))
         .with_state(state);
     tokio::spawn(async move {
@@ -127,6 +128,98 @@ async fn remove_flow(State(flows): State<Arc<FlowManager>>, Path(name): Path<Str
         Ok(()) => (StatusCode::OK, Json(json!({"flow": name, "removed": true}))),
         Err(e) => refused(e),
     }
+}
+
+/// What `POST /flows/NAME/promote` takes: the source topics to promote (all when empty).
+#[derive(Debug, Default, serde::Deserialize)]
+struct PromoteRequest {
+    #[serde(default)]
+    topics: Vec<String>,
+}
+
+/// Failover: stops the flow for the named source topics (or all), makes their mirror topics
+/// writable, and reports per partition the recovery point — the last source offset the target
+/// holds, the last source end the flow saw, and the records in between, which are at risk if
+/// the source is lost for good.
+async fn promote(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Option<Json<PromoteRequest>>,
+) -> Reply {
+    let wanted = body.map(|Json(b)| b.topics).unwrap_or_default();
+    // Accept the mirror topics' own names too (`east.orders` for `orders`).
+    let mirrors: Vec<Arc<crate::broker::Topic>> = state
+        .broker
+        .topics()
+        .into_iter()
+        // The flow's heartbeat copy stays a mirror: it is the flow's, not the applications'.
+        .filter(|t| {
+            t.mirror
+                .as_ref()
+                .is_some_and(|m| m.flow == name && !m.source_topic.starts_with("__"))
+        })
+        .collect();
+    let source_of = |t: &str| {
+        mirrors
+            .iter()
+            .find(|m| m.name.as_str() == t)
+            .and_then(|m| m.mirror.as_ref().map(|o| o.source_topic.clone()))
+            .unwrap_or_else(|| t.to_string())
+    };
+    let sources: Vec<String> = wanted.iter().map(|t| source_of(t)).collect();
+    let report = match state.flows.stop_for_promotion(&name, &sources).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let mut topics = Vec::new();
+    let mut at_risk_total = 0u64;
+    for m in mirrors.iter().filter(|m| {
+        let source = m.mirror.as_ref().map(|o| o.source_topic.as_str());
+        sources.is_empty() || source.is_some_and(|s| sources.iter().any(|w| w == s))
+    }) {
+        let promoted = match state.broker.promote_topic(m.name.as_str()) {
+            Ok(t) => t,
+            Err(e) => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": e.to_string()})),
+                )
+            }
+        };
+        let source_topic = m
+            .mirror
+            .as_ref()
+            .map(|o| o.source_topic.clone())
+            .unwrap_or_default();
+        let ends = promoted
+            .promoted
+            .as_ref()
+            .map(|p| p.end_offsets.clone())
+            .unwrap_or_default();
+        let partitions: Vec<Value> = ends
+            .iter()
+            .enumerate()
+            .map(|(p, end)| {
+                let seen = report
+                    .status
+                    .partitions
+                    .iter()
+                    .find(|s| s.source_topic == source_topic && s.partition == p as u32)
+                    .map_or(*end, |s| s.source_end_offset.max(*end));
+                at_risk_total += seen - end;
+                json!({"partition": p, "last_mirrored_offset": end.checked_sub(1),
+                    "next_offset": end, "source_end_offset": seen, "records_at_risk": seen - end})
+            })
+            .collect();
+        topics.push(json!({"topic": m.name.as_str(), "source_topic": source_topic, "partitions": partitions}));
+    }
+    (
+        StatusCode::OK,
+        Json(
+            json!({"flow": name, "source_cluster": report.status.source_cluster,
+            "flow_stopped": sources.is_empty(), "topics": topics, "records_at_risk": at_risk_total}),
+        ),
+    )
 }
 
 async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {

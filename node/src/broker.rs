@@ -30,11 +30,14 @@ pub struct Partition {
 }
 
 /// A topic and its partitions.
+#[derive(Clone)]
 pub struct Topic {
     pub name: TopicName,
     pub config: LogConfig,
     pub partitions: Vec<Arc<Partition>>,
     pub mirror: Option<MirrorOf>,
+    /// Set when the topic was a mirror and was promoted to take writes (failover).
+    pub promoted: Option<Promotion>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,6 +46,19 @@ struct TopicFile {
     settings: Vec<(String, String)>,
     #[serde(default)]
     mirror: Option<MirrorOf>,
+    #[serde(default)]
+    promoted: Option<Promotion>,
+}
+
+/// Where a mirror topic stood when it was promoted: the flow it came from and, per partition,
+/// the log end at that moment. Everything below those offsets is the source's history (prefix
+/// mirrors hold it at the source's own offsets), so they are the common point a failback
+/// reconciles the old source against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub from: MirrorOf,
+    pub at_ms: i64,
+    pub end_offsets: Vec<u64>,
 }
 
 /// Marks a topic as the target of a mirror flow: read-only for clients, appended to only by
@@ -140,6 +156,7 @@ impl Broker {
             )?;
             let mut t = broker.open_topic(topic.clone(), file.partitions, config)?;
             t.mirror = file.mirror;
+            t.promoted = file.promoted;
             broker.topics.insert(topic, Arc::new(t));
         }
         info!(
@@ -173,6 +190,7 @@ impl Broker {
             config,
             partitions: parts,
             mirror: None,
+            promoted: None,
         })
     }
 
@@ -277,6 +295,7 @@ impl Broker {
             partitions,
             settings: settings.to_vec(),
             mirror: mirror.clone(),
+            promoted: None,
         };
         let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
         crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
@@ -309,9 +328,7 @@ impl Broker {
             )
         };
         let dir = self.topic_dir(&topic.name);
-        let raw = fs::read(dir.join(TOPIC_FILE)).map_err(|e| storage(&e))?;
-        let mut file: TopicFile = serde_json::from_slice(&raw).map_err(|e| storage(&e))?;
-        let mut parts = topic.partitions.clone();
+        let mut grown = (*topic).clone();
         for p in have..partitions {
             let (log, _) = PartitionLog::open(
                 &dir.join(p.to_string()),
@@ -320,20 +337,12 @@ impl Broker {
                 now_ms(),
             )
             .map_err(|e| storage(&e))?;
-            let (grown, _) = watch::channel(log.high_watermark().0);
-            parts.push(Arc::new(Partition { log, grown }));
+            let (watch, _) = watch::channel(log.high_watermark().0);
+            grown
+                .partitions
+                .push(Arc::new(Partition { log, grown: watch }));
         }
-        file.partitions = partitions;
-        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
-        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
-            .map_err(|e| storage(&e))?;
-        let grown = Arc::new(Topic {
-            name: topic.name.clone(),
-            config: topic.config.clone(),
-            partitions: parts,
-            mirror: topic.mirror.clone(),
-        });
-        self.topics.insert(topic.name.clone(), grown.clone());
+        let grown = self.replace_topic(grown, |file| file.partitions = partitions)?;
         info!(topic = name, from = have, to = partitions, "topic grown");
         Ok(grown)
     }
@@ -353,34 +362,72 @@ impl Broker {
             .clone()
             .with_settings(pairs.iter().map(String::as_str))
             .map_err(|e| WireError::new(ErrorCode::INVALID_CONFIG, e.to_string()))?;
-        let storage = |e: &dyn std::fmt::Display| {
-            WireError::new(
-                ErrorCode::STORAGE,
-                format!("cannot alter topic {name:?}: {e}"),
-            )
-        };
-        let dir = self.topic_dir(&topic.name);
-        let raw = fs::read(dir.join(TOPIC_FILE)).map_err(|e| storage(&e))?;
-        let mut file: TopicFile = serde_json::from_slice(&raw).map_err(|e| storage(&e))?;
-        for (k, v) in settings {
-            file.settings.retain(|(have, _)| have != k);
-            file.settings.push((k.clone(), v.clone()));
-        }
-        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
-        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
-            .map_err(|e| storage(&e))?;
         for p in &topic.partitions {
             p.log.set_config(config.clone());
         }
-        let altered = Arc::new(Topic {
-            name: topic.name.clone(),
-            config,
-            partitions: topic.partitions.clone(),
-            mirror: topic.mirror.clone(),
-        });
-        self.topics.insert(topic.name.clone(), altered.clone());
+        let mut altered = (*topic).clone();
+        altered.config = config;
+        let altered = self.replace_topic(altered, |file| {
+            for (k, v) in settings {
+                file.settings.retain(|(have, _)| have != k);
+                file.settings.push((k.clone(), v.clone()));
+            }
+        })?;
         info!(topic = name, settings = ?pairs, "topic settings altered");
         Ok(altered)
+    }
+
+    /// Makes a mirror topic writable (failover): it stops being a mirror, and its log end per
+    /// partition is kept as the promotion point. Promoting a promoted topic changes nothing.
+    pub fn promote_topic(&self, name: &str) -> Result<Arc<Topic>, WireError> {
+        let topic = self.topic(name)?;
+        let Some(from) = topic.mirror.clone() else {
+            if topic.promoted.is_some() {
+                return Ok(topic);
+            }
+            return Err(WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("topic {name:?} is not a mirror topic; only mirror topics are promoted"),
+            ));
+        };
+        let promotion = Promotion {
+            from,
+            at_ms: now_ms(),
+            end_offsets: topic.partitions.iter().map(|p| p.log.log_end().0).collect(),
+        };
+        let mut promoted = (*topic).clone();
+        promoted.mirror = None;
+        promoted.promoted = Some(promotion.clone());
+        let promoted = self.replace_topic(promoted, |file| {
+            file.mirror = None;
+            file.promoted = Some(promotion.clone());
+        })?;
+        info!(topic = name, ends = ?promotion.end_offsets, "mirror topic promoted: it now takes writes");
+        Ok(promoted)
+    }
+
+    /// Persists a change to a topic's `topic.json`, then serves `topic` in place of the old one.
+    fn replace_topic(
+        &self,
+        topic: Topic,
+        change: impl FnOnce(&mut TopicFile),
+    ) -> Result<Arc<Topic>, WireError> {
+        let name = topic.name.clone();
+        let storage = |e: &dyn std::fmt::Display| {
+            WireError::new(
+                ErrorCode::STORAGE,
+                format!("cannot update topic {name:?}: {e}"),
+            )
+        };
+        let path = self.topic_dir(&name).join(TOPIC_FILE);
+        let raw = fs::read(&path).map_err(|e| storage(&e))?;
+        let mut file: TopicFile = serde_json::from_slice(&raw).map_err(|e| storage(&e))?;
+        change(&mut file);
+        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
+        crate::storage::log::write_atomically(&path, &raw).map_err(|e| storage(&e))?;
+        let topic = Arc::new(topic);
+        self.topics.insert(name, topic.clone());
+        Ok(topic)
     }
 
     /// Deletes a topic: it disappears at once, its files are removed in the background.

@@ -33,6 +33,20 @@ pub enum GroupCommand {
     /// Move a group's committed offsets (a preview unless --execute; refused while the group
     /// has members).
     ResetOffsets(ResetArgs),
+    /// Move a group to another cluster of a topology: apply the offsets its flows
+    /// checkpointed there (translated, clamped to what that cluster holds) and print them.
+    Failover {
+        group: String,
+        #[arg(long)]
+        topology: std::path::PathBuf,
+        /// The cluster the group moves to.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        state: super::topology::StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +80,16 @@ pub struct ResetTarget {
 
 pub async fn run(command: GroupCommand) -> anyhow::Result<()> {
     match command {
+        GroupCommand::Failover {
+            group,
+            topology,
+            to,
+            state,
+            json,
+        } => {
+            let mut fed = super::topology::federation(&topology, &state)?;
+            super::topology::failover::fail_over_group(&mut fed, &group, &to, json).await?;
+        }
         GroupCommand::List { json, conn } => {
             let c = client(&conn)?;
             let groups = match c.call(&Request::ListGroups {}, &[]).await?.0 {

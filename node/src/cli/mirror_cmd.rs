@@ -46,6 +46,23 @@ pub enum MirrorCommand {
         #[arg(long)]
         flow: String,
     },
+    /// Failover: stop a flow (for some topics, or all), make its mirror topics writable, and
+    /// report per partition the recovery point and the records at risk.
+    Promote {
+        #[arg(long)]
+        flow: String,
+        /// Source topic (or its mirror topic) to promote; repeatable. Default: every topic.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Admin address of the node that runs the flow.
+        #[arg(long, env = "STRAIT_ADMIN", required_unless_present = "topology")]
+        admin: Option<String>,
+        /// Find the flow's node in this topology file instead of --admin.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Where a source record is on the target cluster (ask the target's bootstrap).
     Translate {
         #[arg(long)]
@@ -175,6 +192,25 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("flow {flow} removed from {admin}; what it copied stays on the target");
+            Ok(())
+        }
+        MirrorCommand::Promote {
+            flow,
+            topics,
+            admin,
+            topology,
+            json,
+        } => {
+            let admin = match (admin, topology) {
+                (Some(a), _) => a,
+                (None, Some(file)) => gateway_admin(&file, &flow)?,
+                (None, None) => anyhow::bail!("name the flow's node with --admin or --topology"),
+            };
+            let body = serde_json::json!({ "topics": topics });
+            let path = format!("/flows/{flow}/promote");
+            let answer =
+                super::http::request(&admin, hyper::Method::POST, &path, Some(&body)).await?;
+            print_promotion(&answer, json);
             Ok(())
         }
         MirrorCommand::Translate {
@@ -356,4 +392,72 @@ async fn status(admin: &str, flow: Option<&str>, json: bool) -> anyhow::Result<(
         println!("no flows run at {admin}");
     }
     Ok(())
+}
+
+/// The admin address of the node that runs `flow` in a topology file.
+pub fn gateway_admin(file: &Path, flow: &str) -> anyhow::Result<String> {
+    let loaded = strait_mirror::topology::load(file)?;
+    let t = &loaded.topology;
+    let f = t
+        .flows
+        .iter()
+        .find(|f| f.name() == flow)
+        .with_context(|| format!("{} declares no flow {flow:?}", file.display()))?;
+    Ok(f.gateway(t)
+        .with_context(|| format!("flow {flow} has no gateway node"))?
+        .admin
+        .clone())
+}
+
+fn print_promotion(answer: &Value, json: bool) {
+    if json {
+        println!("{answer}");
+        return;
+    }
+    let flow = answer["flow"].as_str().unwrap_or("?");
+    let names: Vec<&str> = answer["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["topic"].as_str())
+        .collect();
+    let stopped = if answer["flow_stopped"] == true {
+        "stopped"
+    } else {
+        "stopped for these topics"
+    };
+    println!(
+        "flow {flow} {stopped}; promoted (writable now): {}",
+        names.join(", ")
+    );
+    let mut rows = Vec::new();
+    for t in answer["topics"].as_array().into_iter().flatten() {
+        for p in t["partitions"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                t["topic"].as_str().unwrap_or("?").to_string(),
+                p["partition"].to_string(),
+                p["last_mirrored_offset"].to_string().replace("null", "-"),
+                p["source_end_offset"].to_string(),
+                p["records_at_risk"].to_string(),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        super::output::table(
+            &[
+                "TOPIC",
+                "PARTITION",
+                "LAST_MIRRORED",
+                "SOURCE_END",
+                "AT_RISK"
+            ],
+            rows
+        )
+    );
+    println!(
+        "records at risk: {} (accepted by {} but not copied here before the flow stopped)",
+        answer["records_at_risk"],
+        answer["source_cluster"].as_str().unwrap_or("the source")
+    );
 }

@@ -65,6 +65,8 @@ pub struct Consumer {
     fetching: std::collections::BTreeSet<(String, u32)>,
     group: Option<Membership>,
     listener: Option<RebalanceListener>,
+    /// What this consumer last committed successfully, per partition.
+    committed: BTreeMap<TopicPartition, u64>,
 }
 
 /// Called with each rebalance event from inside `poll`.
@@ -84,6 +86,7 @@ impl Consumer {
             fetching: Default::default(),
             group: None,
             listener: None,
+            committed: BTreeMap::new(),
         }
     }
 
@@ -281,13 +284,20 @@ impl Consumer {
         &mut self,
         offsets: Vec<(TopicPartition, u64)>,
     ) -> Result<(), ClientError> {
-        if let Some(request) = self.commit_request(offsets) {
+        if let Some(request) = self.commit_request(offsets.clone()) {
             self.client.call(&request, &[]).await?;
             if let Some(g) = self.group.as_mut() {
                 g.last_commit = std::time::Instant::now();
             }
+            self.committed.extend(offsets);
         }
         Ok(())
+    }
+
+    /// The offsets this consumer last committed successfully (by `commit`, `commit_offsets`
+    /// or auto-commit), per partition.
+    pub fn committed(&self) -> &BTreeMap<TopicPartition, u64> {
+        &self.committed
     }
 
     fn commit_request(&self, offsets: Vec<(TopicPartition, u64)>) -> Option<Request> {

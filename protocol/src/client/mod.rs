@@ -5,11 +5,13 @@
 pub mod admin;
 pub mod conn;
 pub mod consumer;
+pub mod failover;
 pub mod group;
 pub mod producer;
 
 pub use admin::Admin;
 pub use conn::{Client, ClientError, ClientOptions, Connection, HelloInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+pub use failover::{ClusterEndpoint, FailoverConfig, FailoverConsumer, Side, TopicMapping};
 pub use group::{GroupConfig, RebalanceEvent, Subscription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig};

@@ -8,11 +8,12 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use strait_mirror::topology::{self, LoadedTopology, TopologyError};
 
+pub mod failover;
 mod live;
 mod plan;
 mod up;
 
-use live::Federation;
+pub use live::Federation;
 
 #[derive(Subcommand, Debug)]
 pub enum TopologyCommand {
@@ -63,11 +64,11 @@ pub enum TopologyCommand {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct StateArgs {
     /// Where `up` keeps certificates, node configs, data and logs. Default: .strait/<name>.
     #[arg(long)]
-    state_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
 }
 
 pub async fn run(command: TopologyCommand) -> anyhow::Result<()> {
@@ -124,7 +125,7 @@ fn load(file: &Path) -> Result<LoadedTopology, TopologyError> {
     }
 }
 
-fn federation(file: &Path, state: &StateArgs) -> anyhow::Result<Federation> {
+pub fn federation(file: &Path, state: &StateArgs) -> anyhow::Result<Federation> {
     let loaded = load(file)?;
     let state_dir = state
         .state_dir
