@@ -467,3 +467,45 @@ fn segments_roll_by_age_as_well_as_size() {
     );
     assert_eq!(log.active_segment_base(), Offset(2));
 }
+
+#[test]
+fn truncation_cuts_at_a_batch_boundary_durably_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&["segment.bytes=4096", "flush=always"]);
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg.clone(), 0).unwrap();
+    for tag in 0..60 {
+        log.append(padded_batch(tag, 3), 0).unwrap();
+    }
+    assert!(log.stats().segments > 3, "the test needs several segments");
+    assert_eq!(log.log_end(), Offset(180));
+
+    // Inside a batch: refused, nothing changes.
+    let e = log.truncate_to(Offset(91), 0).unwrap_err();
+    assert!(e.to_string().contains("batch boundary"), "{e}");
+    assert_eq!(log.log_end(), Offset(180));
+
+    log.truncate_to(Offset(90), 0).unwrap();
+    assert_eq!(log.log_end(), Offset(90));
+    assert_eq!(log.high_watermark(), Offset(90));
+    let kept = read_all(&log, Offset(0));
+    assert_eq!(kept.len(), 90);
+    assert_eq!(kept.last().unwrap().0, 89);
+
+    // New appends take the freed offsets; the log reopens the same.
+    log.append(simple_batch(999, 2), 0).unwrap();
+    assert_eq!(log.log_end(), Offset(92));
+    log.close(0).unwrap();
+    drop(log);
+    let (log, report) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
+    assert!(report.truncated.is_none());
+    let all = read_all(&log, Offset(0));
+    assert_eq!(all.len(), 92);
+    assert_eq!(all[90].1.as_deref(), Some(&b"999-0"[..]));
+
+    // Cutting to a segment's own base, and to the very start.
+    log.truncate_to(Offset(0), 0).unwrap();
+    assert_eq!(log.log_end(), Offset(0));
+    assert!(read_all(&log, Offset(0)).is_empty());
+    log.append(simple_batch(7, 1), 0).unwrap();
+    assert_eq!(read_all(&log, Offset(0)).len(), 1);
+}

@@ -65,6 +65,12 @@ pub enum LogError {
     Sequence { log: String, source: SequenceError },
     #[error("{log}: a mirrored batch must carry provenance naming the cluster it was copied from; is the flow older than this node?")]
     NoProvenance { log: String },
+    #[error("{log}: cannot truncate to {offset}: {reason}")]
+    BadTruncation {
+        log: String,
+        offset: Offset,
+        reason: String,
+    },
 }
 
 impl LogError {
@@ -606,6 +612,105 @@ impl PartitionLog {
             f.sync_data()?;
         }
         Ok(point)
+    }
+
+    /// Cuts the log back to `end` (failback: the old primary drops the tail that its replica
+    /// never had, after it was quarantined). `end` must be a batch boundary between the log
+    /// start and end. The cut is durable before this returns; producer state and the mirror
+    /// map are rebuilt from what remains.
+    pub fn truncate_to(&self, end: Offset, now_ms: i64) -> Result<(), LogError> {
+        let mut st = lock(&self.state);
+        let bad = |reason: String| LogError::BadTruncation {
+            log: self.name.clone(),
+            offset: end,
+            reason,
+        };
+        if end >= st.next_offset {
+            return Ok(());
+        }
+        if end < st.log_start {
+            return Err(bad(format!("below the log start {}", st.log_start)));
+        }
+        let io = |context: &'static str| {
+            let log = self.name.clone();
+            move |source| LogError::Io {
+                log,
+                context: context.into(),
+                source,
+            }
+        };
+        let limits = st.config.decode_limits();
+        // Segments wholly at or after `end` go; the one holding `end` is cut at its batch.
+        let first = st.segments.keys().next().copied().unwrap_or_default();
+        let doomed: Vec<Offset> = st
+            .segments
+            .keys()
+            .filter(|b| **b > end || (**b == end && **b != first))
+            .copied()
+            .collect();
+        let cut = st.segments.range(..=end).next_back().map(|(b, _)| *b);
+        let position = match cut.and_then(|b| st.segments.get(&b)) {
+            Some(seg) if !doomed.contains(&seg.base) => {
+                let mut at = None;
+                let mut spans = false;
+                let _ = seg
+                    .scan(seg.lookup(end), Offset(0), &limits, |b, _| {
+                        if at.is_none() && b.base_offset >= end {
+                            at = Some(b.position);
+                        }
+                        spans |= b.base_offset < end && b.next_offset > end;
+                    })
+                    .map_err(io("scanning for the cut"))?;
+                if spans {
+                    return Err(bad("a batch spans it; cut at a batch boundary".into()));
+                }
+                Some((seg.base, at.unwrap_or(seg.size)))
+            }
+            _ => None,
+        };
+        for base in &doomed {
+            if let Some(seg) = st.segments.remove(base) {
+                seg.delete_files()
+                    .map_err(io("removing a segment past the cut"))?;
+            }
+        }
+        if let Some((base, at)) = position {
+            let seg = st
+                .segments
+                .get_mut(&base)
+                .unwrap_or_else(|| unreachable!("the segment holding the cut was kept"));
+            seg.truncate(at).map_err(io("cutting a segment"))?;
+            let _ = seg
+                .rebuild(&limits)
+                .map_err(io("re-indexing the cut segment"))?;
+            seg.write_indexes()
+                .map_err(io("writing the cut segment's indexes"))?;
+        }
+        if st.segments.is_empty() {
+            let seg = Segment::create(&self.dir, end, st.config.index_interval_bytes, now_ms)
+                .map_err(io("creating a segment after the cut"))?;
+            st.segments.insert(end, seg);
+        }
+        st.next_offset = end;
+        st.unsynced_sealed.clear();
+        // Snapshots may describe batches that are gone: rebuild from the batches themselves.
+        let _ = fs::remove_file(self.dir.join(super::producer_state::SNAPSHOT_FILE));
+        let _ = fs::remove_file(self.dir.join(super::mirror_map::SNAPSHOT_FILE));
+        let (producers, mirrors) = replay_headers(&self.dir, &st.segments, end, &limits)
+            .map_err(io("rebuilding producer state and the mirror map"))?;
+        st.producers = producers;
+        st.mirrors = mirrors;
+        let active = last_segment(&mut st.segments);
+        active.file.sync_all().map_err(io("syncing the cut"))?;
+        let point = RecoveryPoint {
+            segment_base: active.base,
+            position: active.size,
+            offset: end,
+        };
+        write_checkpoint(&self.dir, point).map_err(io("writing the recovery checkpoint"))?;
+        lock(&self.sync).durable = point;
+        warn!(log = %self.name, end = end.0, "log truncated");
+        Ok(())
     }
 
     /// Makes everything appended so far durable (interval flusher, clean shutdown).

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use strait_protocol::{Offset, RecordBatch};
 
-const SNAPSHOT_FILE: &str = "mirror-map.snapshot";
+pub(crate) const SNAPSHOT_FILE: &str = "mirror-map.snapshot";
 
 /// A source partition of another cluster.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

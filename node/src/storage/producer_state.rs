@@ -18,7 +18,7 @@ pub const RECENT_BATCHES_MAX: usize = 5;
 /// Most producers tracked per partition; the least recently written is forgotten past this.
 pub const PRODUCERS_MAX: usize = 100_000;
 
-const SNAPSHOT_FILE: &str = "producer-state";
+pub(crate) const SNAPSHOT_FILE: &str = "producer-state";
 
 /// A batch remembered for duplicate detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
