@@ -196,7 +196,7 @@ impl Copier {
                 }
                 Err(e) => return Err(e),
             };
-            if self.naming == Naming::Prefix && high_watermark < *position {
+            if self.naming.keeps_offsets() && high_watermark < *position {
                 return Err(ClientError::Invalid(format!(
                     "the source ends at {high_watermark} but the mirror already holds offsets up to {position}: \
                      was the source topic deleted and recreated? Delete the mirror topic to copy it afresh"

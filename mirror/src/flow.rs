@@ -378,7 +378,7 @@ impl MirrorFlow {
             .filter(|(k, _)| SYNCED_SETTINGS.contains(&k.as_str()))
             .collect();
         let created = match naming {
-            Naming::Prefix => {
+            Naming::Prefix | Naming::Restore => {
                 let req = Request::CreateMirrorTopic {
                     name: target.into(),
                     partitions,

@@ -12,6 +12,11 @@ pub enum Naming {
     /// too (active-active). Copied batches carry provenance; batches that already passed
     /// through the target are never copied back, so A⇄B pairs and rings do not loop.
     Identity,
+    /// The way back after a failover (`strait mirror reverse`): the source's promoted copies
+    /// of this cluster's topics (`east.orders` on `west`, for target `east`) return under
+    /// their own names (`orders`), as read-only mirror topics at identical offsets. Only
+    /// topics carrying the target's prefix are copied.
+    Restore,
 }
 
 impl Naming {
@@ -19,7 +24,13 @@ impl Naming {
         match self {
             Naming::Prefix => "prefix",
             Naming::Identity => "identity",
+            Naming::Restore => "restore",
         }
+    }
+
+    /// Whether copies land at the source's offsets in a read-only mirror topic.
+    pub fn keeps_offsets(self) -> bool {
+        matches!(self, Naming::Prefix | Naming::Restore)
     }
 }
 
@@ -29,6 +40,7 @@ impl std::str::FromStr for Naming {
         match s {
             "prefix" => Ok(Naming::Prefix),
             "identity" => Ok(Naming::Identity),
+            "restore" => Ok(Naming::Restore),
             other => Err(format!("unknown naming {other:?}; use prefix or identity")),
         }
     }
@@ -54,6 +66,9 @@ pub fn target_topic(
             Some(format!("{source_cluster}.{topic}"))
         }
         Naming::Identity => Some(topic.to_string()),
+        Naming::Restore => topic
+            .strip_prefix(&format!("{target_cluster}."))
+            .map(str::to_string),
     }
 }
 
@@ -79,6 +94,14 @@ mod tests {
         assert_eq!(
             target_topic(Naming::Identity, "east", "west", "orders").as_deref(),
             Some("orders")
+        );
+        assert_eq!(
+            target_topic(Naming::Restore, "west", "east", "east.orders").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            target_topic(Naming::Restore, "west", "east", "orders"),
+            None
         );
         assert_eq!("identity".parse::<Naming>(), Ok(Naming::Identity));
         assert!("mirror".parse::<Naming>().is_err());

@@ -41,6 +41,7 @@ pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> anyhow::Resul
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/flows/{name}/promote", axum::routing::post(promote))
+        .route("/topics/{name}/failback", axum::routing::post(failback))
         .merge(flow_routes(state.flows.clone()))
         .with_state(state);
     tokio::spawn(async move {
@@ -222,6 +223,46 @@ async fn promote(
     )
 }
 
+/// What `POST /topics/NAME/failback` takes: where the new primary's copy took over, per
+/// partition, and which topic of which cluster this topic now mirrors (through which flow).
+#[derive(Debug, serde::Deserialize)]
+struct FailbackRequest {
+    common: Vec<u64>,
+    mirror_of: crate::broker::MirrorOf,
+}
+
+/// Failback on the old primary: quarantines each partition's divergent tail into
+/// `NAME.diverged` (same offsets), cuts it, and turns the topic into a mirror of the new
+/// primary's copy, ready for the flow that copies it back.
+async fn failback(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    Json(req): Json<FailbackRequest>,
+) -> Reply {
+    let broker = state.broker.clone();
+    let topic = name.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        broker.quarantine_divergence(&topic, &req.common, req.mirror_of)
+    })
+    .await;
+    match done {
+        Ok(Ok(divergence)) => (
+            StatusCode::OK,
+            Json(
+                json!({"topic": name, "quarantine": format!("{name}.diverged"), "diverged": divergence}),
+            ),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        ),
+    }
+}
+
 async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
@@ -249,7 +290,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Json<Value> {
                         "high_watermark": s.high_watermark.0, "size_bytes": s.size_bytes, "segments": s.segments})
                 })
                 .collect();
-            json!({"name": t.name.as_str(), "partitions": partitions})
+            json!({"name": t.name.as_str(), "partitions": partitions, "mirror_of": t.mirror, "promoted": t.promoted})
         })
         .collect();
     Json(json!({

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use strait_protocol::{ErrorCode, TopicName, WireError};
+use strait_protocol::{ErrorCode, Offset, TopicName, WireError};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -48,6 +48,16 @@ struct TopicFile {
     mirror: Option<MirrorOf>,
     #[serde(default)]
     promoted: Option<Promotion>,
+}
+
+/// One partition's divergent tail, moved to quarantine by a failback: source offsets
+/// `from..to` (the same offsets in `<topic>.diverged`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    pub partition: u32,
+    pub from: u64,
+    pub to: u64,
+    pub records: u64,
 }
 
 /// Where a mirror topic stood when it was promoted: the flow it came from and, per partition,
@@ -404,6 +414,84 @@ impl Broker {
         })?;
         info!(topic = name, ends = ?promotion.end_offsets, "mirror topic promoted: it now takes writes");
         Ok(promoted)
+    }
+
+    /// Failback on the old primary: for each partition, the records at and after the common
+    /// point (`common[p]`, where the replica's promoted copy took over) are copied, at their
+    /// own offsets, into `<name>.diverged` and cut from the topic, which then becomes a
+    /// read-only mirror of the new primary's copy (`mirror_of`). Nothing is dropped that was
+    /// not quarantined first; running it again after a crash repeats no copy.
+    pub fn quarantine_divergence(
+        &self,
+        name: &str,
+        common: &[u64],
+        mirror_of: MirrorOf,
+    ) -> Result<Vec<Divergence>, WireError> {
+        let topic = self.topic(name)?;
+        let storage = |e: &dyn std::fmt::Display| {
+            WireError::new(
+                ErrorCode::STORAGE,
+                format!("failback of topic {name:?}: {e}"),
+            )
+        };
+        let quarantine = format!("{name}.diverged");
+        let mut report = Vec::new();
+        for (p, partition) in topic.partitions.iter().enumerate() {
+            let log = &partition.log;
+            log.flush(now_ms()).map_err(|e| storage(&e))?;
+            let (from, end) = (common.get(p).copied().unwrap_or(0), log.log_end().0);
+            if from >= end {
+                continue;
+            }
+            let q = match self.topic(&quarantine) {
+                Ok(t) => t,
+                Err(_) => {
+                    let settings: Vec<(String, String)> = topic.config.to_pairs();
+                    let n = topic.partitions.len() as u32;
+                    self.create_topic(&quarantine, n, &settings)?
+                }
+            };
+            let target = &q
+                .partitions
+                .get(p)
+                .ok_or_else(|| storage(&format!("{quarantine} has too few partitions")))?
+                .log;
+            let mut at = from.max(target.log_end().0);
+            let mut records = 0u64;
+            while at < end {
+                let read = log.read(Offset(at), 4 << 20).map_err(|e| storage(&e))?;
+                let limits = topic.config.decode_limits();
+                let batches = strait_protocol::batch::split_batches(read.batches, &limits)
+                    .map_err(|e| storage(&e))?;
+                let Some(last) = batches.last().map(|b| b.next_offset().0) else {
+                    break;
+                };
+                for b in batches.into_iter().filter(|b| b.base_offset().0 >= at) {
+                    records += u64::from(b.record_count());
+                    target.append_at(b, now_ms()).map_err(|e| storage(&e))?;
+                }
+                at = last.max(at + 1);
+            }
+            target.flush(now_ms()).map_err(|e| storage(&e))?;
+            log.truncate_to(Offset(from), now_ms())
+                .map_err(|e| storage(&e))?;
+            let _ = partition.grown.send(from);
+            report.push(Divergence {
+                partition: p as u32,
+                from,
+                to: end,
+                records,
+            });
+        }
+        let mut mirror = (*topic).clone();
+        mirror.mirror = Some(mirror_of.clone());
+        mirror.promoted = None;
+        self.replace_topic(mirror, |file| {
+            file.mirror = Some(mirror_of);
+            file.promoted = None;
+        })?;
+        info!(topic = name, quarantine, divergence = ?report, "topic reconciled for failback; it is now a mirror");
+        Ok(report)
     }
 
     /// Persists a change to a topic's `topic.json`, then serves `topic` in place of the old one.

@@ -29,6 +29,7 @@ struct Pair {
     dir: tempfile::TempDir,
     east: NodeProcess,
     east_port: u16,
+    east_admin: String,
     west: NodeProcess,
     west_admin: String,
 }
@@ -38,7 +39,14 @@ impl Pair {
         let pki = Pki::new();
         let dir = tempfile::tempdir().unwrap();
         let east_port = free_udp_port();
-        let east = NodeProcess::start_on(&pki, "east", &dir.path().join("east"), "", east_port);
+        let east_admin = format!("127.0.0.1:{}", free_tcp_port());
+        let east = NodeProcess::start_on(
+            &pki,
+            "east",
+            &dir.path().join("east"),
+            &format!("admin_listen = \"{east_admin}\"\n"),
+            east_port,
+        );
         let admin_port = free_tcp_port();
         let west_config = format!(
             "admin_listen = \"127.0.0.1:{admin_port}\"\n[[flows]]\nname = \"east-to-west\"\n\
@@ -57,9 +65,16 @@ impl Pair {
             dir,
             east,
             east_port,
+            east_admin,
             west,
             west_admin: format!("127.0.0.1:{admin_port}"),
         }
+    }
+
+    fn restart_east(&mut self) {
+        let config = format!("admin_listen = \"{}\"\n", self.east_admin);
+        let dir = self.dir.path().join("east");
+        self.east = NodeProcess::start_on(&self.pki, "east", &dir, &config, self.east_port);
     }
 
     fn endpoint(name: &str, node: &NodeProcess) -> ClusterEndpoint {
@@ -87,12 +102,12 @@ impl Pair {
         let file = self.dir.path().join("pair.toml");
         let text = format!(
             "name = \"pair\"\n[security]\ncerts_dir = \"{}\"\n\
-             [[clusters]]\nname = \"east\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"127.0.0.1:{}\" }}]\n\
+             [[clusters]]\nname = \"east\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"{}\" }}]\n\
              [[clusters]]\nname = \"west\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"{}\" }}]\n\
              [[flows]]\nsource = \"east\"\ntarget = \"west\"\ntopics = \"orders\"\ngroups = \"billing\"\n",
             self.pki.dir.path().display(),
             self.east.address,
-            free_tcp_port(),
+            self.east_admin,
             self.west.address,
             self.west_admin
         );
@@ -359,13 +374,7 @@ async fn promote_reports_the_recovery_point_that_was_missing() {
     );
 
     // Bring east back: what it holds beyond west is what was really missing.
-    pair.east = NodeProcess::start_on(
-        &pair.pki,
-        "east",
-        &pair.dir.path().join("east"),
-        "",
-        pair.east_port,
-    );
+    pair.restart_east();
     let east_client = pair.pki.client(&pair.east.address);
     let east_ends = ends(&east_client, "orders").await;
     let partitions = report["topics"][0]["partitions"].as_array().unwrap();
@@ -531,5 +540,139 @@ async fn operator_failover_applies_the_same_offsets_as_the_automatic_path() {
     assert_eq!(
         operator, expected,
         "both equal the group's last commit on east, translated"
+    );
+}
+
+/// Every (offset, value) of a partition.
+async fn records(client: &Arc<Client>, topic: &str, p: u32) -> Vec<(u64, Bytes)> {
+    read_partition(client, topic, p)
+        .await
+        .into_iter()
+        .map(|r| (r.offset, r.value.unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_difference() {
+    let mut pair = Pair::start("max_mb_s = 1\nfetch_kb = 64\n").await;
+    let east_client = pair.pki.client(&pair.east.address);
+    produce(&east_client, 0, 8000, 1000).await;
+    // Let the capped flow copy part of it, then lose east with a tail west never got.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pair.east.kill9();
+    let promoted: Value = serde_json::from_str(&strait(&[
+        "mirror",
+        "promote",
+        "--flow",
+        "east-to-west",
+        "--admin",
+        &pair.west_admin,
+        "--json",
+    ]))
+    .unwrap();
+    let west_client = pair.pki.client(&pair.west.address);
+    let common = ends(&west_client, "east.orders").await;
+
+    // West takes writes while east is away.
+    let producer = Producer::new(west_client.clone(), ProducerConfig::default());
+    for i in 0..400 {
+        let v = format!("west-{i}");
+        producer
+            .send(
+                "east.orders",
+                None,
+                Some(v.as_bytes()),
+                Some(v.as_bytes()),
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+
+    // East returns with its tail; reverse the roles.
+    pair.restart_east();
+    let east_client = pair.pki.client(&pair.east.address);
+    let mut tails = Vec::new();
+    for p in 0..PARTITIONS {
+        let all = records(&east_client, "orders", p).await;
+        tails.push(
+            all.into_iter()
+                .filter(|(o, _)| *o >= common[p as usize])
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        tails.iter().any(|t| !t.is_empty()),
+        "east has a divergent tail"
+    );
+    let file = pair.topology();
+    let out: Value = serde_json::from_str(&strait(&[
+        "mirror",
+        "reverse",
+        "--flow",
+        "east-to-west",
+        "--topology",
+        file.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+
+    // The report names exactly the divergent offsets, and quarantine holds exactly them.
+    let diverged = out["topics"][0]["diverged"].as_array().unwrap();
+    for p in 0..PARTITIONS {
+        let tail = &tails[p as usize];
+        let d = diverged.iter().find(|d| d["partition"] == p);
+        match d {
+            None => assert!(tail.is_empty(), "partition {p}: an unreported tail"),
+            Some(d) => {
+                assert_eq!(
+                    d["from"].as_u64().unwrap(),
+                    common[p as usize],
+                    "partition {p}"
+                );
+                assert_eq!(
+                    d["to"].as_u64().unwrap(),
+                    tail.last().unwrap().0 + 1,
+                    "partition {p}"
+                );
+                assert_eq!(
+                    d["records"].as_u64().unwrap(),
+                    tail.len() as u64,
+                    "partition {p}"
+                );
+                assert_eq!(
+                    &records(&east_client, "orders.diverged", p).await,
+                    tail,
+                    "partition {p}: quarantine"
+                );
+            }
+        }
+    }
+
+    // East now mirrors west record for record, and refuses local writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut same = true;
+        for p in 0..PARTITIONS {
+            same &= records(&east_client, "orders", p).await
+                == records(&west_client, "east.orders", p).await;
+        }
+        if same {
+            break;
+        }
+        assert!(Instant::now() < deadline, "east never matched west");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = Producer::new(east_client.clone(), ProducerConfig::default());
+    let write = match refused.send("orders", None, None, Some(b"x"), &[]).await {
+        Ok(d) => d.wait().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(write.is_err(), "east's orders is a mirror now");
+    let quarantined: usize = tails.iter().map(Vec::len).sum();
+    println!(
+        "failback: {quarantined} divergent records quarantined, {} records at risk reported by promote, east matches west",
+        promoted["records_at_risk"]
     );
 }

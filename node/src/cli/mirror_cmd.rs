@@ -63,6 +63,18 @@ pub enum MirrorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Failback after a promote: the old primary's topics become mirrors of the promoted
+    /// copies. Its divergent tail (accepted, never mirrored) is quarantined in
+    /// `<topic>.diverged` at the same offsets and reported; then only what it lacks is copied.
+    Reverse {
+        #[arg(long)]
+        flow: String,
+        /// The topology that declares the flow (for both clusters' nodes).
+        #[arg(long)]
+        topology: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Where a source record is on the target cluster (ask the target's bootstrap).
     Translate {
         #[arg(long)]
@@ -213,6 +225,11 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
             print_promotion(&answer, json);
             Ok(())
         }
+        MirrorCommand::Reverse {
+            flow,
+            topology,
+            json,
+        } => reverse(&flow, &topology, json).await,
         MirrorCommand::Translate {
             source_cluster,
             topic,
@@ -460,4 +477,95 @@ fn print_promotion(answer: &Value, json: bool) {
         answer["records_at_risk"],
         answer["source_cluster"].as_str().unwrap_or("the source")
     );
+}
+
+/// `mirror reverse`: reads the promotions on the flow's target, reconciles each promoted topic
+/// on the old source, and starts the flow that copies the promoted copies back.
+async fn reverse(flow: &str, file: &Path, json: bool) -> anyhow::Result<()> {
+    let loaded = strait_mirror::topology::load(file)?;
+    let t = &loaded.topology;
+    let f = t
+        .flows
+        .iter()
+        .find(|f| f.name() == flow)
+        .with_context(|| format!("{} declares no flow {flow:?}", file.display()))?;
+    let new_primary = f.gateway(t).context("the flow has no gateway node")?;
+    let old = t
+        .cluster(&f.source)
+        .and_then(|c| c.nodes.first())
+        .context("the flow's source cluster has no node")?;
+    let status = super::http::get(&new_primary.admin, "/status").await?;
+    let promoted: Vec<&Value> = status["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|topic| topic["promoted"]["from"]["flow"] == flow)
+        .collect();
+    anyhow::ensure!(
+        !promoted.is_empty(),
+        "no topic of flow {flow} was promoted on {}; promote first (`strait mirror promote --flow {flow}`)",
+        f.target
+    );
+    let reverse_name = format!("{flow}-reverse");
+    let mut reconciled = Vec::new();
+    let mut names = Vec::new();
+    for topic in promoted {
+        let copy = topic["name"].as_str().unwrap_or_default().to_string();
+        let original = topic["promoted"]["from"]["source_topic"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let body = serde_json::json!({
+            "common": topic["promoted"]["end_offsets"],
+            "mirror_of": {"flow": reverse_name, "source_cluster": f.target, "source_topic": copy},
+        });
+        let path = format!("/topics/{original}/failback");
+        let answer = super::http::request(&old.admin, hyper::Method::POST, &path, Some(&body))
+            .await
+            .with_context(|| format!("cannot reconcile {original} on {}", f.source))?;
+        names.push(regex::escape(&copy));
+        reconciled.push(answer);
+    }
+    let source_bootstrap = t
+        .cluster(&f.target)
+        .map(|c| c.nodes.iter().map(|n| n.address.clone()).collect())
+        .unwrap_or_default();
+    let mut spec = FlowSpec::new(&reverse_name, source_bootstrap, &names.join("|"));
+    spec.naming = "restore".into();
+    spec.groups = f.groups.clone();
+    spec.groups_exclude = f.groups_exclude.clone();
+    let body = serde_json::to_value(&spec)?;
+    super::http::request(&old.admin, hyper::Method::POST, "/flows", Some(&body)).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"flow": reverse_name, "from": f.target, "to": f.source, "topics": reconciled})
+        );
+        return Ok(());
+    }
+    for r in &reconciled {
+        for d in r["diverged"].as_array().into_iter().flatten() {
+            println!(
+                "{} partition {}: offsets {}..{} ({} records) were never mirrored; moved to {} at the same offsets",
+                r["topic"].as_str().unwrap_or("?"),
+                d["partition"],
+                d["from"],
+                d["to"],
+                d["records"],
+                r["quarantine"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    println!(
+        "flow {reverse_name} started on {}: {} now mirrors {} from {}",
+        f.source,
+        reconciled
+            .iter()
+            .filter_map(|r| r["topic"].as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        names.join(", ").replace('\\', ""),
+        f.target
+    );
+    Ok(())
 }
