@@ -80,7 +80,8 @@ impl FlowConfig {
         }
     }
 
-    fn selects(&self, topic: &str) -> bool {
+    /// Whether the include/exclude expressions pick `topic`.
+    pub fn selects(&self, topic: &str) -> bool {
         self.topics.is_match(topic) && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
     }
 }

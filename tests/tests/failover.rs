@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use strait_protocol::client::{
-    Admin, Client, ClusterEndpoint, ConsumerConfig, FailoverConfig, FailoverConsumer, GroupConfig,
-    Producer, ProducerConfig, Side,
+    Admin, Client, ClusterEndpoint, ConsumerConfig, FailoverConfig, FailoverConsumer,
+    FailoverProducer, GroupConfig, Producer, ProducerConfig, Side,
 };
 use strait_protocol::OffsetSpec;
 use strait_tests::{
@@ -104,6 +104,7 @@ impl Pair {
             "name = \"pair\"\n[security]\ncerts_dir = \"{}\"\n\
              [[clusters]]\nname = \"east\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"{}\" }}]\n\
              [[clusters]]\nname = \"west\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"{}\" }}]\n\
+             [[topics]]\nname = \"orders\"\npartitions = 4\norigins = [\"east\"]\n\
              [[flows]]\nsource = \"east\"\ntarget = \"west\"\ntopics = \"orders\"\ngroups = \"billing\"\n",
             self.pki.dir.path().display(),
             self.east.address,
@@ -674,5 +675,184 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
     println!(
         "failback: {quarantined} divergent records quarantined, {} records at risk reported by promote, east matches west",
         promoted["records_at_risk"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_writes_to_the_promoted_topic_after_failover() {
+    let mut pair = Pair::start("").await;
+    let mut producer = FailoverProducer::new(
+        Pair::endpoint("east", &pair.east),
+        Pair::endpoint("west", &pair.west),
+        pair.pki.client_tls("app"),
+        ProducerConfig::default(),
+        FailoverConfig::default(),
+    );
+    for i in 0..100 {
+        let v = format!("before-{i}");
+        producer
+            .send("orders", None, Some(v.as_bytes()), Some(v.as_bytes()), &[])
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let west_client = pair.pki.client(&pair.west.address);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let copied = |c: Arc<Client>| async move {
+        match Admin::new(c.clone()).describe_topic("east.orders").await {
+            Ok(d) => d.partitions.iter().map(|p| p.end_offset).sum::<u64>(),
+            Err(_) => 0, // the flow has not created it yet
+        }
+    };
+    while copied(west_client.clone()).await < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the flow never copied the first records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pair.east.kill9();
+    strait(&[
+        "mirror",
+        "promote",
+        "--flow",
+        "east-to-west",
+        "--admin",
+        &pair.west_admin,
+    ]);
+
+    // Writes fail while the probe still trusts east, then go to west's promoted copy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the producer never failed over");
+        if let Ok(d) = producer
+            .send("orders", None, None, Some(b"after-0"), &[])
+            .await
+        {
+            if matches!(
+                tokio::time::timeout(Duration::from_secs(1), d.wait()).await,
+                Ok(Ok(_))
+            ) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(producer.side(), Side::Replica);
+    let mut futures = Vec::new();
+    for i in 1..100 {
+        let v = format!("after-{i}");
+        futures.push(
+            producer
+                .send("orders", None, Some(v.as_bytes()), Some(v.as_bytes()), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+    for f in futures {
+        f.wait().await.unwrap();
+    }
+    let mut seen: HashMap<Bytes, u32> = HashMap::new();
+    for p in 0..PARTITIONS {
+        for (_, v) in records(&west_client, "east.orders", p).await {
+            *seen.entry(v).or_insert(0) += 1;
+        }
+    }
+    for i in 0..100 {
+        for tag in ["before", "after"] {
+            let v = Bytes::from(format!("{tag}-{i}"));
+            assert!(seen.contains_key(&v), "{tag}-{i} missing on west");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_with_a_topology_fails_over_from_the_command_line() {
+    use std::io::{BufRead, BufReader};
+    let mut pair = Pair::start("").await;
+    let file = pair.topology();
+    produce(&pair.pki.client(&pair.east.address), 0, 500, 10).await;
+    let mut child = std::process::Command::new(strait_bin())
+        .args([
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--from-beginning",
+            "--json",
+            "--topology",
+        ])
+        .arg(&file)
+        .arg("--ca")
+        .arg(pair.pki.ca())
+        .arg("--cert")
+        .arg(pair.pki.path("app.crt"))
+        .arg("--key")
+        .arg(pair.pki.path("app.key"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (stdout, sink) = (child.stdout.take().unwrap(), lines.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let wait_for = |what: &str, check: &dyn Fn(&[Value]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check(&lines.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "{what} never printed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("east's records", &|l| l.len() >= 500);
+    std::thread::sleep(Duration::from_millis(1500)); // an auto-commit
+    pair.east.kill9();
+    strait(&[
+        "mirror",
+        "promote",
+        "--flow",
+        "east-to-west",
+        "--admin",
+        &pair.west_admin,
+    ]);
+    let west = Producer::new(
+        pair.pki.client(&pair.west.address),
+        ProducerConfig::default(),
+    );
+    for i in 0..100 {
+        let v = format!("west-{i}");
+        west.send(
+            "east.orders",
+            None,
+            Some(v.as_bytes()),
+            Some(v.as_bytes()),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    west.flush().await;
+    wait_for("the records written on west after the failover", &|l| {
+        (0..100).all(|i| {
+            l.iter()
+                .any(|r| r["topic"] == "east.orders" && r["value"] == format!("west-{i}"))
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let east_lines = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["topic"] == "orders")
+        .count();
+    assert_eq!(
+        east_lines, 500,
+        "east's records were printed once each before the kill"
     );
 }

@@ -257,9 +257,8 @@ impl Checker {
         let mut selected: BTreeSet<String> = BTreeSet::new();
         while let Some((cluster, topic, hops)) = queue.pop_front() {
             for (flow, config) in flows.iter().filter(|(f, _)| f.source == cluster) {
-                let selects = config.topics.is_match(&topic)
-                    && !config.exclude.as_ref().is_some_and(|e| e.is_match(&topic));
-                let Some(copy) = selects
+                let Some(copy) = config
+                    .selects(&topic)
                     .then(|| target_topic(config.naming, &flow.source, &flow.target, &topic))
                     .flatten()
                 else {

@@ -10,7 +10,9 @@ mod model;
 use std::path::{Path, PathBuf};
 
 pub use check::{certificate_files, check, node_identity, Problem};
-pub use model::{Cluster, Defaults, Flow, Node, Principal, Security, Topic, Topology, Wan};
+pub use model::{
+    Cluster, Defaults, FailoverPair, Flow, Node, Principal, Security, Topic, Topology, Wan,
+};
 
 /// Why a topology file cannot be used.
 #[derive(Debug, thiserror::Error)]

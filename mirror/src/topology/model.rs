@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use strait_protocol::client::{ClusterEndpoint, TopicMapping};
+
 use crate::spec::FlowSpec;
 
 /// A whole federation.
@@ -201,6 +203,62 @@ impl Topology {
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
     }
+
+    /// The clusters a failover client of `topic` uses: the primary (given, else the topic's
+    /// first origin) and the replica (given, else the target of the first flow from the
+    /// primary that copies the topic), with how the replica names the topic.
+    pub fn failover_pair(
+        &self,
+        topic: &str,
+        primary: Option<&str>,
+        replica: Option<&str>,
+    ) -> Result<FailoverPair, String> {
+        let primary = match primary {
+            Some(p) => p.to_string(),
+            None => self
+                .topics
+                .iter()
+                .find(|t| t.name == topic)
+                .and_then(|t| t.origins.first().cloned())
+                .ok_or_else(|| {
+                    format!("topic {topic:?} is not declared; name its cluster with --primary")
+                })?,
+        };
+        let flow = self
+            .flows
+            .iter()
+            .filter(|f| f.source == primary && replica.is_none_or(|r| f.target == r))
+            .find(|f| f.spec(self).to_config().is_ok_and(|c| c.selects(topic)))
+            .ok_or_else(|| {
+                format!(
+                    "no flow copies {topic:?} out of {primary}; declare one, or name the replica"
+                )
+            })?;
+        let endpoint = |name: &str| {
+            self.cluster(name).map(|c| ClusterEndpoint {
+                name: c.name.clone(),
+                bootstrap: c.nodes.iter().map(|n| n.address.clone()).collect(),
+            })
+        };
+        let mapping = match flow.spec(self).naming.as_str() {
+            "identity" => TopicMapping::Identity,
+            _ => TopicMapping::Prefix,
+        };
+        Ok(FailoverPair {
+            primary: endpoint(&primary).ok_or_else(|| format!("no cluster {primary:?}"))?,
+            replica: endpoint(&flow.target)
+                .ok_or_else(|| format!("no cluster {:?}", flow.target))?,
+            mapping,
+        })
+    }
+}
+
+/// A primary cluster, its replica, and how the replica names the primary's topics.
+#[derive(Debug, Clone)]
+pub struct FailoverPair {
+    pub primary: ClusterEndpoint,
+    pub replica: ClusterEndpoint,
+    pub mapping: TopicMapping,
 }
 
 impl Topic {

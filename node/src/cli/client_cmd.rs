@@ -9,7 +9,8 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use strait_protocol::client::{
-    Admin, Client, ClientOptions, Consumer, ConsumerConfig, GroupConfig, Producer, ProducerConfig,
+    Admin, Client, ClientError, ClientOptions, Consumer, ConsumerConfig, ConsumerRecord,
+    FailoverConfig, FailoverConsumer, GroupConfig, Producer, ProducerConfig,
 };
 use strait_protocol::{Acks, Compression, OffsetSpec};
 
@@ -110,8 +111,40 @@ pub struct ConsumeArgs {
     /// Rebalance protocol of the group: eager or cooperative.
     #[arg(long, default_value = "eager")]
     group_protocol: String,
+    /// With --group: fail over automatically to the replica cluster this topology declares
+    /// (and take the clusters' addresses from it instead of --bootstrap).
+    #[arg(long, requires = "group")]
+    topology: Option<std::path::PathBuf>,
+    /// With --topology: the cluster to start on (default: the topic's first origin).
+    #[arg(long, requires = "topology")]
+    primary: Option<String>,
+    /// With --topology: the cluster to fail over to (default: where a flow copies the topic).
+    #[arg(long, requires = "topology")]
+    replica: Option<String>,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// Where `consume` reads from: one cluster, or a primary with automatic failover.
+enum Source {
+    Plain(Box<Consumer>),
+    Failover(Box<FailoverConsumer>),
+}
+
+impl Source {
+    async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        match self {
+            Source::Plain(c) => c.poll(timeout).await,
+            Source::Failover(c) => c.poll(timeout).await,
+        }
+    }
+
+    async fn close(self) -> Result<(), ClientError> {
+        match self {
+            Source::Plain(c) => c.close().await,
+            Source::Failover(mut c) => c.consumer().commit().await,
+        }
+    }
 }
 
 pub fn client(conn: &ConnArgs) -> anyhow::Result<Arc<Client>> {
@@ -296,8 +329,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = client(&args.conn)?;
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
     let spec = if args.from_beginning {
         OffsetSpec::Earliest
     } else {
@@ -313,22 +344,28 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             "cooperative" => config = config.cooperative(),
             other => anyhow::bail!("unknown --group-protocol {other:?}; use eager or cooperative"),
         }
-        let mut consumer = Consumer::new(
-            client.clone(),
-            ConsumerConfig {
-                reset: if args.from_beginning {
-                    OffsetSpec::Earliest
-                } else {
-                    OffsetSpec::Latest
-                },
-                ..ConsumerConfig::default()
-            },
-        );
-        consumer.subscribe(&[args.topic.as_str()], config);
-        let result = print_records(&mut consumer, &args).await;
-        consumer.close().await?;
+        let consumer_config = ConsumerConfig {
+            reset: spec,
+            ..ConsumerConfig::default()
+        };
+        let mut source = match &args.topology {
+            Some(file) => Source::Failover(Box::new(failover_consumer(
+                &args,
+                file,
+                config,
+                consumer_config,
+            )?)),
+            None => {
+                let mut consumer = Consumer::new(client(&args.conn)?, consumer_config);
+                consumer.subscribe(&[args.topic.as_str()], config);
+                Source::Plain(Box::new(consumer))
+            }
+        };
+        let result = print_records(&mut source, &args).await;
+        source.close().await?;
         return result;
     }
+    let mut consumer = Consumer::new(client(&args.conn)?, ConsumerConfig::default());
     match (args.partition, args.offset) {
         (Some(p), Some(o)) => {
             consumer
@@ -339,15 +376,48 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         (Some(p), None) => consumer.assign(&[(args.topic.clone(), p)], spec).await?,
         _ => consumer.assign_topic(&args.topic, spec).await?,
     }
-    print_records(&mut consumer, &args).await
+    print_records(&mut Source::Plain(Box::new(consumer)), &args).await
 }
 
-async fn print_records(consumer: &mut Consumer, args: &ConsumeArgs) -> anyhow::Result<()> {
+/// A group consumer of `args.topic` that fails over between the clusters `file` declares.
+fn failover_consumer(
+    args: &ConsumeArgs,
+    file: &std::path::Path,
+    group: GroupConfig,
+    consumer_config: ConsumerConfig,
+) -> anyhow::Result<FailoverConsumer> {
+    let loaded = strait_mirror::topology::load(file)?;
+    let pair = loaded
+        .topology
+        .failover_pair(
+            &args.topic,
+            args.primary.as_deref(),
+            args.replica.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let tls = strait_certs::client_config(&args.conn.ca, &args.conn.cert, &args.conn.key)
+        .context("cannot load the client certificate; check --ca, --cert and --key")?;
+    let failover = FailoverConfig {
+        mapping: pair.mapping,
+        ..FailoverConfig::default()
+    };
+    Ok(FailoverConsumer::new(
+        pair.primary,
+        pair.replica,
+        tls,
+        &[args.topic.as_str()],
+        group,
+        consumer_config,
+        failover,
+    ))
+}
+
+async fn print_records(source: &mut Source, args: &ConsumeArgs) -> anyhow::Result<()> {
     let mut seen = 0u64;
     let mut last_record = Instant::now();
     let stdout = std::io::stdout();
     loop {
-        let records = consumer.poll(Duration::from_millis(200)).await?;
+        let records = source.poll(Duration::from_millis(200)).await?;
         let mut out = stdout.lock();
         if !records.is_empty() {
             last_record = Instant::now();

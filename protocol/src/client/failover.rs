@@ -135,11 +135,7 @@ impl FailoverConsumer {
         let client = client_for(&primary, &tls);
         let mut consumer = Consumer::new(client.clone(), consumer_config.clone());
         consumer.subscribe(topics, group.clone());
-        let (tx, health) = watch::channel(Health {
-            down: false,
-            healthy_long_enough: false,
-        });
-        let probe = tokio::spawn(probe(primary.clone(), tls.clone(), config.clone(), tx));
+        let (health, probe) = spawn_probe(&primary, &tls, &config);
         FailoverConsumer {
             primary,
             replica,
@@ -393,6 +389,114 @@ async fn commit_as_admin(
         }
         Err(e) => Err(e),
     }
+}
+
+/// A producer that writes to the primary while it answers, and to the replica's copy of each
+/// topic (mapped like the consumer's: `east.orders` for prefix mirrors) once the primary has
+/// failed every probe for `failover_after`. A prefix mirror takes writes only after it was
+/// promoted (`strait mirror promote`); until then the replica refuses them with an error that
+/// says so, which the delivery futures carry. With `failback_after` set it returns to the
+/// primary once that has been healthy that long.
+pub struct FailoverProducer {
+    primary: ClusterEndpoint,
+    replica: ClusterEndpoint,
+    tls: Arc<rustls::ClientConfig>,
+    producer_config: super::producer::ProducerConfig,
+    config: FailoverConfig,
+    side: Side,
+    producer: super::producer::Producer,
+    health: watch::Receiver<Health>,
+    probe: tokio::task::JoinHandle<()>,
+}
+
+impl FailoverProducer {
+    pub fn new(
+        primary: ClusterEndpoint,
+        replica: ClusterEndpoint,
+        tls: rustls::ClientConfig,
+        producer_config: super::producer::ProducerConfig,
+        config: FailoverConfig,
+    ) -> Self {
+        let tls = Arc::new(tls);
+        let producer =
+            super::producer::Producer::new(client_for(&primary, &tls), producer_config.clone());
+        let (health, probe) = spawn_probe(&primary, &tls, &config);
+        FailoverProducer {
+            primary,
+            replica,
+            tls,
+            producer_config,
+            config,
+            side: Side::Primary,
+            producer,
+            health,
+            probe,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Queues a record for `topic` (named as on the primary) on the active cluster.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[crate::batch::Header],
+    ) -> Result<super::producer::DeliveryFuture, ClientError> {
+        let health = *self.health.borrow();
+        let to = match self.side {
+            Side::Primary if health.down => Some(Side::Replica),
+            Side::Replica if health.healthy_long_enough => Some(Side::Primary),
+            _ => None,
+        };
+        if let Some(side) = to {
+            let cluster = match side {
+                Side::Primary => &self.primary,
+                Side::Replica => &self.replica,
+            };
+            // Batches still queued for the old cluster fail with it; their futures say so.
+            self.producer = super::producer::Producer::new(
+                client_for(cluster, &self.tls),
+                self.producer_config.clone(),
+            );
+            self.side = side;
+            tracing::warn!(to = %cluster.name, "producer failed over");
+        }
+        let name = match self.side {
+            Side::Primary => topic.to_string(),
+            Side::Replica => self.config.mapping.replica_topic(&self.primary.name, topic),
+        };
+        self.producer
+            .send(&name, partition, key, value, headers)
+            .await
+    }
+
+    pub async fn flush(&self) {
+        self.producer.flush().await;
+    }
+}
+
+impl Drop for FailoverProducer {
+    fn drop(&mut self) {
+        self.probe.abort();
+    }
+}
+
+fn spawn_probe(
+    primary: &ClusterEndpoint,
+    tls: &Arc<rustls::ClientConfig>,
+    config: &FailoverConfig,
+) -> (watch::Receiver<Health>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Health {
+        down: false,
+        healthy_long_enough: false,
+    });
+    let task = tokio::spawn(probe(primary.clone(), tls.clone(), config.clone(), tx));
+    (rx, task)
 }
 
 /// Probes the primary every `probe_interval` with a metadata request on a fresh connection

@@ -12,6 +12,8 @@ pub mod producer;
 pub use admin::Admin;
 pub use conn::{Client, ClientError, ClientOptions, Connection, HelloInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
-pub use failover::{ClusterEndpoint, FailoverConfig, FailoverConsumer, Side, TopicMapping};
+pub use failover::{
+    ClusterEndpoint, FailoverConfig, FailoverConsumer, FailoverProducer, Side, TopicMapping,
+};
 pub use group::{GroupConfig, RebalanceEvent, Subscription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig};
