@@ -138,6 +138,27 @@ pub fn free_tcp_port() -> u16 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `GET path` on an admin listener: the whole HTTP/1.1 answer (status line, headers, body),
+/// or an empty string when nothing listens.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The body of an HTTP answer from [`http_get`].
+pub fn http_body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
 /// One record as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {

@@ -17,4 +17,5 @@ pub fn now_ms() -> i64 {
 pub mod admin;
 pub mod broker;
 pub mod groups;
+pub mod metrics;
 pub mod server;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, Partition, Topic};
 use crate::groups::GroupCoordinator;
+use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::storage::mirror_map::{SourceKey, Translation};
 use crate::storage::producer_state::SequenceError;
@@ -53,6 +54,7 @@ struct Ctx {
     broker: Arc<Broker>,
     groups: Arc<GroupCoordinator>,
     config: ListenConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// A running listener.
@@ -85,6 +87,7 @@ impl Server {
             broker,
             groups,
             config,
+            metrics: Arc::new(Metrics::default()),
         });
         let accept = endpoint.clone();
         let accepting = ctx.clone();
@@ -98,6 +101,16 @@ impl Server {
             local_addr,
             ctx,
         })
+    }
+
+    /// What this listener counts (for `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.ctx.metrics.clone()
+    }
+
+    /// The group coordinator (for group lag in `/metrics`).
+    pub fn groups(&self) -> Arc<GroupCoordinator> {
+        self.ctx.groups.clone()
     }
 
     /// This node as the target of a flow running inside it: requests are served in-process,
@@ -126,10 +139,14 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         match tokio::time::timeout(ctx.config.handshake_timeout, async { incoming.await }).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                warn!(%peer, reason = %e, "TLS handshake failed; connection refused");
+                let reason = e.to_string();
+                ctx.metrics
+                    .handshake_failed(crate::metrics::handshake_reason(&reason));
+                warn!(%peer, %reason, "TLS handshake failed; connection refused");
                 return;
             }
             Err(_) => {
+                ctx.metrics.handshake_failed("timeout");
                 warn!(%peer, "TLS handshake timed out; connection dropped");
                 return;
             }
@@ -147,9 +164,22 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     };
     info!(%peer, %principal, role = role.map(|r| r.as_str()).unwrap_or("none"), "connection accepted");
     let hello = Arc::new(AtomicBool::new(false));
+    let id = conn.stable_id();
+    ctx.metrics.connections.insert(
+        id,
+        crate::metrics::LiveConnection {
+            peer,
+            principal: principal.clone(),
+            connection: conn.clone(),
+        },
+    );
     let principal = Arc::new(Peer {
         principal: principal.into(),
         role,
+    });
+    let ctx2 = ctx.clone();
+    let _forget = Forget(move || {
+        ctx2.metrics.connections.remove(&id);
     });
     loop {
         match conn.accept_bi().await {
@@ -248,7 +278,18 @@ impl strait_mirror::Endpoint for LocalEndpoint {
         Box::pin(async move {
             let answer = match request {
                 Request::MirrorAppend { topic, partition } => {
-                    self.append_copies(topic, *partition, payload).await
+                    let started = std::time::Instant::now();
+                    let answer = self.append_copies(topic, *partition, payload).await;
+                    let m = &self.ctx.metrics;
+                    m.request("mirror_append", answer.is_ok(), started.elapsed());
+                    if answer.is_ok() {
+                        let bytes: u64 = payload.iter().map(|b| b.len() as u64).sum();
+                        m.topic(topic, |t| {
+                            t.mirror_append_bytes
+                                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                        });
+                    }
+                    answer
                 }
                 other => {
                     let joined = join(payload.to_vec());
@@ -328,7 +369,88 @@ impl Peer {
     }
 }
 
+/// Runs `f` when dropped (removing a connection from the metrics however its task ends).
+struct Forget<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Forget<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// Serves one request and counts it: kind, outcome, latency, and for produce, fetch and
+/// mirror appends the topic's bytes and records.
 async fn dispatch(
+    ctx: &Ctx,
+    hello: &AtomicBool,
+    peer: &Peer,
+    request: Request,
+    payload: Bytes,
+) -> Result<Answer, WireError> {
+    let started = std::time::Instant::now();
+    let kind = request.kind();
+    let io = match &request {
+        Request::Produce { topic, .. } | Request::MirrorAppend { topic, .. } => {
+            Some((topic.clone(), 0))
+        }
+        Request::Fetch { topic, offset, .. } => Some((topic.clone(), *offset)),
+        _ => None,
+    };
+    let in_bytes = payload.len() as u64;
+    let answer = serve(ctx, hello, peer, request, payload).await;
+    let m = &ctx.metrics;
+    m.request(kind, answer.is_ok(), started.elapsed());
+    if let (Some((topic, from)), Ok((response, out))) = (io, &answer) {
+        m.topic(&topic, |t| count_io(t, kind, response, out, in_bytes, from));
+    }
+    answer
+}
+
+fn count_io(
+    t: &crate::metrics::TopicIo,
+    kind: &str,
+    response: &Response,
+    out: &[Bytes],
+    in_bytes: u64,
+    from: u64,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match response {
+        Response::Produced { .. } if kind == "mirror_append" => {
+            t.mirror_append_bytes.fetch_add(in_bytes, Relaxed);
+        }
+        Response::Produced {
+            base_offset,
+            last_offset,
+            ..
+        } => {
+            t.produce_records
+                .fetch_add(last_offset.saturating_sub(*base_offset) + 1, Relaxed);
+            t.produce_bytes.fetch_add(in_bytes, Relaxed);
+        }
+        Response::Fetched { .. } => {
+            let mut offsets = 0;
+            for chunk in out {
+                let mut at = 0;
+                while let Some((base, len)) = strait_protocol::batch::peek_header(&chunk[at..]) {
+                    if let Some((_, next)) = strait_protocol::batch::peek_offsets(&chunk[at..]) {
+                        offsets += next.0.saturating_sub(base.0.max(from));
+                    }
+                    at += len;
+                    if at >= chunk.len() {
+                        break;
+                    }
+                }
+            }
+            t.fetch_records.fetch_add(offsets, Relaxed);
+            t.fetch_bytes
+                .fetch_add(out.iter().map(|b| b.len() as u64).sum(), Relaxed);
+        }
+        _ => {}
+    }
+}
+
+async fn serve(
     ctx: &Ctx,
     hello: &AtomicBool,
     peer: &Peer,

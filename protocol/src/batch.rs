@@ -817,6 +817,20 @@ fn read_i64(buf: &[u8], at: usize) -> i64 {
 
 /// Reads the base offset and total length from a batch header without validating the rest; the
 /// node uses it to walk a segment.
+/// The base offset and the next offset after a stored batch, from its first bytes, without
+/// checking anything (for counting what a fetch served).
+pub fn peek_offsets(buf: &[u8]) -> Option<(Offset, Offset)> {
+    if buf.len() < AT_LAST_OFFSET_DELTA + 4 {
+        return None;
+    }
+    let base = read_u64(buf, AT_BASE_OFFSET);
+    let delta = u64::from(read_u32(buf, AT_LAST_OFFSET_DELTA));
+    Some((
+        Offset(base),
+        Offset(base.saturating_add(delta).saturating_add(1)),
+    ))
+}
+
 pub fn peek_header(buf: &[u8]) -> Option<(Offset, usize)> {
     if buf.len() < LENGTH_PREFIX_LEN {
         return None;

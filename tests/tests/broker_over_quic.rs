@@ -15,7 +15,7 @@ use strait_protocol::client::{
 use strait_protocol::message::{Request, Response};
 use strait_protocol::partitioner::partition_for_key;
 use strait_protocol::{ErrorCode, OffsetSpec};
-use strait_tests::{NodeProcess, Pki};
+use strait_tests::{http_body, http_get, NodeProcess, Pki};
 
 fn start_node(pki: &Pki, dir: &tempfile::TempDir) -> NodeProcess {
     NodeProcess::start(
@@ -468,22 +468,12 @@ async fn the_admin_listener_reports_health_readiness_and_status() {
         .create_topic("seen", 2, vec![])
         .await
         .unwrap();
-    let get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let admin = format!("127.0.0.1:{port}");
+    let get = |path: &str| http_get(&admin, path);
     assert!(get("/health").starts_with("HTTP/1.1 200"));
     assert!(get("/ready").starts_with("HTTP/1.1 200"));
     let status = get("/status");
-    let body = status.split("\r\n\r\n").nth(1).unwrap();
+    let body = http_body(&status);
     let json: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(json["cluster"], "east");
     let seen = json["topics"]

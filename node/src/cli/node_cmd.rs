@@ -154,8 +154,24 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     if limits.frame_bytes_max < 1 << 16 {
         bail!("limits.frame_bytes_max must be at least 65536");
     }
-    let broker = Broker::open(&cluster, node_id, &data_dir, defaults)?;
+    let early_admin = match admin_listen {
+        Some(address) => Some(strait_node::admin::bind_early(address).await?),
+        None => None,
+    };
+    // Test hook: hold recovery back so suites can watch `/ready` say "not yet".
+    if let Some(ms) = std::env::var("STRAIT_TEST_RECOVERY_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let broker = {
+        let (cluster, data_dir) = (cluster.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || Broker::open(&cluster, node_id, &data_dir, defaults))
+            .await??
+    };
     broker.start_background(Duration::from_millis(limits.retention_check_interval_ms));
+    let (ca_path, cert_path) = (ca.clone(), cert.clone());
     let listen_config = ListenConfig {
         listen,
         advertised: advertise,
@@ -183,20 +199,27 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         server.local_endpoint(&format!("gateway:{cluster}/{node_id}"));
     let flows =
         strait_mirror::FlowManager::new(connect, Some(local), Some(data_dir.join("flows.json")));
+    let certificates = vec![
+        ("node".to_string(), cert_path.clone()),
+        ("ca".to_string(), ca_path.clone()),
+    ];
     let admin = Arc::new(AdminState {
         broker: broker.clone(),
         quic_address: advertised,
         ready: AtomicBool::new(false),
         flows: flows.clone(),
+        metrics: server.metrics(),
+        groups: server.groups(),
+        certificates,
     });
-    if let Some(address) = admin_listen {
-        let bound = strait_node::admin::start(address, admin.clone()).await?;
+    if let Some(early) = early_admin {
+        let bound = strait_node::admin::start(early, admin.clone()).await?;
         println!("admin listener on http://{bound}");
     }
-    admin.ready.store(true, Ordering::Release);
     flows
         .start_configured(file.flows)
         .context("cannot start the flows in --config")?;
+    admin.ready.store(true, Ordering::Release);
     println!(
         "strait node {node_id} of cluster {cluster} listening on {}",
         server.local_addr

@@ -19,27 +19,74 @@ use tracing::info;
 
 use crate::broker::Broker;
 
+mod metrics;
+
 /// What the admin endpoints read.
 pub struct AdminState {
     pub broker: Arc<Broker>,
     pub quic_address: String,
-    /// Set once the QUIC listener accepts connections.
+    /// Set once storage is recovered, the QUIC listener accepts connections and the
+    /// configured flows are started.
     pub ready: AtomicBool,
     pub flows: Arc<FlowManager>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub groups: Arc<crate::groups::GroupCoordinator>,
+    /// Certificates whose expiry is exposed: (what, file).
+    pub certificates: Vec<(String, std::path::PathBuf)>,
 }
 
-/// Binds the admin listener and serves it in the background. Returns the bound address.
-pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+/// The admin socket, bound before recovery so `/health` answers at once and `/ready` says
+/// "not yet" while storage recovers.
+pub struct EarlyAdmin {
+    listener: std::net::TcpListener,
+    stop: tokio::sync::oneshot::Sender<()>,
+    stopped: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the admin listener and answers `/health` (ok) and everything else "recovering"
+/// (503) until [`start`] takes over the same socket.
+pub async fn bind_early(address: SocketAddr) -> anyhow::Result<EarlyAdmin> {
+    let listener = std::net::TcpListener::bind(address).map_err(|e| {
         anyhow::anyhow!(
             "cannot bind the admin listener on {address}: {e}; pick a free --admin-listen"
         )
     })?;
+    listener.set_nonblocking(true)?;
+    let early = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let router = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the node is recovering its storage\n",
+            )
+        });
+    let (stop, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopped = tokio::spawn(async move {
+        let _ = axum::serve(early, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped_rx.await;
+            })
+            .await;
+    });
+    Ok(EarlyAdmin {
+        listener,
+        stop,
+        stopped,
+    })
+}
+
+/// Serves the full admin API on the early socket, in the background. Returns its address.
+pub async fn start(early: EarlyAdmin, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
+    let _ = early.stop.send(());
+    let _ = early.stopped.await;
+    let listener = tokio::net::TcpListener::from_std(early.listener)?;
     let bound = listener.local_addr()?;
     let router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/status", get(status))
+        .route("/metrics", get(metrics::render))
         .route("/flows/{name}/promote", axum::routing::post(promote))
         .route("/topics/{name}/failback", axum::routing::post(failback))
         .merge(flow_routes(state.flows.clone()))
@@ -269,7 +316,7 @@ async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static st
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the QUIC listener is not up yet\n",
+            "not ready: the QUIC listener or the configured flows are not up yet\n",
         )
     }
 }
