@@ -486,3 +486,76 @@ fn validate_names_the_element_and_fails() {
         "{v}"
     );
 }
+
+/// Headless Chromium's DOM of `url` after its scripts ran (virtual time lets the page's
+/// fetches finish). CI installs Chromium (`.ci/run`); elsewhere: `apt-get install chromium`.
+fn rendered_dom(url: &str) -> String {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("no headless browser: install Debian's chromium (`apt-get install -y chromium`), as .ci/run does");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_draws_the_federation_in_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("page.toml");
+    let ports = [
+        free_udp_port(),
+        free_tcp_port(),
+        free_udp_port(),
+        free_tcp_port(),
+    ];
+    std::fs::write(&file, two_regions(&ports, "orders", "")).unwrap();
+    let up = Up::start(&file);
+    produce(
+        &up.client(&format!("127.0.0.1:{}", ports[0])),
+        "orders",
+        "p",
+        300,
+    )
+    .await;
+    let west = up.client(&format!("127.0.0.1:{}", ports[2]));
+    expect_exactly(&west, "west", "east.orders", &["p"], 300).await;
+    let dom = rendered_dom(&format!("http://127.0.0.1:{}/", ports[3]));
+    assert!(
+        dom.contains(r#"data-cluster="east""#) && dom.contains(r#"data-cluster="west""#),
+        "both clusters drawn: {dom}"
+    );
+    assert!(
+        dom.contains(r#"data-flow="east-to-west""#),
+        "the flow drawn as an arrow: {dom}"
+    );
+    assert!(
+        dom.contains("east-to-west: lag 0 records"),
+        "the arrow is labelled with the lag: {dom}"
+    );
+    let total = dom
+        .split(r#"id="records-total">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(total >= 300, "a non-zero record count: {total}");
+    up.down();
+}

@@ -90,23 +90,18 @@ fn partitions(state: &AdminState, x: &mut Exposition) {
 }
 
 fn groups(state: &AdminState, x: &mut Exposition) {
-    let mut rows = Vec::new();
-    for g in state.groups.list() {
-        for c in state.groups.fetch_offsets(&g.group, None) {
-            let Ok(p) = state.broker.partition(&c.topic, c.partition) else {
-                continue;
-            };
-            let lag = p.log.high_watermark().0.saturating_sub(c.offset);
-            rows.push((
+    let rows = super::group_lags(state)
+        .into_iter()
+        .map(|(group, topic, partition, lag)| {
+            (
                 vec![
-                    ("group", g.group.clone()),
-                    ("topic", c.topic),
-                    ("partition", c.partition.to_string()),
+                    ("group", group),
+                    ("topic", topic),
+                    ("partition", partition.to_string()),
                 ],
                 lag as f64,
-            ));
-        }
-    }
+            )
+        });
     x.rows(
         "strait_group_lag_records",
         "gauge",

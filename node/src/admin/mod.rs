@@ -86,6 +86,10 @@ pub async fn start(early: EarlyAdmin, state: Arc<AdminState>) -> anyhow::Result<
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/status", get(status))
+        .route(
+            "/",
+            get(|| async { axum::response::Html(include_str!("status.html")) }),
+        )
         .route("/metrics", get(metrics::render))
         .route("/flows/{name}/promote", axum::routing::post(promote))
         .route("/topics/{name}/failback", axum::routing::post(failback))
@@ -340,6 +344,20 @@ async fn status(State(state): State<Arc<AdminState>>) -> Json<Value> {
             json!({"name": t.name.as_str(), "partitions": partitions, "mirror_of": t.mirror, "promoted": t.promoted})
         })
         .collect();
+    let members: std::collections::BTreeMap<String, (String, usize)> = state
+        .groups
+        .list()
+        .into_iter()
+        .map(|g| (g.group, (g.state, g.members.len())))
+        .collect();
+    let mut lag: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (group, _, _, l) in group_lags(&state) {
+        *lag.entry(group).or_default() += l;
+    }
+    let groups: Vec<Value> = members
+        .iter()
+        .map(|(g, (st, n))| json!({"group": g, "state": st, "members": n, "lag_records": lag.get(g).copied().unwrap_or(0)}))
+        .collect();
     Json(json!({
         "cluster": broker.cluster,
         "node_id": broker.node_id,
@@ -347,5 +365,21 @@ async fn status(State(state): State<Arc<AdminState>>) -> Json<Value> {
         "ready": state.ready.load(Ordering::Acquire),
         "topics": topics,
         "flows": state.flows.list(),
+        "groups": groups,
     }))
+}
+
+/// Every committed group offset with its lag: (group, topic, partition, lag in records).
+pub(crate) fn group_lags(state: &AdminState) -> Vec<(String, String, u32, u64)> {
+    let mut out = Vec::new();
+    for g in state.groups.list() {
+        for c in state.groups.fetch_offsets(&g.group, None) {
+            let Ok(p) = state.broker.partition(&c.topic, c.partition) else {
+                continue;
+            };
+            let lag = p.log.high_watermark().0.saturating_sub(c.offset);
+            out.push((g.group.clone(), c.topic, c.partition, lag));
+        }
+    }
+    out
 }
