@@ -216,3 +216,55 @@ fn ready_turns_ready_only_after_recovery() {
     let _ = node.kill();
     let _ = node.wait();
 }
+
+/// The benchmarks run end to end with tiny sizes (a smoke test: figures are printed, not
+/// asserted beyond being measured).
+#[test]
+fn bench_baseline_and_produce_report_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let baseline: serde_json::Value = serde_json::from_str(&strait_tests::strait(&[
+        "bench", "baseline", "--mib", "4", "--dir", d, "--json",
+    ]))
+    .unwrap();
+    for key in [
+        "raw_disk_write_mb_s",
+        "raw_disk_write_fdatasync_256k_mb_s",
+        "raw_quic_stream_mb_s",
+        "raw_quic_round_trip_p50_us",
+    ] {
+        assert!(
+            baseline[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {baseline}"
+        );
+    }
+    let produce: serde_json::Value = serde_json::from_str(&strait_tests::strait(&[
+        "bench",
+        "produce",
+        "--records",
+        "2000",
+        "--round-trips",
+        "50",
+        "--dir",
+        d,
+        "--json",
+    ]))
+    .unwrap();
+    for key in [
+        "produce_mb_s",
+        "produce_ratio_to_lower_raw",
+        "produce_latency_p50_us",
+        "produce_latency_p999_us",
+        "raw_quic_stream_mb_s",
+    ] {
+        assert!(
+            produce[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {produce}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "benchmarks clean up after themselves"
+    );
+}

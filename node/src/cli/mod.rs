@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-mod bench_cmd;
+mod bench;
 mod certs_cmd;
 mod client_cmd;
 mod debug_cmd;
@@ -56,7 +56,7 @@ pub enum Command {
     Certs(certs_cmd::CertsCommand),
     /// Benchmarks with same-run baselines.
     #[command(subcommand)]
-    Bench(bench_cmd::BenchCommand),
+    Bench(bench::BenchCommand),
     /// Test helpers for the crash suites.
     #[command(subcommand, hide = true)]
     Debug(debug_cmd::DebugCommand),
@@ -110,7 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(c) => mirror_cmd::run(c).await,
         Command::Topology(c) => topology::run(c).await,
         Command::Certs(c) => certs_cmd::run(c),
-        Command::Bench(c) => bench_cmd::run(c).await,
+        Command::Bench(c) => bench::run(c).await,
         Command::Debug(c) => debug_cmd::run(c),
     }
 }

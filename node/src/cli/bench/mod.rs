@@ -26,6 +26,10 @@ use strait_protocol::client::{
 use strait_protocol::transport::{transport_config, TransportLimits};
 use strait_protocol::{Acks, BatchBuilder, Compression, OffsetSpec, RecordBatch};
 
+mod progress;
+
+use progress::Phase;
+
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// The partition log against raw disk writes.
@@ -36,6 +40,21 @@ pub enum BenchCommand {
     Consume(NetArgs),
     /// A mirror flow between two in-process clusters against single-node produce throughput.
     Mirror(NetArgs),
+    /// This machine's raw ceilings, which every other figure is quoted against: one QUIC
+    /// stream with the node's TLS, sequential disk writes with and without fdatasync.
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BaselineArgs {
+    /// Directory on the disk to measure (a temporary subdirectory is made and removed).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// MiB written by each disk run and sent over the QUIC stream.
+    #[arg(long, default_value_t = 256)]
+    mib: u64,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -109,8 +128,33 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             let report = bench_mirror(&args).await?;
             print_report("mirror", &report, args.json);
         }
+        BenchCommand::Baseline(args) => {
+            let report = bench_baseline(&args).await?;
+            print_report("baseline", &report, args.json);
+        }
     }
     Ok(())
+}
+
+async fn bench_baseline(args: &BaselineArgs) -> anyhow::Result<Value> {
+    let rig = Rig::start(&args.dir).await?;
+    let bytes = args.mib.max(1) * MIB;
+    let path = rig.certs.join("raw-disk");
+    let (p, b) = (path.clone(), bytes);
+    let plain = tokio::task::spawn_blocking(move || raw_write(&p, b, 64 << 10)).await??;
+    let (p, b) = (path.clone(), bytes);
+    let synced = tokio::task::spawn_blocking(move || raw_fdatasync_loop(&p, b)).await??;
+    let (quic_mb_s, rtt_p50_us) = raw_quic(&rig, bytes).await?;
+    rig.server.shutdown().await;
+    let syncs = bytes.div_ceil(256 << 10);
+    Ok(json!({
+        "mib": args.mib,
+        "raw_disk_write_mb_s": round(mbps(bytes, plain)),
+        "raw_disk_write_fdatasync_256k_mb_s": round(mbps(bytes, synced)),
+        "raw_fdatasync_per_s": round(syncs as f64 / synced.as_secs_f64().max(1e-9)),
+        "raw_quic_stream_mb_s": round(quic_mb_s),
+        "raw_quic_round_trip_p50_us": rtt_p50_us,
+    }))
 }
 
 fn print_report(name: &str, report: &Value, json: bool) {
@@ -155,14 +199,19 @@ fn raw_write(path: &Path, bytes: u64, chunk: usize) -> anyhow::Result<Duration> 
         .create(true)
         .truncate(true)
         .open(path)?;
+    let phase = Phase::start("raw disk", bytes, "bytes");
     let start = Instant::now();
     let mut written = 0;
     while written < bytes {
         f.write_all(&buf)?;
         written += chunk as u64;
+        if written % (64 * MIB) == 0 {
+            phase.at(written);
+        }
     }
     f.sync_all()?;
     let t = start.elapsed();
+    phase.finish();
     std::fs::remove_file(path)?;
     Ok(t)
 }
@@ -175,14 +224,19 @@ fn raw_fdatasync_loop(path: &Path, bytes: u64) -> anyhow::Result<Duration> {
         .create(true)
         .truncate(true)
         .open(path)?;
+    let phase = Phase::start("raw fdatasync", bytes, "bytes");
     let start = Instant::now();
     let mut written = 0;
     while written < bytes {
         f.write_all(&buf)?;
         f.sync_data()?;
         written += buf.len() as u64;
+        if written % (16 * MIB) == 0 {
+            phase.at(written);
+        }
     }
     let t = start.elapsed();
+    phase.finish();
     std::fs::remove_file(path)?;
     Ok(t)
 }
@@ -440,6 +494,7 @@ async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
         );
         consumer.assign_topic("bench", OffsetSpec::Earliest).await?;
         let wanted = args.records + 1000;
+        let phase = Phase::start("consume", wanted, "records");
         let start = Instant::now();
         let mut seen = 0;
         while seen < wanted {
@@ -449,8 +504,10 @@ async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
                 "consumer stalled at {seen} of {wanted}"
             );
             seen += records.len() as u64;
+            phase.at(seen);
         }
         let t = start.elapsed();
+        phase.finish();
         let mb_s = mbps(seen * args.record_size as u64, t);
         report.insert(
             "consume_records_per_s".into(),
@@ -696,6 +753,7 @@ async fn produce_all(
     args: &NetArgs,
     value: &[u8],
 ) -> anyhow::Result<Duration> {
+    let phase = Phase::start("produce", args.records, "records");
     let start = Instant::now();
     let mut deliveries = Vec::with_capacity(args.records as usize);
     for i in 0..args.records {
@@ -705,12 +763,17 @@ async fn produce_all(
                 .send("bench", Some(partition), None, Some(value), &[])
                 .await?,
         );
+        if i % 65_536 == 0 {
+            phase.at(i);
+        }
     }
     producer.flush().await;
     for d in deliveries {
         d.wait().await?;
     }
-    Ok(start.elapsed())
+    let took = start.elapsed();
+    phase.finish();
+    Ok(took)
 }
 
 /// Single-record produce round trips, one at a time, in microseconds.
