@@ -411,16 +411,29 @@ async fn status(admin: &str, flow: Option<&str>, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-/// The admin address of the node that runs `flow` in a topology file.
-pub fn gateway_admin(file: &Path, flow: &str) -> anyhow::Result<String> {
+/// A topology file and its flow named `flow`.
+fn topology_flow(
+    file: &Path,
+    flow: &str,
+) -> anyhow::Result<(
+    strait_mirror::topology::Topology,
+    strait_mirror::topology::Flow,
+)> {
     let loaded = strait_mirror::topology::load(file)?;
-    let t = &loaded.topology;
-    let f = t
+    let f = loaded
+        .topology
         .flows
         .iter()
         .find(|f| f.name() == flow)
+        .cloned()
         .with_context(|| format!("{} declares no flow {flow:?}", file.display()))?;
-    Ok(f.gateway(t)
+    Ok((loaded.topology, f))
+}
+
+/// The admin address of the node that runs `flow` in a topology file.
+pub fn gateway_admin(file: &Path, flow: &str) -> anyhow::Result<String> {
+    let (t, f) = topology_flow(file, flow)?;
+    Ok(f.gateway(&t)
         .with_context(|| format!("flow {flow} has no gateway node"))?
         .admin
         .clone())
@@ -482,13 +495,8 @@ fn print_promotion(answer: &Value, json: bool) {
 /// `mirror reverse`: reads the promotions on the flow's target, reconciles each promoted topic
 /// on the old source, and starts the flow that copies the promoted copies back.
 async fn reverse(flow: &str, file: &Path, json: bool) -> anyhow::Result<()> {
-    let loaded = strait_mirror::topology::load(file)?;
-    let t = &loaded.topology;
-    let f = t
-        .flows
-        .iter()
-        .find(|f| f.name() == flow)
-        .with_context(|| format!("{} declares no flow {flow:?}", file.display()))?;
+    let (topology, f) = topology_flow(file, flow)?;
+    let t = &topology;
     let new_primary = f.gateway(t).context("the flow has no gateway node")?;
     let old = t
         .cluster(&f.source)

@@ -45,6 +45,33 @@ impl Admin {
         }
     }
 
+    /// Commits offsets for a group that has no members on this cluster (operator tools and
+    /// failover): refused with an error while the group has members here.
+    pub async fn commit_group_offsets(
+        &self,
+        group: &str,
+        offsets: &std::collections::BTreeMap<(String, u32), u64>,
+        metadata: &str,
+    ) -> Result<(), ClientError> {
+        let req = Request::CommitOffsets {
+            group: group.into(),
+            member_id: String::new(),
+            generation: -1,
+            offsets: offsets
+                .iter()
+                .map(
+                    |((topic, partition), offset)| crate::message::CommittedOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                        metadata: metadata.into(),
+                    },
+                )
+                .collect(),
+        };
+        self.client.call(&req, &[]).await.map(|_| ())
+    }
+
     /// Changes the named settings of a topic; the others keep their values.
     pub async fn alter_topic_config(
         &self,

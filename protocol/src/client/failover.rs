@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::conn::{unexpected, Client, ClientError, ClientOptions};
 use super::consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 use super::group::{GroupConfig, TopicPartition};
-use crate::message::{CommittedOffset, Request, Response};
+use crate::message::{Request, Response};
 
 /// One cluster a failover client can use.
 #[derive(Debug, Clone)]
@@ -367,21 +367,8 @@ async fn commit_as_admin(
     if offsets.is_empty() {
         return Ok(());
     }
-    let req = Request::CommitOffsets {
-        group: group.into(),
-        member_id: String::new(),
-        generation: -1,
-        offsets: offsets
-            .iter()
-            .map(|((topic, partition), offset)| CommittedOffset {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-                metadata: "failover".into(),
-            })
-            .collect(),
-    };
-    match client.call(&req, &[]).await {
+    let admin = super::admin::Admin::new(client.clone());
+    match admin.commit_group_offsets(group, offsets, "failover").await {
         Ok(_) => Ok(()),
         Err(e) if e.code().is_some() => {
             tracing::warn!(%group, error = %e, "group already active on the new cluster; it keeps its own offsets");

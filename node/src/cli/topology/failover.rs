@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use strait_mirror::naming::Naming;
 use strait_protocol::client::Admin;
-use strait_protocol::message::{CommittedOffset, Request, Response};
+use strait_protocol::message::{Request, Response};
 use strait_protocol::OffsetSpec;
 
 use super::live::Federation;
@@ -74,25 +74,14 @@ pub async fn fail_over_group(
     if offsets.is_empty() {
         bail!("cluster {to} holds no checkpointed offsets of group {group:?} yet; the flow copies them once the group commits on its source");
     }
-    let req = Request::CommitOffsets {
-        group: group.into(),
-        member_id: String::new(),
-        generation: -1,
-        offsets: offsets
-            .iter()
-            .map(|((topic, partition), offset)| CommittedOffset {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-                metadata: "failover".into(),
-            })
-            .collect(),
-    };
-    client.call(&req, &[]).await.with_context(|| {
-        format!(
+    admin
+        .commit_group_offsets(group, &offsets, "failover")
+        .await
+        .with_context(|| {
+            format!(
             "cannot apply the offsets of group {group:?} on {to}: it must have no members there"
         )
-    })?;
+        })?;
     if json {
         let list: Vec<_> = offsets
             .iter()
