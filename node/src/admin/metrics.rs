@@ -2,7 +2,6 @@
 //! sizes, group lag, every flow's lag, latency, gaps and checkpoint staleness, certificate
 //! expiry. Names and help text are listed in `docs/metrics.md`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -23,10 +22,10 @@ pub(super) async fn render(State(state): State<Arc<AdminState>>) -> impl IntoRes
     x.rows(
         "strait_ready",
         "gauge",
-        "1 once storage is recovered, the QUIC listener is up and the configured flows started.",
+        "1 once storage is recovered, the QUIC listener is up and every flow is connected.",
         [(
             node.to_vec(),
-            f64::from(u8::from(state.ready.load(Ordering::Acquire))),
+            f64::from(u8::from(super::readiness(&state).is_ok())),
         )],
     );
     expose_counters(&state.metrics, &mut x);

@@ -314,14 +314,36 @@ async fn failback(
     }
 }
 
-async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    match readiness(&state) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the QUIC listener or the configured flows are not up yet\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// Ready: storage recovered, the QUIC listener up, the configured flows started, and every
+/// flow connected to its source.
+pub(crate) fn readiness(state: &AdminState) -> Result<(), String> {
+    if !state.ready.load(Ordering::Acquire) {
+        return Err("the QUIC listener or the configured flows are not up yet".into());
+    }
+    let down: Vec<String> = state
+        .flows
+        .list()
+        .into_iter()
+        .filter(|f| !f.status.connected)
+        .map(|f| f.spec.name)
+        .collect();
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "flows not connected to their source: {}",
+            down.join(", ")
+        ))
     }
 }
 
@@ -362,7 +384,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Json<Value> {
         "cluster": broker.cluster,
         "node_id": broker.node_id,
         "address": state.quic_address,
-        "ready": state.ready.load(Ordering::Acquire),
+        "ready": readiness(&state).is_ok(),
         "topics": topics,
         "flows": state.flows.list(),
         "groups": groups,
