@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use strait_certs::Role;
 use strait_protocol::client::{Client, ClientOptions};
 
+pub mod impair;
+
 /// The `strait` binary, building it first if this test run has not.
 pub fn strait_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
