@@ -201,10 +201,29 @@ impl MirrorFlow {
             ));
         }
         let mut running = Running::new();
+        // A partitioned source does not refuse, it goes silent: after this long without an
+        // answer the flow shows as disconnected, while the look itself runs on (it is not
+        // cancelled halfway through starting copiers).
+        let silent_after = self.config.refresh.max(Duration::from_secs(3));
         loop {
-            let result = self
-                .discover(&shared, &mut running, &mut tasks, &stop)
-                .await;
+            let result = {
+                let discovery = self.discover(&shared, &mut running, &mut tasks, &stop);
+                tokio::pin!(discovery);
+                tokio::select! {
+                    r = &mut discovery => r,
+                    _ = tokio::time::sleep(silent_after) => {
+                        {
+                            let mut s = lock(&self.status);
+                            s.connected = false;
+                            s.last_error = Some(format!(
+                                "the source has not answered for {silent_after:?}: a network partition, or the source is down"
+                            ));
+                        }
+                        warn!(flow = %self.config.name, "source silent; flow shown as disconnected");
+                        discovery.await
+                    }
+                }
+            };
             {
                 let mut s = lock(&self.status);
                 s.connected = result.is_ok();

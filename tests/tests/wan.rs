@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use strait_protocol::client::{Admin, Client, Producer, ProducerConfig};
 use strait_tests::impair::{Impairment, UdpProxy};
-use strait_tests::{read_partition, NodeProcess, Pki};
+use strait_tests::{http_get, read_partition, strait, NodeProcess, Pki};
 
 const PARTITIONS: u32 = 4;
 
@@ -84,8 +84,9 @@ async fn a_flow_over_a_lossy_wan_and_through_a_partition_copies_everything_once(
             rate_bytes_per_s: None,
         },
     );
+    let admin = format!("127.0.0.1:{}", strait_tests::free_tcp_port());
     let west_config = format!(
-        "[[flows]]\nname = \"east-to-west\"\nsource_bootstrap = [\"{}\"]\ntopics = \"orders\"\nrefresh_ms = 300\n",
+        "admin_listen = \"{admin}\"\n[[flows]]\nname = \"east-to-west\"\nsource_bootstrap = [\"{}\"]\ntopics = \"orders\"\nrefresh_ms = 300\n",
         proxy.address
     );
     let _west = NodeProcess::start(&pki, "west", &dir.path().join("west"), &west_config);
@@ -104,8 +105,28 @@ async fn a_flow_over_a_lossy_wan_and_through_a_partition_copies_everything_once(
 
     // A full partition while the source keeps taking writes, then the link heals.
     proxy.partition(true);
+    let cut = Instant::now();
     produce(&source, "b", 2000).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The flow shows the partition: disconnected in `mirror status` and in /metrics.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&strait(&["mirror", "status", "--admin", &admin, "--json"]))
+                .unwrap();
+        let metrics = http_get(&admin, "/metrics");
+        if status["flows"][0]["connected"] == false
+            && metrics.contains("strait_mirror_connected{flow=\"east-to-west\",source_cluster=\"east\",target_cluster=\"west\"} 0")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partition never showed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let noticed = cut.elapsed();
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed())).await;
     let (_, dropped) = proxy.counts();
     proxy.partition(false);
     let healed = Instant::now();
@@ -117,7 +138,8 @@ async fn a_flow_over_a_lossy_wan_and_through_a_partition_copies_everything_once(
         "the partition dropped traffic"
     );
     println!(
-        "wan: 3000 records over 50 ms RTT / 1 % loss in {impaired:?}; caught up {caught_up:?} after a 5 s partition healed; \
+        "wan: 3000 records over 50 ms RTT / 1 % loss in {impaired:?}; partition shown as disconnected after {noticed:?}; \
+         caught up {caught_up:?} after it healed; \
          {forwarded} datagrams forwarded, {dropped_total} dropped; 5000 records copied exactly once"
     );
 }
