@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use strait_protocol::client::{
-    Admin, Client, ClusterEndpoint, ConsumerConfig, FailoverConfig, FailoverConsumer,
+    Admin, Client, ClientError, ClusterEndpoint, ConsumerConfig, FailoverConfig, FailoverConsumer,
     FailoverProducer, GroupConfig, Producer, ProducerConfig, Side,
 };
 use strait_protocol::OffsetSpec;
@@ -150,6 +150,29 @@ async fn produce(client: &Arc<Client>, from: u64, n: u64, value_bytes: usize) {
             .unwrap();
     }
     producer.flush().await;
+}
+
+/// Writes `n` records to `topic`, each with key and value `{tag}-{i}`.
+async fn produce_tagged(client: &Arc<Client>, topic: &str, tag: &str, n: u32) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..n {
+        let v = format!("{tag}-{i}");
+        producer
+            .send(topic, None, Some(v.as_bytes()), Some(v.as_bytes()), &[])
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+}
+
+/// Writes one record and waits for its acknowledgement (or the refusal).
+async fn write_one(client: &Arc<Client>, topic: &str, value: &[u8]) -> Result<u64, ClientError> {
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer
+        .send(topic, None, None, Some(value), &[])
+        .await?
+        .wait()
+        .await
 }
 
 /// One consumed record: the cluster it came from, where it was, and its value.
@@ -344,14 +367,7 @@ async fn promote_reports_the_recovery_point_that_was_missing() {
     pair.east.kill9();
 
     let west_client = pair.pki.client(&pair.west.address);
-    let refused = Producer::new(west_client.clone(), ProducerConfig::default());
-    let before = refused
-        .send("east.orders", None, None, Some(b"x"), &[])
-        .await;
-    let before = match before {
-        Ok(d) => d.wait().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    let before = write_one(&west_client, "east.orders", b"x").await;
     assert!(
         before.is_err(),
         "a mirror topic refuses writes before promotion"
@@ -401,12 +417,7 @@ async fn promote_reports_the_recovery_point_that_was_missing() {
     println!("promote: {at_risk_total} records at risk, exactly what east held beyond west ({east_ends:?} vs {west_ends:?})");
 
     // Promoted: writable now, and the flow is gone.
-    let producer = Producer::new(west_client.clone(), ProducerConfig::default());
-    producer
-        .send("east.orders", None, None, Some(b"after promote"), &[])
-        .await
-        .unwrap()
-        .wait()
+    write_one(&west_client, "east.orders", b"after promote")
         .await
         .unwrap();
     let status: Value = serde_json::from_str(&strait(&[
@@ -575,21 +586,7 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
     let common = ends(&west_client, "east.orders").await;
 
     // West takes writes while east is away.
-    let producer = Producer::new(west_client.clone(), ProducerConfig::default());
-    for i in 0..400 {
-        let v = format!("west-{i}");
-        producer
-            .send(
-                "east.orders",
-                None,
-                Some(v.as_bytes()),
-                Some(v.as_bytes()),
-                &[],
-            )
-            .await
-            .unwrap();
-    }
-    producer.flush().await;
+    produce_tagged(&west_client, "east.orders", "west", 400).await;
 
     // East returns with its tail; reverse the roles.
     pair.restart_east();
@@ -665,11 +662,7 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
         assert!(Instant::now() < deadline, "east never matched west");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let refused = Producer::new(east_client.clone(), ProducerConfig::default());
-    let write = match refused.send("orders", None, None, Some(b"x"), &[]).await {
-        Ok(d) => d.wait().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    let write = write_one(&east_client, "orders", b"x").await;
     assert!(write.is_err(), "east's orders is a mirror now");
     let quarantined: usize = tails.iter().map(Vec::len).sum();
     println!(
@@ -820,23 +813,13 @@ async fn consume_with_a_topology_fails_over_from_the_command_line() {
         "--admin",
         &pair.west_admin,
     ]);
-    let west = Producer::new(
-        pair.pki.client(&pair.west.address),
-        ProducerConfig::default(),
-    );
-    for i in 0..100 {
-        let v = format!("west-{i}");
-        west.send(
-            "east.orders",
-            None,
-            Some(v.as_bytes()),
-            Some(v.as_bytes()),
-            &[],
-        )
-        .await
-        .unwrap();
-    }
-    west.flush().await;
+    produce_tagged(
+        &pair.pki.client(&pair.west.address),
+        "east.orders",
+        "west",
+        100,
+    )
+    .await;
     wait_for("the records written on west after the failover", &|l| {
         (0..100).all(|i| {
             l.iter()

@@ -364,18 +364,23 @@ topics = "{flow_topics}"
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plan_after_apply_is_empty_and_an_edit_plans_exactly_that_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("edit.toml");
+/// Writes a two-region topology on free ports to `file` and brings it up.
+fn up_two_regions(file: &Path) -> (Up, [u16; 4]) {
     let ports = [
         free_udp_port(),
         free_tcp_port(),
         free_udp_port(),
         free_tcp_port(),
     ];
-    std::fs::write(&file, two_regions(&ports, "orders", "")).unwrap();
-    let up = Up::start(&file);
+    std::fs::write(file, two_regions(&ports, "orders", "")).unwrap();
+    (Up::start(file), ports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_after_apply_is_empty_and_an_edit_plans_exactly_that_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edit.toml");
+    let (up, ports) = up_two_regions(&file);
     assert!(up.cli("plan", &[]).contains("nothing to change"));
     let second = up.cli("apply", &[]);
     assert!(
@@ -520,14 +525,7 @@ fn rendered_dom(url: &str) -> String {
 async fn the_status_page_draws_the_federation_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("page.toml");
-    let ports = [
-        free_udp_port(),
-        free_tcp_port(),
-        free_udp_port(),
-        free_tcp_port(),
-    ];
-    std::fs::write(&file, two_regions(&ports, "orders", "")).unwrap();
-    let up = Up::start(&file);
+    let (up, ports) = up_two_regions(&file);
     produce(
         &up.client(&format!("127.0.0.1:{}", ports[0])),
         "orders",
