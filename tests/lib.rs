@@ -239,6 +239,20 @@ pub fn strait(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `strait ARGS…` expecting it to fail; returns its stderr.
+pub fn strait_fails(args: &[&str]) -> String {
+    let out = Command::new(strait_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run strait: {e}"));
+    assert!(
+        !out.status.success(),
+        "strait {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A `strait node run` child process.
 pub struct NodeProcess {
     child: Child,
@@ -343,6 +357,24 @@ impl NodeProcess {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// Lines the node logged so far.

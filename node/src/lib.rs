@@ -15,6 +15,7 @@ pub fn now_ms() -> i64 {
 }
 
 pub mod admin;
+pub mod authz;
 pub mod broker;
 pub mod groups;
 pub mod metrics;

@@ -14,6 +14,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
+use strait_protocol::acl::{Operation, ResourceKind};
 use strait_protocol::batch::split_batches;
 use strait_protocol::client::conn::read_frame;
 use strait_protocol::client::ClientError;
@@ -48,6 +49,8 @@ pub struct ListenConfig {
     /// Longest a peer may take to send one whole request.
     pub request_read_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Who may do what; open to every authenticated peer unless the config enables ACLs.
+    pub authz: Arc<crate::authz::Authorizer>,
 }
 
 struct Ctx {
@@ -122,6 +125,7 @@ impl Server {
             peer: Peer {
                 principal: flow_principal.into(),
                 role: Some(strait_certs::Role::Node),
+                trusted: true,
             },
         })
     }
@@ -176,6 +180,7 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     let principal = Arc::new(Peer {
         principal: principal.into(),
         role,
+        trusted: false,
     });
     let ctx2 = ctx.clone();
     let _forget = Forget(move || {
@@ -345,9 +350,30 @@ fn join(chunks: Vec<Bytes>) -> Bytes {
 struct Peer {
     principal: Arc<str>,
     role: Option<strait_certs::Role>,
+    /// The node itself (a flow it runs as gateway): ACLs do not apply.
+    trusted: bool,
 }
 
 impl Peer {
+    /// Whether this peer may do `op` to a resource, per the node's ACLs.
+    fn may(&self, ctx: &Ctx, op: Operation, kind: ResourceKind, name: &str) -> bool {
+        self.trusted || ctx.config.authz.allows(&self.principal, op, kind, name)
+    }
+
+    /// Like [`Peer::may`], with the refusal the client sees.
+    fn check(
+        &self,
+        ctx: &Ctx,
+        op: Operation,
+        kind: ResourceKind,
+        name: &str,
+    ) -> Result<(), WireError> {
+        if self.trusted {
+            return Ok(());
+        }
+        ctx.config.authz.check(&self.principal, op, kind, name)
+    }
+
     /// Mirror flows (and nodes running flows as gateways) may create mirror topics and append
     /// copied batches; clients may not, whatever else they are allowed.
     fn require_mirror(&self, what: &str) -> Result<(), WireError> {
@@ -464,6 +490,7 @@ async fn serve(
             "send Hello first on a new connection",
         ));
     }
+    authorize(ctx, peer, &request)?;
     let plain = |r: Response| Ok((r, Vec::new()));
     match request {
         Request::Hello {
@@ -485,7 +512,7 @@ async fn serve(
                 principal: peer.principal.to_string(),
             })
         }
-        Request::Metadata { topics } => plain(Response::Metadata(metadata(ctx, topics))),
+        Request::Metadata { topics } => plain(Response::Metadata(metadata(ctx, peer, topics))),
         Request::CreateTopic {
             name,
             partitions,
@@ -600,7 +627,13 @@ async fn serve(
         Request::FetchOffsets { group, partitions } => plain(Response::CommittedOffsets(
             ctx.groups.fetch_offsets(&group, partitions),
         )),
-        Request::ListGroups {} => plain(Response::Groups(ctx.groups.list())),
+        Request::ListGroups {} => plain(Response::Groups(
+            ctx.groups
+                .list()
+                .into_iter()
+                .filter(|g| peer.may(ctx, Operation::Describe, ResourceKind::Group, &g.group))
+                .collect(),
+        )),
         Request::DescribeGroup { group } => match ctx.groups.describe(&group) {
             Some(d) => plain(Response::GroupDescription(d)),
             None => Err(WireError::new(
@@ -632,8 +665,17 @@ async fn serve(
             offset,
             position,
         } => {
-            let (topic, offset) =
-                translate(broker, &source_cluster, &topic, partition, offset, position)?;
+            // Whether a mirror exists is itself something to describe: a principal that may
+            // not describe the named topic learns nothing from the error either.
+            let resolved = translate(broker, &source_cluster, &topic, partition, offset, position);
+            let (topic, offset) = match resolved {
+                Ok(found) => found,
+                Err(e) => {
+                    peer.check(ctx, Operation::Describe, ResourceKind::Topic, &topic)?;
+                    return Err(e);
+                }
+            };
+            peer.check(ctx, Operation::Describe, ResourceKind::Topic, &topic)?;
             plain(Response::Translated {
                 topic,
                 partition,
@@ -684,6 +726,17 @@ async fn serve(
                 producer_epoch: 0,
             })
         }
+        Request::ListAcls {} => plain(Response::Acls(ctx.config.authz.listing())),
+        Request::AddAcl { rule } => {
+            info!(principal = %peer.principal, %rule, "ACL added");
+            ctx.config.authz.add(rule)?;
+            plain(Response::Acls(ctx.config.authz.listing()))
+        }
+        Request::RemoveAcl { rule } => {
+            info!(principal = %peer.principal, %rule, "ACL removed");
+            ctx.config.authz.remove(&rule)?;
+            plain(Response::Acls(ctx.config.authz.listing()))
+        }
         _ => Err(WireError::new(
             ErrorCode::INVALID_REQUEST,
             "this node does not know that request; upgrade it",
@@ -691,7 +744,71 @@ async fn serve(
     }
 }
 
-fn metadata(ctx: &Ctx, filter: Option<Vec<String>>) -> Metadata {
+/// The checks a request passes before it is served. Listings (metadata, groups) are filtered
+/// instead, and a translation is checked against the topic it resolves to.
+fn authorize(ctx: &Ctx, peer: &Peer, request: &Request) -> Result<(), WireError> {
+    use ResourceKind::{Cluster, Group, Topic};
+    let check = |op, kind, name: &str| peer.check(ctx, op, kind, name);
+    let mirror_or = |op, name: &str| -> Result<(), WireError> {
+        // A flow keeps its mirror topics' partitions and settings in line with the source.
+        let is_mirror = ctx.broker.topic(name).is_ok_and(|t| t.mirror.is_some());
+        if is_mirror && peer.may(ctx, Operation::Mirror, Topic, name) {
+            return Ok(());
+        }
+        check(op, Topic, name)
+    };
+    match request {
+        Request::Hello { .. }
+        | Request::Metadata { .. }
+        | Request::ListGroups {}
+        | Request::TranslateOffset { .. } => Ok(()),
+        Request::CreateTopic { name, .. } => check(Operation::Create, Topic, name),
+        Request::DeleteTopic { name } => check(Operation::Delete, Topic, name),
+        Request::AlterTopicConfig { name, .. } | Request::AddPartitions { name, .. } => {
+            mirror_or(Operation::Alter, name)
+        }
+        Request::DescribeTopic { name } => check(Operation::Describe, Topic, name),
+        Request::ListOffsets { topic, .. } => check(Operation::Describe, Topic, topic),
+        Request::Produce { topic, .. } => check(Operation::Write, Topic, topic),
+        Request::Fetch { topic, .. } => check(Operation::Read, Topic, topic),
+        Request::InitProducer {} => {
+            // Producer ids are a node-wide resource: any principal that may write somewhere.
+            if peer.trusted
+                || ctx
+                    .broker
+                    .topics()
+                    .iter()
+                    .any(|t| peer.may(ctx, Operation::Write, Topic, t.name.as_str()))
+            {
+                Ok(())
+            } else {
+                check(Operation::Write, Topic, "*")
+            }
+        }
+        Request::JoinGroup(join) => check(Operation::Group, Group, &join.group),
+        Request::SyncGroup { group, .. }
+        | Request::Heartbeat { group, .. }
+        | Request::LeaveGroup { group, .. } => check(Operation::Group, Group, group),
+        Request::CommitOffsets { group, offsets, .. } => {
+            check(Operation::Group, Group, group)?;
+            offsets
+                .iter()
+                .try_for_each(|o| check(Operation::Read, Topic, &o.topic))
+        }
+        Request::FetchOffsets { group, .. } | Request::DescribeGroup { group } => {
+            check(Operation::Describe, Group, group)
+        }
+        Request::CreateMirrorTopic { name, .. } => check(Operation::Mirror, Topic, name),
+        Request::MirrorAppend { topic, .. } | Request::MirrorResume { topic, .. } => {
+            check(Operation::Mirror, Topic, topic)
+        }
+        Request::ListAcls {} => check(Operation::Describe, Cluster, ""),
+        Request::AddAcl { .. } | Request::RemoveAcl { .. } => check(Operation::Alter, Cluster, ""),
+        _ => Ok(()),
+    }
+}
+
+fn metadata(ctx: &Ctx, peer: &Peer, filter: Option<Vec<String>>) -> Metadata {
     let broker = &ctx.broker;
     let topics = broker
         .topics()
@@ -700,6 +817,14 @@ fn metadata(ctx: &Ctx, filter: Option<Vec<String>>) -> Metadata {
             filter
                 .as_ref()
                 .is_none_or(|f| f.iter().any(|n| n == t.name.as_str()))
+        })
+        .filter(|t| {
+            peer.may(
+                ctx,
+                Operation::Describe,
+                ResourceKind::Topic,
+                t.name.as_str(),
+            )
         })
         .map(|t| TopicInfo {
             name: t.name.to_string(),

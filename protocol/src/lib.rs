@@ -7,6 +7,7 @@
 //! that came from the network: every size is checked against a configured maximum before
 //! allocation.
 
+pub mod acl;
 pub mod batch;
 pub mod client;
 pub mod error;

@@ -171,6 +171,16 @@ pub enum Request {
         name: String,
         configs: Vec<(String, String)>,
     },
+    /// The node's ACLs, superusers and whether it enforces them (`describe` on the cluster).
+    ListAcls {},
+    /// Adds a rule and persists it (`alter` on the cluster). Answers the new listing.
+    AddAcl {
+        rule: crate::acl::AclRule,
+    },
+    /// Removes a rule added with `AddAcl` (`alter` on the cluster). Answers the new listing.
+    RemoveAcl {
+        rule: crate::acl::AclRule,
+    },
 }
 
 /// How a group moves partitions between members.
@@ -255,6 +265,9 @@ impl Request {
             Request::MirrorResume { .. } => "mirror_resume",
             Request::AddPartitions { .. } => "add_partitions",
             Request::AlterTopicConfig { .. } => "alter_topic_config",
+            Request::ListAcls { .. } => "list_acls",
+            Request::AddAcl { .. } => "add_acl",
+            Request::RemoveAcl { .. } => "remove_acl",
         }
     }
 }
@@ -370,4 +383,5 @@ pub enum Response {
     MirrorResume {
         next_source_offset: Option<u64>,
     },
+    Acls(crate::acl::AclListing),
 }

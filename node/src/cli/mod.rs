@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod acl_cmd;
 mod bench;
 mod certs_cmd;
 mod client_cmd;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Make and inspect certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// List, add and remove a node's access rules (ACLs).
+    #[command(subcommand)]
+    Acl(acl_cmd::AclCommand),
     /// Benchmarks with same-run baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(c) => mirror_cmd::run(c).await,
         Command::Topology(c) => topology::run(c).await,
         Command::Certs(c) => certs_cmd::run(c),
+        Command::Acl(c) => acl_cmd::run(c).await,
         Command::Bench(c) => bench::run(c).await,
         Command::Debug(c) => debug_cmd::run(c),
     }

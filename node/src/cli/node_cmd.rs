@@ -70,6 +70,8 @@ struct NodeFile {
     topic_defaults: BTreeMap<String, toml::Value>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    security: Security,
     /// Mirror flows this node runs as its cluster's gateway, copying into its own cluster.
     #[serde(default)]
     flows: Vec<strait_mirror::FlowSpec>,
@@ -86,6 +88,16 @@ struct Limits {
     request_read_timeout_ms: u64,
     handshake_timeout_ms: u64,
     retention_check_interval_ms: u64,
+}
+
+/// `[security]`: who may do what, and how certificates are watched.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Security {
+    /// Enforce `acls` (default deny for principals without a rule, except `superusers`).
+    authorization: bool,
+    superusers: Vec<String>,
+    acls: Vec<strait_protocol::acl::AclRule>,
 }
 
 impl Default for Limits {
@@ -190,6 +202,17 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         },
         request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+        authz: Arc::new(
+            strait_node::authz::Authorizer::open(
+                strait_node::authz::AuthzConfig {
+                    enabled: file.security.authorization,
+                    superusers: file.security.superusers.clone(),
+                    acls: file.security.acls.clone(),
+                },
+                Some(&data_dir),
+            )
+            .context("in [security]")?,
+        ),
     };
     let connect =
         super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;

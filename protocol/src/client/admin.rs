@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::conn::{unexpected, Client, ClientError};
+use crate::acl::{AclListing, AclRule};
 use crate::message::{Metadata, OffsetSpec, Request, Response, TopicDescription};
 
 /// Administrative calls against a cluster.
@@ -144,6 +145,30 @@ impl Admin {
                 timestamp_ms,
             } => Ok((offset, timestamp_ms)),
             other => Err(unexpected("list_offsets", other)),
+        }
+    }
+
+    /// The node's ACLs (needs `describe` on the cluster when authorization is on).
+    pub async fn list_acls(&self) -> Result<AclListing, ClientError> {
+        match self.client.call(&Request::ListAcls {}, &[]).await?.0 {
+            Response::Acls(l) => Ok(l),
+            other => Err(unexpected("list_acls", other)),
+        }
+    }
+
+    /// Adds and persists a rule (needs `alter` on the cluster); answers the new listing.
+    pub async fn add_acl(&self, rule: AclRule) -> Result<AclListing, ClientError> {
+        match self.client.call(&Request::AddAcl { rule }, &[]).await?.0 {
+            Response::Acls(l) => Ok(l),
+            other => Err(unexpected("add_acl", other)),
+        }
+    }
+
+    /// Removes a rule added at run time; answers the new listing.
+    pub async fn remove_acl(&self, rule: AclRule) -> Result<AclListing, ClientError> {
+        match self.client.call(&Request::RemoveAcl { rule }, &[]).await?.0 {
+            Response::Acls(l) => Ok(l),
+            other => Err(unexpected("remove_acl", other)),
         }
     }
 }

@@ -425,6 +425,7 @@ impl Rig {
             transport: TransportLimits::default(),
             request_read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            authz: Arc::new(strait_node::authz::Authorizer::open_to_all()),
         };
         let server = Server::start(broker.clone(), config)?;
         Ok(Rig {
