@@ -557,3 +557,66 @@ async fn the_status_page_draws_the_federation_in_a_browser() {
     assert!(total >= 300, "a non-zero record count: {total}");
     up.down();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_declared_in_a_topology_bind_every_node_and_flows_still_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acl.toml");
+    let ports = [
+        free_udp_port(),
+        free_tcp_port(),
+        free_udp_port(),
+        free_tcp_port(),
+    ];
+    let security = r#"
+[security]
+authorization = true
+principals = [{ name = "reader", role = "client" }]
+acls = [{ principal = "reader", operation = "read", resource = "topic", name = "east.", pattern = "prefixed" }]
+"#;
+    std::fs::write(&file, two_regions(&ports, "orders", security)).unwrap();
+    let out = strait(&["topology", "validate", file.to_str().unwrap()]);
+    assert!(out.contains("valid"), "{out}");
+    let up = Up::start(&file);
+    let (east, west) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[2]),
+    );
+    // The operator and the gateways are superusers: records flow east → west.
+    produce(&up.client(&east), "orders", "e", 50).await;
+    expect_exactly(&up.client(&west), "west", "east.orders", &["e"], 50).await;
+    let certs = up.state.path().join("certs");
+    let reader = Client::new(ClientOptions::new(
+        vec![west.clone()],
+        strait_certs::client_config(
+            &certs.join("ca.crt"),
+            &certs.join("reader.crt"),
+            &certs.join("reader.key"),
+        )
+        .unwrap(),
+    ));
+    let meta = Admin::new(reader.clone()).metadata(None).await.unwrap();
+    let names: Vec<_> = meta.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["east.orders"], "reader sees only what it may read");
+    let copied: usize = {
+        let mut n = 0;
+        for p in 0..2 {
+            n += read_partition(&reader, "east.orders", p).await.len();
+        }
+        n
+    };
+    assert_eq!(copied, 50);
+    let mut b = strait_protocol::BatchBuilder::new(Default::default());
+    b.push(1, None, Some(b"x"), &[]);
+    let produce = strait_protocol::Request::Produce {
+        topic: "east.orders".into(),
+        partition: 0,
+        acks: strait_protocol::Acks::All,
+    };
+    let err = reader
+        .call(&produce, &[b.finish().into_bytes()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("may not write"), "{err}");
+    up.down();
+}

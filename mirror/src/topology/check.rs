@@ -67,6 +67,7 @@ pub fn check(topology: &Topology, certs_dir: Option<&Path>) -> Result<Vec<String
         c.names(topology);
     }
     c.certificates(topology, certs_dir);
+    c.acls(topology);
     if c.problems.is_empty() {
         Ok(c.notes)
     } else {
@@ -317,6 +318,17 @@ impl Checker {
             if !selected.contains(&flow.name()) {
                 self.notes.push(format!("flow {} selects none of the declared topics of {} yet; it copies matching topics once they exist", flow.name(), flow.source));
             }
+        }
+    }
+
+    fn acls(&mut self, t: &Topology) {
+        for (i, rule) in t.security.acls.iter().enumerate() {
+            if let Err(reason) = rule.validate() {
+                self.problem(format!("security.acls[{i}] ({rule})"), reason);
+            }
+        }
+        if !t.security.acls.is_empty() && !t.security.authorization {
+            self.notes.push("security.acls are declared but security.authorization is false: nodes keep them and do not enforce them".into());
         }
     }
 

@@ -72,6 +72,16 @@ pub struct Security {
     /// Further identities `topology up` issues certificates for (applications, flows).
     #[serde(default)]
     pub principals: Vec<Principal>,
+    /// Enforce `acls` on every node. The federation's own nodes and `admin` are always
+    /// superusers (gateways read their sources with their node identity).
+    #[serde(default)]
+    pub authorization: bool,
+    /// Further principals that skip the ACLs.
+    #[serde(default)]
+    pub superusers: Vec<String>,
+    /// `[[security.acls]]`: rules every node of the federation enforces.
+    #[serde(default)]
+    pub acls: Vec<strait_protocol::acl::AclRule>,
 }
 
 fn yes() -> bool {
@@ -84,6 +94,9 @@ impl Default for Security {
             certs_dir: None,
             generate: true,
             principals: Vec::new(),
+            authorization: false,
+            superusers: Vec::new(),
+            acls: Vec::new(),
         }
     }
 }

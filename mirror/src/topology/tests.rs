@@ -197,3 +197,24 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn a_malformed_acl_is_named() {
+    let raw = r#"
+name = "t"
+[security]
+authorization = true
+acls = [{ principal = "app", operation = "read", resource = "topic" }]
+[[clusters]]
+name = "east"
+nodes = [{ id = 1, address = "127.0.0.1:7000", admin = "127.0.0.1:9000" }]
+"#;
+    let t: Topology = toml::from_str(raw).unwrap();
+    let problems = check(&t, None).unwrap_err();
+    assert!(
+        problems.iter().any(
+            |p| p.element.starts_with("security.acls[0]") && p.message.contains("needs a name")
+        ),
+        "{problems:?}"
+    );
+}

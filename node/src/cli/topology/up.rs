@@ -234,6 +234,24 @@ fn node_config(
         .map(|(k, v)| (k.clone(), toml::Value::from(v.clone())))
         .collect();
     doc.insert("topic_defaults".into(), defaults.into());
+    let sec = &topology.security;
+    let mut superusers: Vec<String> = topology
+        .clusters
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(|n| node_identity(&c.name, n.id)))
+        .chain(["admin".to_string()])
+        .chain(sec.superusers.iter().cloned())
+        .collect();
+    superusers.dedup();
+    let security = toml::Table::from_iter([
+        ("authorization".to_string(), sec.authorization.into()),
+        ("superusers".to_string(), superusers.into()),
+        (
+            "acls".to_string(),
+            toml::Value::try_from(&sec.acls).context("the topology's ACLs")?,
+        ),
+    ]);
+    doc.insert("security".into(), security.into());
     Ok(toml::to_string(&doc)?)
 }
 
