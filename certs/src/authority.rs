@@ -143,11 +143,9 @@ pub fn issue_with_validity(
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
+    // Key first, each through a rename: a node watching the files sees old or new, never half.
     write_private(&key, key_pair.serialize_pem().as_bytes())?;
-    fs::write(&crt, cert.pem()).map_err(|source| CertError::Write {
-        path: crt.clone(),
-        source,
-    })?;
+    crate::lifecycle::write_atomically(&crt, cert.pem().as_bytes())?;
     Ok((crt, key))
 }
 
@@ -187,13 +185,15 @@ fn invalid(path: &Path, what: &'static str, e: rcgen::Error) -> CertError {
 /// Writes a key file readable by its owner only.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     let write = || -> std::io::Result<()> {
+        let tmp = path.with_extension("key.tmp");
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(path)?;
-        f.write_all(data)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        fs::rename(&tmp, path)
     };
     write().map_err(|source| CertError::Write {
         path: path.into(),

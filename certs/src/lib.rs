@@ -7,14 +7,19 @@
 
 mod authority;
 mod inspect;
+mod lifecycle;
 mod tls;
 
 use std::path::PathBuf;
 
 pub use authority::{init_ca, issue, issue_with_validity, Role};
 pub use inspect::{inspect, principal_of, role_of, CertInfo};
+pub use lifecycle::{
+    revoke, revoked_list, rotate, serial_of, write_crl, write_crl_valid, Revoked, CRL_FILE,
+};
 pub use tls::{
-    client_config, client_config_without_identity, load_certs, load_key, server_config, ALPN,
+    client_config, client_config_without_identity, load_certs, load_crls, load_key,
+    reloading_client_config, server_config, server_config_with_crl, stamp, ALPN,
 };
 
 /// Why a certificate operation failed; each message names the file and the fix.

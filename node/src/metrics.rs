@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Refused TLS handshakes by reason.
     pub handshake_failures: DashMap<&'static str, AtomicU64>,
     pub connections: DashMap<usize, LiveConnection>,
+    /// Security events by name: certificate reloads, connections refused by a limit, …
+    pub events: DashMap<&'static str, AtomicU64>,
 }
 
 impl Metrics {
@@ -84,6 +86,13 @@ impl Metrics {
             return;
         }
         f(&self.topics.entry(topic.to_string()).or_default());
+    }
+
+    pub fn event(&self, name: &'static str) {
+        self.events
+            .entry(name)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {
@@ -303,6 +312,18 @@ pub fn expose_counters(m: &Metrics, x: &mut Exposition) {
         "counter",
         "TLS handshakes refused, by reason (no_certificate, unknown_ca, expired, not_yet_valid, revoked, timeout, other).",
         refused.into_iter().map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
+    );
+    let mut events: Vec<(&'static str, u64)> = m
+        .events
+        .iter()
+        .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    events.sort_unstable();
+    x.rows(
+        "strait_security_events_total",
+        "counter",
+        "Certificate reloads (cert_reload_ok, cert_reload_failed) and peers cut off by a limit (limit_*), by event.",
+        events.into_iter().map(|(r, n)| (vec![("event", r.to_string())], n as f64)),
     );
     expose_connections(m, x);
 }

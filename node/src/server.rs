@@ -4,14 +4,15 @@
 //! A peer that sends garbage gets an error on that stream (or a closed stream); other streams and
 //! other connections are unaffected, since each stream is its own task with its own deadline.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
+use dashmap::DashMap;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
 use strait_protocol::acl::{Operation, ResourceKind};
@@ -51,6 +52,38 @@ pub struct ListenConfig {
     pub handshake_timeout: Duration,
     /// Who may do what; open to every authenticated peer unless the config enables ACLs.
     pub authz: Arc<crate::authz::Authorizer>,
+    /// Client certificates this CRL revokes are refused; a stale CRL refuses everyone.
+    pub crl: Option<PathBuf>,
+    /// How often the certificate, key, CA and CRL files are checked for changes.
+    pub cert_reload_interval: Duration,
+    /// Certificates expiring within this are warned about (log and metric).
+    pub cert_expiry_warning: Duration,
+    pub peers: PeerLimits,
+}
+
+/// Bounds on what one peer may hold open, so no peer can slow the node for the others.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimits {
+    /// Connections (and handshakes) from one IP address.
+    pub connections_per_ip_max: u32,
+    /// Connections authenticated as one principal.
+    pub connections_per_principal_max: u32,
+    /// TLS handshakes in progress at once; beyond it new peers must first prove their address
+    /// (a QUIC retry), then are refused.
+    pub pending_handshakes_max: u32,
+    /// Malformed frames one connection may send before it is closed.
+    pub malformed_frames_per_connection_max: u32,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            connections_per_ip_max: 256,
+            connections_per_principal_max: 256,
+            pending_handshakes_max: 1024,
+            malformed_frames_per_connection_max: 32,
+        }
+    }
 }
 
 struct Ctx {
@@ -58,6 +91,9 @@ struct Ctx {
     groups: Arc<GroupCoordinator>,
     config: ListenConfig,
     metrics: Arc<Metrics>,
+    per_ip: DashMap<IpAddr, u32>,
+    per_principal: DashMap<Arc<str>, u32>,
+    pending_handshakes: AtomicU32,
 }
 
 /// A running listener.
@@ -65,17 +101,40 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     pub local_addr: SocketAddr,
     ctx: Arc<Ctx>,
+    reload: Arc<tokio::sync::Notify>,
+}
+
+/// The node's TLS files, as last loaded.
+fn tls_files(c: &ListenConfig) -> Vec<PathBuf> {
+    let mut files = vec![c.ca.clone(), c.cert.clone(), c.key.clone()];
+    files.extend(c.crl.clone());
+    files
+}
+
+/// Builds the QUIC server config from the files. Refuses a certificate not issued for a node:
+/// clients would refuse it anyway, with a less helpful message.
+fn build_server_config(c: &ListenConfig) -> anyhow::Result<quinn::ServerConfig> {
+    let certs = strait_certs::load_certs(&c.cert)?;
+    let role = strait_certs::role_of(&certs[0]);
+    if role != Some(strait_certs::Role::Node) {
+        anyhow::bail!(
+            "{} was issued for role {}, not node: clients refuse it as a server certificate. Issue one with `strait certs issue --role node --name NAME --host HOST`",
+            c.cert.display(),
+            role.map(|r| r.as_str()).unwrap_or("none")
+        );
+    }
+    let tls = strait_certs::server_config_with_crl(&c.ca, &c.cert, &c.key, c.crl.as_deref())
+        .context("cannot build the node's TLS config; check ca, cert, key and crl")?;
+    let quic = QuicServerConfig::try_from(tls).context("the TLS config is not usable for QUIC")?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server_config.transport_config(transport_config(&c.transport));
+    Ok(server_config)
 }
 
 impl Server {
     /// Binds the endpoint and starts accepting connections.
     pub fn start(broker: Arc<Broker>, config: ListenConfig) -> anyhow::Result<Server> {
-        let tls = strait_certs::server_config(&config.ca, &config.cert, &config.key)
-            .context("cannot build the node's TLS config; check --ca, --cert and --key")?;
-        let quic =
-            QuicServerConfig::try_from(tls).context("the TLS config is not usable for QUIC")?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server_config.transport_config(transport_config(&config.transport));
+        let server_config = build_server_config(&config)?;
         let endpoint =
             quinn::Endpoint::server(server_config, config.listen).with_context(|| {
                 format!(
@@ -91,19 +150,34 @@ impl Server {
             groups,
             config,
             metrics: Arc::new(Metrics::default()),
+            per_ip: DashMap::new(),
+            per_principal: DashMap::new(),
+            pending_handshakes: AtomicU32::new(0),
         });
         let accept = endpoint.clone();
         let accepting = ctx.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accept.accept().await {
-                tokio::spawn(handle_connection(incoming, accepting.clone()));
+                admit(incoming, &accepting);
             }
         });
+        let reload = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(watch_certificates(
+            endpoint.clone(),
+            ctx.clone(),
+            reload.clone(),
+        ));
         Ok(Server {
             endpoint,
             local_addr,
             ctx,
+            reload,
         })
+    }
+
+    /// Re-reads the certificate files now (SIGHUP), instead of at the next check.
+    pub fn reload_certificates(&self) {
+        self.reload.notify_one();
     }
 
     /// What this listener counts (for `/metrics`).
@@ -126,6 +200,8 @@ impl Server {
                 principal: flow_principal.into(),
                 role: Some(strait_certs::Role::Node),
                 trusted: true,
+                malformed: AtomicU32::new(0),
+                connection: None,
             },
         })
     }
@@ -137,8 +213,117 @@ impl Server {
     }
 }
 
+/// Re-reads the TLS files when they change (or on demand) and swaps the endpoint's config:
+/// new connections get the new certificate, open ones keep theirs. A file that does not load
+/// keeps the previous config, and says why. Also warns about certificates close to expiry.
+async fn watch_certificates(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    reload: Arc<tokio::sync::Notify>,
+) {
+    let files = tls_files(&ctx.config);
+    let mut stamp = strait_certs::stamp(&files);
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(ctx.config.cert_reload_interval) => false,
+            _ = reload.notified() => true,
+        };
+        let now = strait_certs::stamp(&files);
+        if forced || now != stamp {
+            stamp = now;
+            // Writers replace several files one after the other; let them finish.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match build_server_config(&ctx.config) {
+                Ok(config) => {
+                    endpoint.set_server_config(Some(config));
+                    ctx.metrics.event("cert_reload_ok");
+                    warned_at = None;
+                    let why = if forced { "on request (SIGHUP)" } else { "the files changed" };
+                    info!(cert = %ctx.config.cert.display(), "TLS certificates reloaded ({why}); new connections use them");
+                }
+                Err(e) => {
+                    ctx.metrics.event("cert_reload_failed");
+                    warn!(
+                        error = format!("{e:#}"),
+                        "new TLS files are not usable; keeping the previous certificates"
+                    );
+                }
+            }
+        }
+        if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+            warned_at = Some(Instant::now());
+            warn_expiring(&ctx.config);
+        }
+    }
+}
+
+fn warn_expiring(c: &ListenConfig) {
+    for (what, path) in [("node certificate", &c.cert), ("CA certificate", &c.ca)] {
+        let Ok(info) = strait_certs::inspect(path) else {
+            continue;
+        };
+        let left = info.expires_in_seconds;
+        if left < c.cert_expiry_warning.as_secs() as i64 {
+            warn!(
+                certificate = what,
+                file = %path.display(),
+                expires_in_days = left / 86_400,
+                "certificate expires soon; rotate it with `strait certs rotate --dir CA_DIR --name NAME` (the node picks up the new files by itself)"
+            );
+        }
+    }
+}
+
+/// Decides on a new peer before any handshake work: refused when its address already holds
+/// too many connections; asked to prove its address (QUIC retry) and then refused when too
+/// many handshakes are pending, so a flood of half-open handshakes costs no state.
+fn admit(incoming: quinn::Incoming, ctx: &Arc<Ctx>) {
+    let ip = incoming.remote_address().ip();
+    let limits = ctx.config.peers;
+    if ctx.pending_handshakes.load(Ordering::Acquire) >= limits.pending_handshakes_max {
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            ctx.metrics.event("limit_pending_handshakes_retry");
+            let _ = incoming.retry();
+        } else {
+            ctx.metrics.event("limit_pending_handshakes");
+            incoming.refuse();
+        }
+        return;
+    }
+    {
+        let mut n = ctx.per_ip.entry(ip).or_insert(0);
+        if *n >= limits.connections_per_ip_max {
+            drop(n);
+            ctx.metrics.event("limit_connections_per_ip");
+            debug!(%ip, max = limits.connections_per_ip_max, "refused: too many connections from this address");
+            incoming.refuse();
+            return;
+        }
+        *n += 1;
+    }
+    ctx.pending_handshakes.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(handle_connection(incoming, ctx.clone()));
+}
+
 async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     let peer = incoming.remote_address();
+    let ip = peer.ip();
+    let ctx_ip = ctx.clone();
+    let _ip_slot = Forget(move || {
+        if let dashmap::Entry::Occupied(mut e) = ctx_ip.per_ip.entry(ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    });
+    let ctx_pending = ctx.clone();
+    let mut pending = Some(Forget(move || {
+        ctx_pending
+            .pending_handshakes
+            .fetch_sub(1, Ordering::AcqRel);
+    }));
     let conn =
         match tokio::time::timeout(ctx.config.handshake_timeout, async { incoming.await }).await {
             Ok(Ok(c)) => c,
@@ -166,6 +351,33 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         conn.close(1u32.into(), b"certificate without a common name");
         return;
     };
+    pending.take();
+    let principal: Arc<str> = principal.into();
+    {
+        let max = ctx.config.peers.connections_per_principal_max;
+        let mut n = ctx.per_principal.entry(principal.clone()).or_insert(0);
+        if *n >= max {
+            drop(n);
+            ctx.metrics.event("limit_connections_per_principal");
+            warn!(%peer, %principal, max, "refused: too many connections for this principal");
+            conn.close(
+                2u32.into(),
+                format!("too many connections for principal {principal:?} (limits.connections_per_principal_max = {max})").as_bytes(),
+            );
+            return;
+        }
+        *n += 1;
+    }
+    let ctx_principal = ctx.clone();
+    let held = principal.clone();
+    let _principal_slot = Forget(move || {
+        if let dashmap::Entry::Occupied(mut e) = ctx_principal.per_principal.entry(held.clone()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    });
     info!(%peer, %principal, role = role.map(|r| r.as_str()).unwrap_or("none"), "connection accepted");
     let hello = Arc::new(AtomicBool::new(false));
     let id = conn.stable_id();
@@ -173,14 +385,16 @@ async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         id,
         crate::metrics::LiveConnection {
             peer,
-            principal: principal.clone(),
+            principal: principal.to_string(),
             connection: conn.clone(),
         },
     );
     let principal = Arc::new(Peer {
-        principal: principal.into(),
+        principal,
         role,
         trusted: false,
+        malformed: AtomicU32::new(0),
+        connection: Some(conn.clone()),
     });
     let ctx2 = ctx.clone();
     let _forget = Forget(move || {
@@ -236,6 +450,7 @@ async fn handle_stream(
             };
             warn!(principal = %principal.principal, error = %e, "bad frame");
             let _ = recv.stop(1u32.into());
+            principal.malformed_frame(&ctx);
             (error(code, e.to_string()), Vec::new())
         }
         Ok(Err(_)) => return,
@@ -352,9 +567,24 @@ struct Peer {
     role: Option<strait_certs::Role>,
     /// The node itself (a flow it runs as gateway): ACLs do not apply.
     trusted: bool,
+    /// Malformed frames this connection sent so far.
+    malformed: AtomicU32,
+    connection: Option<quinn::Connection>,
 }
 
 impl Peer {
+    /// Counts a malformed frame; past the limit the whole connection is closed.
+    fn malformed_frame(&self, ctx: &Ctx) {
+        let max = ctx.config.peers.malformed_frames_per_connection_max;
+        if self.malformed.fetch_add(1, Ordering::AcqRel) + 1 >= max {
+            if let Some(conn) = &self.connection {
+                ctx.metrics.event("limit_malformed_frames");
+                warn!(principal = %self.principal, max, "closing a connection that keeps sending malformed frames");
+                conn.close(3u32.into(), b"too many malformed frames");
+            }
+        }
+    }
+
     /// Whether this peer may do `op` to a resource, per the node's ACLs.
     fn may(&self, ctx: &Ctx, op: Operation, kind: ResourceKind, name: &str) -> bool {
         self.trusted || ctx.config.authz.allows(&self.principal, op, kind, name)

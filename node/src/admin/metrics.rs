@@ -206,21 +206,36 @@ fn flows(state: &AdminState, x: &mut Exposition) {
 }
 
 fn certificates(state: &AdminState, x: &mut Exposition) {
-    let rows = state.certificates.iter().filter_map(|(what, path)| {
-        let info = strait_certs::inspect(path).ok()?;
-        Some((
-            vec![
-                ("certificate", what.clone()),
-                ("file", path.display().to_string()),
-                ("subject", info.subject),
-            ],
-            info.expires_in_seconds as f64,
-        ))
-    });
+    let infos: Vec<_> = state
+        .certificates
+        .iter()
+        .filter_map(|(what, path)| Some((what, path, strait_certs::inspect(path).ok()?)))
+        .collect();
+    let labels = |what: &String, path: &std::path::PathBuf, subject: &str| {
+        vec![
+            ("certificate", what.clone()),
+            ("file", path.display().to_string()),
+            ("subject", subject.to_string()),
+        ]
+    };
     x.rows(
         "strait_certificate_expiry_seconds",
         "gauge",
         "Seconds until a certificate the node uses expires (negative once expired).",
-        rows,
+        infos.iter().map(|(what, path, info)| {
+            (
+                labels(what, path, &info.subject),
+                info.expires_in_seconds as f64,
+            )
+        }),
+    );
+    x.rows(
+        "strait_certificate_expiring",
+        "gauge",
+        "1 when a certificate expires within [security] cert_expiry_warning_days: rotate it.",
+        infos.iter().map(|(what, path, info)| {
+            let soon = info.expires_in_seconds < state.cert_expiry_warning_seconds;
+            (labels(what, path, &info.subject), f64::from(u8::from(soon)))
+        }),
     );
 }

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub groups: Arc<crate::groups::GroupCoordinator>,
     /// Certificates whose expiry is exposed: (what, file).
     pub certificates: Vec<(String, std::path::PathBuf)>,
+    /// Certificates expiring sooner than this count as expiring.
+    pub cert_expiry_warning_seconds: i64,
 }
 
 /// The admin socket, bound before recovery so `/health` answers at once and `/ready` says

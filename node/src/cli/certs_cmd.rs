@@ -1,4 +1,4 @@
-//! `strait certs init|issue|inspect`.
+//! `strait certs init|issue|rotate|revoke|crl|inspect`.
 
 use std::path::PathBuf;
 
@@ -25,6 +25,43 @@ pub enum CertsCommand {
         /// A DNS name or IP the node is reached at (repeatable).
         #[arg(long = "host")]
         hosts: Vec<String>,
+    },
+    /// Issue a fresh key and certificate for NAME with the same role and hosts, replacing its
+    /// files atomically; nodes and flows using them pick them up without a restart.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Validity of the new certificate.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Also revoke the old certificate (re-signs DIR/ca.crl).
+        #[arg(long)]
+        revoke_old: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke NAME's certificate (or a serial) and re-sign DIR/ca.crl; point nodes at it with
+    /// `[security] crl`.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Revoke this serial (hex) instead of the one in DIR/NAME.crt.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Days until the CRL's next update; re-sign it with `strait certs crl` before then.
+        #[arg(long, default_value_t = 7)]
+        crl_days: i64,
+    },
+    /// Re-sign DIR/ca.crl with a new next update (nodes refuse everyone once it is stale).
+    Crl {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        days: i64,
     },
     /// Show a certificate's subject, SANs, role and expiry.
     Inspect {
@@ -59,6 +96,55 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 key.display(),
                 role.as_str()
             );
+        }
+        CertsCommand::Rotate {
+            dir,
+            name,
+            days,
+            revoke_old,
+            json,
+        } => {
+            let (crt, old_serial) = strait_certs::rotate(&dir, &name, days)?;
+            let crl = if revoke_old {
+                Some(strait_certs::revoke(&dir, &name, Some(&old_serial), 7)?)
+            } else {
+                None
+            };
+            let serial = strait_certs::serial_of(&crt)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": name, "certificate": crt, "serial": serial,
+                        "old_serial": old_serial, "crl": crl,
+                    })
+                );
+            } else {
+                println!(
+                    "rotated {name}: {} (serial {serial}, replaces {old_serial})",
+                    crt.display()
+                );
+                if let Some(crl) = crl {
+                    println!("revoked the old certificate in {}", crl.display());
+                }
+            }
+        }
+        CertsCommand::Revoke {
+            dir,
+            name,
+            serial,
+            crl_days,
+        } => {
+            let crl = strait_certs::revoke(&dir, &name, serial.as_deref(), crl_days)?;
+            println!(
+                "revoked {name}; {} lists {} certificate(s) and is valid for {crl_days} days",
+                crl.display(),
+                strait_certs::revoked_list(&dir)?.len()
+            );
+        }
+        CertsCommand::Crl { dir, days } => {
+            let crl = strait_certs::write_crl(&dir, days)?;
+            println!("re-signed {} (valid for {days} days)", crl.display());
         }
         CertsCommand::Inspect { file, json } => {
             let info = strait_certs::inspect(&file)?;

@@ -157,7 +157,8 @@ struct MirrorFile {
 
 /// Clients for flows, all with the same certificate.
 pub fn connector(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Connector> {
-    let tls = strait_certs::client_config(ca, cert, key)
+    // Flows run for months: their identity is re-read when the files change.
+    let tls = strait_certs::reloading_client_config(ca, cert, key)
         .context("cannot load the certificate mirror flows connect with")?;
     Ok(Arc::new(move |bootstrap: Vec<String>| {
         Client::new(ClientOptions::new(bootstrap, tls.clone()))

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use strait_node::admin::AdminState;
 use strait_node::broker::Broker;
-use strait_node::server::{ListenConfig, Server};
+use strait_node::server::{ListenConfig, PeerLimits, Server};
 use strait_node::storage::LogConfig;
 use strait_protocol::frame::FrameLimits;
 use strait_protocol::transport::TransportLimits;
@@ -88,16 +88,41 @@ struct Limits {
     request_read_timeout_ms: u64,
     handshake_timeout_ms: u64,
     retention_check_interval_ms: u64,
+    connections_per_ip_max: u32,
+    connections_per_principal_max: u32,
+    pending_handshakes_max: u32,
+    malformed_frames_per_connection_max: u32,
 }
 
 /// `[security]`: who may do what, and how certificates are watched.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Security {
     /// Enforce `acls` (default deny for principals without a rule, except `superusers`).
     authorization: bool,
     superusers: Vec<String>,
     acls: Vec<strait_protocol::acl::AclRule>,
+    /// A CRL (PEM) from `strait certs revoke`; revoked client certificates are refused, and a
+    /// CRL past its next update refuses every client until it is refreshed.
+    crl: Option<PathBuf>,
+    /// How often the certificate, key, CA and CRL files are checked for changes (SIGHUP
+    /// reloads at once).
+    cert_reload_interval_ms: u64,
+    /// Warn (log, `strait_certificate_expiring`) this many days before a certificate expires.
+    cert_expiry_warning_days: u64,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            authorization: false,
+            superusers: Vec::new(),
+            acls: Vec::new(),
+            crl: None,
+            cert_reload_interval_ms: 5_000,
+            cert_expiry_warning_days: 30,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -112,6 +137,11 @@ impl Default for Limits {
             request_read_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             retention_check_interval_ms: 30_000,
+            connections_per_ip_max: PeerLimits::default().connections_per_ip_max,
+            connections_per_principal_max: PeerLimits::default().connections_per_principal_max,
+            pending_handshakes_max: PeerLimits::default().pending_handshakes_max,
+            malformed_frames_per_connection_max: PeerLimits::default()
+                .malformed_frames_per_connection_max,
         }
     }
 }
@@ -213,6 +243,15 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             )
             .context("in [security]")?,
         ),
+        crl: file.security.crl.clone(),
+        cert_reload_interval: Duration::from_millis(file.security.cert_reload_interval_ms.max(100)),
+        cert_expiry_warning: Duration::from_secs(file.security.cert_expiry_warning_days * 86_400),
+        peers: PeerLimits {
+            connections_per_ip_max: limits.connections_per_ip_max,
+            connections_per_principal_max: limits.connections_per_principal_max,
+            pending_handshakes_max: limits.pending_handshakes_max,
+            malformed_frames_per_connection_max: limits.malformed_frames_per_connection_max,
+        },
     };
     let connect =
         super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;
@@ -234,6 +273,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         metrics: server.metrics(),
         groups: server.groups(),
         certificates,
+        cert_expiry_warning_seconds: (file.security.cert_expiry_warning_days * 86_400) as i64,
     });
     if let Some(early) = early_admin {
         let bound = strait_node::admin::start(early, admin.clone()).await?;
@@ -247,6 +287,16 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         "strait node {node_id} of cluster {cluster} listening on {}",
         server.local_addr
     );
+    let server = Arc::new(server);
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let server = server.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading TLS certificates");
+                server.reload_certificates();
+            }
+        });
+    }
     wait_for_shutdown().await;
     info!("shutting down");
     flows.shutdown().await;

@@ -138,7 +138,7 @@ impl Connection {
         let conn = tokio::time::timeout(opts.connect_timeout, connecting)
             .await
             .map_err(|_| fail(format!("no answer within {:?}", opts.connect_timeout)))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(explain_handshake(&e)))?;
         let mut c = Connection {
             conn,
             _endpoint: endpoint,
@@ -159,10 +159,16 @@ impl Connection {
         };
         // The first stream proves the handshake really succeeded: a node that rejects our
         // certificate closes the connection here.
-        let (resp, _) = c
-            .request(&hello, &[])
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let (resp, _) = match c.request(&hello, &[]).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let why = match c.conn.close_reason() {
+                    Some(closed) => explain_handshake(&closed),
+                    None => e.to_string(),
+                };
+                return Err(fail(why));
+            }
+        };
         match resp {
             Response::Hello {
                 version,
@@ -259,6 +265,46 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     let mut body = first.unwrap_or_else(|| gathered.freeze());
     let header = body.split_to(lengths.header as usize);
     Ok((frame::decode_header(&header)?, body))
+}
+
+/// Turns a refused handshake into what went wrong and what to do: which side refused which
+/// certificate, and why, from the TLS alert the node sent or our own verifier's verdict.
+pub fn explain_handshake(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            if !(0x100..0x200).contains(&code) {
+                let reason = String::from_utf8_lossy(&close.reason);
+                return format!("the node closed the connection: {reason} ({e})");
+            }
+            let why = match code - 0x100 {
+                44 => "it was revoked (the node's CRL lists it); get a new one with `strait certs rotate`",
+                45 => "it has expired or is not valid yet; check `strait certs inspect` and the clocks",
+                48 | 51 => "it was not signed by a CA the node trusts; use a certificate issued by the node's CA",
+                116 => "none was sent; pass --cert and --key",
+                43 => "its key usage does not allow client authentication; issue it with --role client or mirror",
+                _ => "the node does not accept it (its log says why)",
+            };
+            format!("the node refused this client's certificate: {why} ({e})")
+        }
+        quinn::ConnectionError::TransportError(t) if t.reason.contains("certificate") => {
+            let r = &t.reason;
+            let l = r.to_ascii_lowercase().replace(' ', "");
+            let why = if l.contains("invalidpurpose") || l.contains("extendedkeyusage") {
+                "it is not valid for a server (not issued with role node; a client or mirror certificate cannot serve)"
+            } else if l.contains("unknownissuer") || l.contains("badsignature") {
+                "it was not issued by the CA this client trusts (--ca)"
+            } else if l.contains("expired") || l.contains("notvalidyet") {
+                "it has expired or is not valid yet"
+            } else if l.contains("notvalidforname") {
+                "it does not name the host dialed; connect with a name or IP listed in its SANs"
+            } else {
+                "it did not verify"
+            };
+            format!("this client refused the node's certificate: {why} ({r})")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn lost(e: impl std::fmt::Display) -> ClientError {

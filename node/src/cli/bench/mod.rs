@@ -426,6 +426,10 @@ impl Rig {
             request_read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             authz: Arc::new(strait_node::authz::Authorizer::open_to_all()),
+            crl: None,
+            cert_reload_interval: Duration::from_secs(3600),
+            cert_expiry_warning: Duration::ZERO,
+            peers: Default::default(),
         };
         let server = Server::start(broker.clone(), config)?;
         Ok(Rig {
