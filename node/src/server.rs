@@ -239,7 +239,11 @@ async fn watch_certificates(
                     endpoint.set_server_config(Some(config));
                     ctx.metrics.event("cert_reload_ok");
                     warned_at = None;
-                    let why = if forced { "on request (SIGHUP)" } else { "the files changed" };
+                    let why = if forced {
+                        "on request (SIGHUP)"
+                    } else {
+                        "the files changed"
+                    };
                     info!(cert = %ctx.config.cert.display(), "TLS certificates reloaded ({why}); new connections use them");
                 }
                 Err(e) => {
@@ -1256,12 +1260,19 @@ fn decode_batches(
     partition: u32,
     payload: Bytes,
 ) -> Result<Vec<RecordBatch>, WireError> {
-    split_batches(payload, &t.config.decode_limits()).map_err(|e| {
+    let limits = t.config.decode_limits();
+    let corrupt = |e: strait_protocol::DecodeError| {
         WireError::new(
             ErrorCode::CORRUPT_BATCH,
             format!("{topic}/{partition}: {e}"),
         )
-    })
+    };
+    let batches = split_batches(payload, &limits).map_err(corrupt)?;
+    for b in &batches {
+        b.check_decompressed_size(limits.batch_bytes_decompressed_max)
+            .map_err(corrupt)?;
+    }
+    Ok(batches)
 }
 
 /// Runs an append; under `flush = always` it waits for an fsync, so it runs off the async

@@ -394,6 +394,42 @@ impl RecordBatch {
         decode_records(self, section)
     }
 
+    /// Checks, before storing, that the records section cannot expand past `decompressed_max`
+    /// nor past what the header declares (a decompression bomb): cheaply from the zstd frame
+    /// header when it states its size, by a bounded decompression otherwise.
+    pub fn check_decompressed_size(&self, decompressed_max: u32) -> Result<(), DecodeError> {
+        let declared = read_u32(&self.bytes, AT_RECORDS_SIZE);
+        if declared > decompressed_max {
+            return Err(DecodeError::DecompressedTooLarge {
+                max: decompressed_max,
+            });
+        }
+        match self.compression() {
+            Compression::None => {
+                let raw = self.bytes.len() - HEADER_LEN - self.provenance_len;
+                if raw != declared as usize {
+                    return Err(DecodeError::Decompression(format!(
+                        "uncompressed records section is {raw} bytes, header says {declared}"
+                    )));
+                }
+                Ok(())
+            }
+            Compression::Zstd => {
+                let raw = &self.bytes[HEADER_LEN + self.provenance_len..];
+                let single_frame =
+                    zstd::zstd_safe::find_frame_compressed_size(raw).is_ok_and(|n| n == raw.len());
+                match zstd::zstd_safe::get_frame_content_size(raw) {
+                    Ok(Some(n)) if single_frame && n == u64::from(declared) => Ok(()),
+                    Ok(Some(n)) if single_frame => Err(DecodeError::Decompression(format!(
+                        "the zstd frame expands to {n} bytes, the batch header says {declared}"
+                    ))),
+                    _ => self.records_section(decompressed_max).map(|_| ()),
+                }
+            }
+            Compression::Lz4 => self.records_section(decompressed_max).map(|_| ()),
+        }
+    }
+
     fn records_section(&self, decompressed_max: u32) -> Result<Bytes, DecodeError> {
         let start = HEADER_LEN + self.provenance_len;
         let raw = self.bytes.slice(start..);

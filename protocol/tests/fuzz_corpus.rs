@@ -1,0 +1,159 @@
+//! Runs every fuzz target's checks (`fuzz/checks.rs`) on stable: over seeds built here (every
+//! request kind, batches with each codec, decompression bombs) and over the committed corpus in
+//! `fuzz/corpus/<target>/`, so CI keeps the targets compiling and the corpus passing.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
+
+use std::path::Path;
+
+use strait_protocol::acl::{AclRule, Operation, PatternType, Permission, ResourceKind};
+use strait_protocol::frame;
+use strait_protocol::message::{OffsetSpec, Request};
+use strait_protocol::{Acks, BatchBuilder, Compression};
+
+fn requests() -> Vec<Request> {
+    let rule = AclRule {
+        principal: "app".into(),
+        operation: Operation::Read,
+        resource: ResourceKind::Topic,
+        name: "t".into(),
+        pattern: PatternType::Prefixed,
+        permission: Permission::Deny,
+    };
+    vec![
+        Request::Hello {
+            version_min: 1,
+            version_max: 1,
+            client_id: "c".into(),
+        },
+        Request::Metadata {
+            topics: Some(vec!["t".into()]),
+        },
+        Request::CreateTopic {
+            name: "t".into(),
+            partitions: 3,
+            configs: vec![("flush".into(), "always".into())],
+        },
+        Request::Produce {
+            topic: "t".into(),
+            partition: 1,
+            acks: Acks::All,
+        },
+        Request::Fetch {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            max_wait_ms: 100,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+        },
+        Request::ListOffsets {
+            topic: "t".into(),
+            partition: 0,
+            spec: OffsetSpec::Timestamp(-5),
+        },
+        Request::CommitOffsets {
+            group: "g".into(),
+            member_id: "m".into(),
+            generation: 3,
+            offsets: vec![],
+        },
+        Request::MirrorAppend {
+            topic: "east.t".into(),
+            partition: 2,
+        },
+        Request::AddAcl { rule: rule.clone() },
+        Request::RemoveAcl { rule },
+        Request::ListAcls {},
+    ]
+}
+
+fn batches() -> Vec<Vec<u8>> {
+    [Compression::None, Compression::Lz4, Compression::Zstd]
+        .into_iter()
+        .map(|c| {
+            let mut b = BatchBuilder::new(c);
+            for i in 0..20u32 {
+                b.push(i64::from(i), Some(b"key"), Some(&[i as u8; 100]), &[]);
+            }
+            b.finish().into_bytes().to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn seeds_pass_every_check() {
+    for req in requests() {
+        let f = frame::encode(&req, 0).unwrap();
+        checks::frame(&f);
+        checks::request(&f[frame::PREFIX_LEN..]);
+        // Every truncation of a valid frame is refused cleanly too.
+        for cut in 0..f.len() {
+            checks::frame(&f[..cut]);
+            checks::request(&f[frame::PREFIX_LEN.min(cut)..cut]);
+        }
+    }
+    let all: Vec<u8> = batches().concat();
+    checks::batch(&all);
+    for b in batches() {
+        for cut in (0..b.len()).step_by(7) {
+            checks::batch(&b[..cut]);
+        }
+    }
+    // A zstd bomb: 64 MiB of zeros in a few KiB, declared small, declared honestly, and
+    // split across two frames; none may expand past the 1 MiB limit of the checks.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    for declared in [100u32, 64 << 20, 1 << 20] {
+        let mut input = vec![2u8];
+        input.extend_from_slice(&declared.to_le_bytes());
+        input.extend_from_slice(&bomb);
+        checks::decompress(&input);
+        let raw = checks::batch_around(2, declared, &bomb);
+        checks::batch(&raw);
+        assert_refused(&raw);
+    }
+    let small = zstd::bulk::compress(&[1u8; 100], 3).unwrap();
+    let two = [small.as_slice(), bomb.as_slice()].concat();
+    let raw = checks::batch_around(2, 100, &two);
+    checks::batch(&raw);
+    assert_refused(&raw);
+}
+
+/// The node's pre-store check refuses a bomb, however its size is declared.
+fn assert_refused(raw: &[u8]) {
+    let limits = strait_protocol::DecodeLimits {
+        batch_bytes_max: 1 << 20,
+        batch_bytes_decompressed_max: 1 << 20,
+    };
+    let b =
+        strait_protocol::RecordBatch::parse(bytes::Bytes::copy_from_slice(raw), &limits).unwrap();
+    let err = b.check_decompressed_size(1 << 20).unwrap_err();
+    assert!(err.to_string().contains("decompress"), "{err}");
+}
+
+#[test]
+fn the_committed_corpus_passes_every_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    type Check = fn(&[u8]);
+    let targets: [(&str, Check); 4] = [
+        ("frame", checks::frame),
+        ("request", checks::request),
+        ("batch", checks::batch),
+        ("decompress", checks::decompress),
+    ];
+    let mut ran = 0;
+    for (name, check) in targets {
+        let Ok(dir) = std::fs::read_dir(root.join(name)) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            check(&std::fs::read(entry.path()).unwrap());
+            ran += 1;
+        }
+    }
+    eprintln!("{ran} corpus inputs checked");
+}

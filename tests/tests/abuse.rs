@@ -1,0 +1,416 @@
+//! Hostile peers against one node over real QUIC + rustls: each attack is cut off, the node's
+//! memory stays bounded, and a well-behaved client beside it keeps producing. Prints one line
+//! per attack: how it was cut off, the node's peak RSS growth, and the good client's
+//! throughput during the attack against its throughput just before it.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strait_protocol::client::{Admin, ClientOptions, Connection};
+use strait_protocol::message::{Request, Response};
+use strait_protocol::{Acks, BatchBuilder, Compression, ErrorCode};
+use strait_tests::{free_tcp_port, http_get, NodeProcess, Pki};
+
+fn config(admin: u16) -> String {
+    format!(
+        r#"admin_listen = "127.0.0.1:{admin}"
+[limits]
+frame_bytes_max = 4194304
+request_read_timeout_ms = 1000
+handshake_timeout_ms = 2000
+streams_per_connection_max = 256
+pending_handshakes_max = 128
+connections_per_ip_max = 64
+"#
+    )
+}
+
+async fn connect(pki: &Pki, address: &str) -> Connection {
+    let mut opts = ClientOptions::new(vec![address.into()], pki.client_tls("app"));
+    opts.request_timeout = Duration::from_secs(10);
+    Connection::connect(address, &opts).await.unwrap()
+}
+
+fn batch_of(n: usize, size: usize, compression: Compression) -> Bytes {
+    let mut b = BatchBuilder::new(compression);
+    let value = vec![7u8; size];
+    for _ in 0..n {
+        b.push(1, None, Some(&value), &[]);
+    }
+    b.finish().into_bytes()
+}
+
+/// The well-behaved client: produces 64 KiB batches on its own connection until stopped,
+/// counting acknowledged bytes.
+struct Good {
+    bytes: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Good {
+    async fn start(pki: &Pki, address: &str) -> Good {
+        let conn = connect(pki, address).await;
+        let (bytes, errors, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let batch = batch_of(64, 1000, Compression::None);
+        let (b, e, s) = (bytes.clone(), errors.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let produce = Request::Produce {
+                topic: "good".into(),
+                partition: 0,
+                acks: Acks::Leader,
+            };
+            while !s.load(Ordering::Relaxed) {
+                match conn.request(&produce, std::slice::from_ref(&batch)).await {
+                    Ok((Response::Produced { .. }, _)) => {
+                        b.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!("good client error: {other:?}");
+                        e.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Good {
+            bytes,
+            errors,
+            stop,
+            task,
+        }
+    }
+
+    /// MB/s over the next `window`.
+    async fn rate(&self, window: Duration) -> f64 {
+        let before = self.bytes.load(Ordering::Relaxed);
+        tokio::time::sleep(window).await;
+        (self.bytes.load(Ordering::Relaxed) - before) as f64 / window.as_secs_f64() / 1e6
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// 10,000 QUIC Initials (each a real TLS ClientHello) from ten loopback addresses
+/// (127.0.0.2–11), never followed up.
+fn half_open_flood(server: SocketAddr, tls: rustls::ClientConfig) -> usize {
+    let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let mut sent = 0;
+    for source in 2..12 {
+        let socket = UdpSocket::bind(format!("127.0.0.{source}:0")).unwrap();
+        let mut endpoint = quinn_proto::Endpoint::new(
+            Arc::new(quinn_proto::EndpointConfig::default()),
+            None,
+            false,
+            None,
+        );
+        for _ in 0..1000 {
+            let config = quinn_proto::ClientConfig::new(crypto.clone());
+            let (_, mut conn) = endpoint
+                .connect(Instant::now(), config, server, "localhost")
+                .unwrap();
+            let mut buf = Vec::new();
+            if let Some(t) = conn.poll_transmit(Instant::now(), 1, &mut buf) {
+                socket.send_to(&buf[..t.size], server).unwrap();
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+struct Report {
+    node: NodeProcess,
+    admin: String,
+}
+
+impl Report {
+    fn rss(&self) -> (u64, u64) {
+        self.node.rss_kib()
+    }
+
+    fn line(&self, attack: &str, outcome: &str, rss_before: u64, before: f64, during: f64) -> f64 {
+        let peak = self.rss().1;
+        let growth = peak.saturating_sub(rss_before) as f64 / 1024.0;
+        println!(
+            "{attack:<28} {outcome:<58} peak RSS +{growth:>6.1} MiB   good client {during:>7.1} MB/s vs {before:>7.1} before ({:.2})",
+            during / before.max(0.001)
+        );
+        assert!(
+            growth < 256.0,
+            "{attack}: node memory grew by {growth:.1} MiB"
+        );
+        assert!(self.node_running(), "{attack}: the node died");
+        growth
+    }
+
+    fn node_running(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.node.pid())).exists()
+    }
+
+    fn metric(&self, name: &str) -> String {
+        http_get(&self.admin, "/metrics")
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_cut_off_and_a_good_client_keeps_going() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_tcp_port();
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), &config(admin_port));
+    let address = node.address.clone();
+    let report = Report {
+        node,
+        admin: format!("127.0.0.1:{admin_port}"),
+    };
+    let admin = Admin::new(pki.client(&address));
+    admin.create_topic("good", 1, vec![]).await.unwrap();
+    admin.create_topic("bombs", 1, vec![]).await.unwrap();
+    let good = Good::start(&pki, &address).await;
+    good.rate(Duration::from_millis(500)).await; // warm up
+    let server: SocketAddr = address.parse().unwrap();
+
+    // 1. Half-open handshakes.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let tls = pki.client_tls("app");
+    let flood = tokio::task::spawn_blocking(move || half_open_flood(server, tls));
+    let during = good.rate(Duration::from_secs(1)).await;
+    let sent = flood.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = report.metric("strait_security_events_total");
+    assert!(
+        events.contains("limit_pending_handshakes") && events.contains("limit_connections_per_ip"),
+        "the flood hit the per-address and pending-handshake limits: {events}"
+    );
+    report.line(
+        "10k half-open handshakes",
+        &format!("{sent} sent from 10 IPs; 64/IP, 128 pending, rest retried"),
+        rss,
+        before,
+        during,
+    );
+
+    // 2. Thousands of streams on one connection, each sending half a frame prefix.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let attacker = connect(&pki, &address).await;
+    let quic = attacker.quic().clone();
+    let opened = Arc::new(AtomicU64::new(0));
+    let timed_out = Arc::new(AtomicU64::new(0));
+    let streams = {
+        let (opened, timed_out) = (opened.clone(), timed_out.clone());
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..2000 {
+                let Ok(Ok((mut send, mut recv))) =
+                    tokio::time::timeout(Duration::from_secs(3), quic.open_bi()).await
+                else {
+                    break;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                let timed_out = timed_out.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _ = send.write_all(&[1, 0]).await;
+                    if let Ok((Response::Error(e), _)) =
+                        strait_protocol::client::conn::read_frame::<Response>(
+                            &mut recv,
+                            &Default::default(),
+                        )
+                        .await
+                    {
+                        if e.code == ErrorCode::TIMEOUT {
+                            timed_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    };
+    let during = good.rate(Duration::from_secs(2)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(120), streams).await;
+    let (o, t) = (
+        opened.load(Ordering::Relaxed),
+        timed_out.load(Ordering::Relaxed),
+    );
+    assert!(
+        t > 256,
+        "streams were cut off by the read deadline: {t} of {o}"
+    );
+    report.line(
+        "thousands of streams",
+        &format!("{o} opened, at most 256 at once, {t} cut off after 1 s"),
+        rss,
+        before,
+        during,
+    );
+
+    // 3. Slowloris: one byte of a frame every 300 ms.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let conn = connect(&pki, &address).await;
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+    let started = Instant::now();
+    let drip = tokio::spawn(async move {
+        let frame = strait_protocol::frame::encode(&Request::ListGroups {}, 0).unwrap();
+        for byte in frame.iter() {
+            if send.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let during = good.rate(Duration::from_millis(800)).await;
+    let answer =
+        strait_protocol::client::conn::read_frame::<Response>(&mut recv, &Default::default()).await;
+    let took = started.elapsed();
+    drip.abort();
+    match answer {
+        Ok((Response::Error(e), _)) => assert_eq!(e.code, ErrorCode::TIMEOUT, "{e}"),
+        other => panic!("slowloris not cut off: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    report.line(
+        "slowloris stream",
+        &format!(
+            "cut off after {:.1} s with a timeout error",
+            took.as_secs_f64()
+        ),
+        rss,
+        before,
+        during,
+    );
+
+    // 4. A frame header claiming 4 GiB, then one whose header alone claims 4 GiB.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    for prefix in [
+        [8u8, 0, 0, 0, 255, 255, 255, 255],
+        [255, 255, 255, 255, 0, 0, 0, 0],
+    ] {
+        let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+        send.write_all(&prefix).await.unwrap();
+        let (resp, _) =
+            strait_protocol::client::conn::read_frame::<Response>(&mut recv, &Default::default())
+                .await
+                .unwrap();
+        match resp {
+            Response::Error(e) => assert_eq!(e.code, ErrorCode::FRAME_TOO_LARGE, "{e}"),
+            other => panic!("4 GiB frame accepted: {other:?}"),
+        }
+    }
+    let during = good.rate(Duration::from_millis(500)).await;
+    report.line(
+        "frame claiming 4 GiB",
+        "frame_too_large before any allocation",
+        rss,
+        before,
+        during,
+    );
+
+    // 5. A zstd bomb: 128 MiB of zeros in a few KiB, declared honestly and declared small.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let zeros = vec![0u8; 128 << 20];
+    let mut bombs = Vec::new();
+    let mut b = BatchBuilder::new(Compression::Zstd);
+    b.push(1, None, Some(&zeros), &[]);
+    let honest = b.finish().into_bytes();
+    let ratio = (128 << 20) as f64 / honest.len() as f64;
+    bombs.push(honest.clone());
+    // The same compressed section under a header that claims 100 bytes.
+    let lying = {
+        let mut raw = honest.to_vec();
+        raw[61..65].copy_from_slice(&100u32.to_le_bytes());
+        let crc = crc32c::crc32c(&raw[21..]);
+        raw[17..21].copy_from_slice(&crc.to_le_bytes());
+        Bytes::from(raw)
+    };
+    bombs.push(lying);
+    drop(zeros);
+    let produce = Request::Produce {
+        topic: "bombs".into(),
+        partition: 0,
+        acks: Acks::All,
+    };
+    for bomb in bombs {
+        let err = conn.request(&produce, &[bomb]).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::CORRUPT_BATCH), "{err}");
+    }
+    let during = good.rate(Duration::from_millis(500)).await;
+    let d = admin.describe_topic("bombs").await.unwrap();
+    assert_eq!(d.partitions[0].end_offset, 0, "no bomb was stored");
+    report.line(
+        "zstd bomb",
+        &format!("{ratio:.0}x expansion refused, nothing stored"),
+        rss,
+        before,
+        during,
+    );
+
+    // 6. Random bytes after a valid hello: the connection is closed after 32 bad frames.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let garbage_conn = connect(&pki, &address).await;
+    let quic = garbage_conn.quic().clone();
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut answered = 0;
+    for _ in 0..200 {
+        let Ok((mut send, mut recv)) = quic.open_bi().await else {
+            break;
+        };
+        let noise: Vec<u8> = (0..256)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        if send.write_all(&noise).await.is_err() {
+            break;
+        }
+        let _ = send.finish();
+        if strait_protocol::client::conn::read_frame::<Response>(&mut recv, &Default::default())
+            .await
+            .is_ok()
+        {
+            answered += 1;
+        }
+    }
+    let during = good.rate(Duration::from_millis(500)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), quic.closed())
+        .await
+        .is_ok();
+    assert!(closed, "the garbage connection was closed");
+    assert!(answered <= 40, "{answered}");
+    report.line(
+        "random bytes after hello",
+        &format!("{answered} errors answered, then the connection closed"),
+        rss,
+        before,
+        during,
+    );
+
+    let errors = good.stop().await;
+    assert_eq!(errors, 0, "the good client never saw an error");
+    println!(
+        "limits hit: {}",
+        report.metric("strait_security_events_total")
+    );
+}
