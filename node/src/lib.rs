@@ -19,4 +19,5 @@ pub mod authz;
 pub mod broker;
 pub mod groups;
 pub mod metrics;
+pub mod quota;
 pub mod server;

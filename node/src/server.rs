@@ -59,6 +59,8 @@ pub struct ListenConfig {
     /// Certificates expiring within this are warned about (log and metric).
     pub cert_expiry_warning: Duration,
     pub peers: PeerLimits,
+    /// Per-principal produce and fetch byte rates.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// Bounds on what one peer may hold open, so no peer can slow the node for the others.
@@ -434,6 +436,7 @@ async fn handle_stream(
         ctx.config.request_read_timeout,
         read_frame::<Request>(&mut recv, &ctx.config.frame_limits),
     );
+    let mut charged = None;
     let (response, payload) = match read.await {
         Err(_) => (
             error(
@@ -460,8 +463,20 @@ async fn handle_stream(
         Ok(Err(_)) => return,
         Ok(Ok((request, payload))) => {
             let kind = request.kind();
+            let produced = payload.len() as u64;
             match dispatch(&ctx, &hello, &principal, request, payload).await {
-                Ok(answer) => answer,
+                Ok(answer) => {
+                    use crate::quota::Direction;
+                    charged = match kind {
+                        "produce" => Some((Direction::Produce, produced)),
+                        "fetch" => Some((
+                            Direction::Fetch,
+                            answer.1.iter().map(|b| b.len() as u64).sum(),
+                        )),
+                        _ => None,
+                    };
+                    answer
+                }
                 Err(e) => {
                     debug!(principal = %principal.principal, request = kind, error = %e, "request failed");
                     (Response::Error(e), Vec::new())
@@ -470,6 +485,19 @@ async fn handle_stream(
         }
     };
     let len: usize = payload.iter().map(Bytes::len).sum();
+    if let Some((direction, bytes)) = charged {
+        let hold = ctx
+            .config
+            .quotas
+            .charge(&principal.principal, direction, bytes);
+        if !hold.is_zero() {
+            ctx.metrics.event(match direction {
+                crate::quota::Direction::Produce => "quota_throttled_produce",
+                crate::quota::Direction::Fetch => "quota_throttled_fetch",
+            });
+            tokio::time::sleep(hold).await;
+        }
+    }
     let Ok(head) = frame::encode(&response, len) else {
         return;
     };

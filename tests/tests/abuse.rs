@@ -135,6 +135,7 @@ fn half_open_flood(server: SocketAddr, tls: rustls::ClientConfig) -> usize {
 struct Report {
     node: NodeProcess,
     admin: String,
+    started: Instant,
 }
 
 impl Report {
@@ -146,8 +147,9 @@ impl Report {
         let peak = self.rss().1;
         let growth = peak.saturating_sub(rss_before) as f64 / 1024.0;
         println!(
-            "{attack:<28} {outcome:<58} peak RSS +{growth:>6.1} MiB   good client {during:>7.1} MB/s vs {before:>7.1} before ({:.2})",
-            during / before.max(0.001)
+            "[{:>5.1}s] {attack:<28} {outcome:<58} peak RSS +{growth:>6.1} MiB   good client {during:>7.1} MB/s vs {before:>7.1} before ({:.2})",
+            self.started.elapsed().as_secs_f64(),
+            during / before.max(0.001),
         );
         assert!(
             growth < 256.0,
@@ -180,6 +182,7 @@ async fn hostile_peers_are_cut_off_and_a_good_client_keeps_going() {
     let report = Report {
         node,
         admin: format!("127.0.0.1:{admin_port}"),
+        started: Instant::now(),
     };
     let admin = Admin::new(pki.client(&address));
     admin.create_topic("good", 1, vec![]).await.unwrap();
@@ -413,4 +416,56 @@ async fn hostile_peers_are_cut_off_and_a_good_client_keeps_going() {
         "limits hit: {}",
         report.metric("strait_security_events_total")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_byte_quota_is_slowed_and_nobody_else_is() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_tcp_port();
+    let config = format!(
+        "admin_listen = \"127.0.0.1:{admin_port}\"\n[[quotas.principals]]\nprincipal = \"hog\"\nproduce_bytes_per_sec = 1000000\n"
+    );
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), &config);
+    let admin = Admin::new(pki.client(&node.address));
+    admin.create_topic("good", 1, vec![]).await.unwrap();
+    let good = Good::start(&pki, &node.address).await;
+    let before = good.rate(Duration::from_secs(1)).await;
+
+    let mut opts = ClientOptions::new(vec![node.address.clone()], pki.client_tls("hog"));
+    opts.request_timeout = Duration::from_secs(10);
+    let hog = Connection::connect(&node.address, &opts).await.unwrap();
+    let batch = batch_of(64, 1000, Compression::None);
+    let produce = Request::Produce {
+        topic: "good".into(),
+        partition: 0,
+        acks: Acks::Leader,
+    };
+    let started = Instant::now();
+    let hogging = async {
+        let mut sent = 0;
+        while sent < 4_000_000 {
+            hog.request(&produce, std::slice::from_ref(&batch))
+                .await
+                .unwrap();
+            sent += batch.len();
+        }
+        sent
+    };
+    let (sent, during) = tokio::join!(hogging, good.rate(Duration::from_secs(2)));
+    let took = started.elapsed();
+    let hog_rate = sent as f64 / took.as_secs_f64() / 1e6;
+    println!(
+        "quota: hog sent {:.1} MB in {:.1} s ({hog_rate:.2} MB/s against a 1 MB/s quota); good client {during:.1} MB/s vs {before:.1} before",
+        sent as f64 / 1e6,
+        took.as_secs_f64()
+    );
+    // The bucket starts with one second of credit: 4 MB at 1 MB/s takes at least 3 s.
+    assert!(
+        took >= Duration::from_millis(2900),
+        "the quota held the hog back: {took:?}"
+    );
+    let metrics = http_get(&format!("127.0.0.1:{admin_port}"), "/metrics");
+    assert!(metrics.contains("quota_throttled_produce"), "{metrics}");
+    assert_eq!(good.stop().await, 0);
 }

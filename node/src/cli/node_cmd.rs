@@ -72,6 +72,9 @@ struct NodeFile {
     limits: Limits,
     #[serde(default)]
     security: Security,
+    /// Per-principal produce and fetch byte rates (0: unlimited).
+    #[serde(default)]
+    quotas: strait_node::quota::QuotaConfig,
     /// Mirror flows this node runs as its cluster's gateway, copying into its own cluster.
     #[serde(default)]
     flows: Vec<strait_mirror::FlowSpec>,
@@ -252,6 +255,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             pending_handshakes_max: limits.pending_handshakes_max,
             malformed_frames_per_connection_max: limits.malformed_frames_per_connection_max,
         },
+        quotas: Arc::new(strait_node::quota::Quotas::new(file.quotas.clone())),
     };
     let connect =
         super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;

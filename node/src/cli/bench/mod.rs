@@ -430,6 +430,7 @@ impl Rig {
             cert_reload_interval: Duration::from_secs(3600),
             cert_expiry_warning: Duration::ZERO,
             peers: Default::default(),
+            quotas: Default::default(),
         };
         let server = Server::start(broker.clone(), config)?;
         Ok(Rig {
