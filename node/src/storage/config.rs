@@ -170,6 +170,10 @@ impl LogConfig {
                 self.batch_bytes_max =
                     u32::try_from(number()?).map_err(|_| bad("below 4294967296"))?
             }
+            "max.batch.decompressed.bytes" => {
+                self.batch_bytes_decompressed_max =
+                    u32::try_from(number()?).map_err(|_| bad("below 4294967296"))?
+            }
             "cleanup.policy" => {
                 self.cleanup = match value {
                     "delete" => CleanupPolicy {
@@ -221,6 +225,10 @@ impl LogConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("max.batch.bytes".into(), self.batch_bytes_max.to_string()),
+            (
+                "max.batch.decompressed.bytes".into(),
+                self.batch_bytes_decompressed_max.to_string(),
+            ),
             ("retention.bytes".into(), opt(self.retention_bytes)),
             ("retention.ms".into(), opt(self.retention_ms)),
             ("segment.bytes".into(), self.segment_bytes.to_string()),
