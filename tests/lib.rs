@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use strait_certs::Role;
 use strait_protocol::client::{Client, ClientOptions};
 
+pub mod checker;
 pub mod impair;
 
 /// The `strait` binary, building it first if this test run has not.

@@ -1,0 +1,274 @@
+//! Process faults under load, checked by the history checker: writers produce unique, sequenced
+//! values with `acks = all` to a source cluster whose topics use `flush = always`, while
+//! `kill -9` and `SIGSTOP`/`SIGCONT` hit the source node and the mirror flow at random moments.
+//! Afterwards the source is read twice and the prefix-mode target once; the checker's table is
+//! printed and must be clean.
+//!
+//! The quick profile (CI) runs 20 s of faults; `STRAIT_FAULT_SECONDS=3600` (see
+//! `tests/faults --long`) runs the long one.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strait_certs::Role;
+use strait_protocol::client::{Admin, Client, Producer, ProducerConfig};
+use strait_protocol::{Acks, OffsetSpec};
+use strait_tests::checker::{check, divergence, History, Read};
+use strait_tests::{read_partition, strait_bin, NodeProcess, Pki};
+
+const PARTITIONS: u32 = 4;
+const TOPIC: &str = "history";
+
+struct Flow(Child);
+
+impl Flow {
+    fn start(pki: &Pki, source: &str, target: &str) -> Flow {
+        let child = Command::new(strait_bin())
+            .args([
+                "mirror",
+                "run",
+                "--name",
+                "east-to-west",
+                "--topics",
+                TOPIC,
+                "--refresh-s",
+                "1",
+            ])
+            .args(["--source-bootstrap", source, "--target-bootstrap", target])
+            .arg("--ca")
+            .arg(pki.ca())
+            .arg("--cert")
+            .arg(pki.path("flow.crt"))
+            .arg("--key")
+            .arg(pki.path("flow.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Flow(child)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// A small deterministic generator, so a failing schedule can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+/// One writer: values `w<id>-<seq>` to partition `(id + seq) % PARTITIONS`, acks = all.
+async fn writer(id: u32, client: Arc<Client>, stop: Arc<AtomicBool>, history: Arc<Mutex<History>>) {
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks: Acks::All,
+            linger_ms: 2,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut pending = Vec::new();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let value = History::value(id, seq);
+        let partition = ((u64::from(id) + seq) % u64::from(PARTITIONS)) as u32;
+        history.lock().unwrap().attempt(&value);
+        match producer
+            .send(TOPIC, Some(partition), None, Some(value.as_bytes()), &[])
+            .await
+        {
+            Ok(delivery) => pending.push((value, partition, tokio::spawn(delivery.wait()))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        seq += 1;
+        if pending.len() >= 200 {
+            settle(&mut pending, &history).await;
+        }
+    }
+    producer.flush().await;
+    settle(&mut pending, &history).await;
+}
+
+type Pending = Vec<(
+    String,
+    u32,
+    tokio::task::JoinHandle<Result<u64, strait_protocol::client::ClientError>>,
+)>;
+
+async fn settle(pending: &mut Pending, history: &Mutex<History>) {
+    for (value, partition, wait) in pending.drain(..) {
+        if let Ok(Ok(Ok(_))) = tokio::time::timeout(Duration::from_secs(60), wait).await {
+            history.lock().unwrap().ack(&value, partition);
+        }
+    }
+}
+
+async fn read_all(client: &Arc<Client>, topic: &str) -> BTreeMap<u32, Read> {
+    let mut out = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let read = read_partition(client, topic, p)
+            .await
+            .into_iter()
+            .map(|s| {
+                (
+                    s.offset,
+                    String::from_utf8_lossy(&s.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        out.insert(p, read);
+    }
+    out
+}
+
+async fn ends(client: &Arc<Client>, topic: &str) -> Vec<u64> {
+    let admin = Admin::new(client.clone());
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        out.push(
+            admin
+                .list_offset(topic, p, OffsetSpec::Latest)
+                .await
+                .map(|(o, _)| o)
+                .unwrap_or(0),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_sigstop_of_nodes_and_flows_lose_and_duplicate_nothing() {
+    let seconds: u64 = std::env::var("STRAIT_FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("STRAIT_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_5eed);
+    let pki = Pki::new();
+    strait_certs::issue(pki.dir.path(), "flow", Role::Mirror, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[topic_defaults]\nflush = \"always\"\n";
+    let east_port = strait_tests::free_udp_port();
+    let east_dir = dir.path().join("east");
+    let mut east = NodeProcess::start_on(&pki, "east", &east_dir, config, east_port);
+    let west = NodeProcess::start(&pki, "west", &dir.path().join("west"), config);
+    Admin::new(pki.client(&east.address))
+        .create_topic(TOPIC, PARTITIONS, vec![])
+        .await
+        .unwrap();
+    let mut flow = Flow::start(&pki, &east.address, &west.address);
+
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|id| {
+            tokio::spawn(writer(
+                id,
+                pki.client(&east.address),
+                stop.clone(),
+                history.clone(),
+            ))
+        })
+        .collect();
+
+    let mut rng = Rng(seed);
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut kinds: Vec<u64> = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(800 + rng.next(1500))).await;
+        // Every kind once per four faults, in a random order.
+        if kinds.is_empty() {
+            kinds = vec![0, 1, 2, 3];
+            for i in (1..kinds.len()).rev() {
+                kinds.swap(i, rng.next(i as u64 + 1) as usize);
+            }
+        }
+        let fault = match kinds.pop().unwrap_or(0) {
+            0 => {
+                east.kill9();
+                east = NodeProcess::start_on(&pki, "east", &east_dir, config, east_port);
+                "kill -9 source node"
+            }
+            1 => {
+                signal(east.pid(), "-STOP");
+                tokio::time::sleep(Duration::from_millis(500 + rng.next(2000))).await;
+                signal(east.pid(), "-CONT");
+                "SIGSTOP/SIGCONT source node"
+            }
+            2 => {
+                flow.kill9();
+                flow = Flow::start(&pki, &east.address, &west.address);
+                "kill -9 flow"
+            }
+            _ => {
+                signal(flow.0.id(), "-STOP");
+                tokio::time::sleep(Duration::from_millis(500 + rng.next(2000))).await;
+                signal(flow.0.id(), "-CONT");
+                "SIGSTOP/SIGCONT flow"
+            }
+        };
+        *faults.entry(fault).or_default() += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // The flow catches up with what the source holds.
+    let (source, target) = (pki.client(&east.address), pki.client(&west.address));
+    let target_topic = format!("east.{TOPIC}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let source_ends = ends(&source, TOPIC).await;
+    while ends(&target, &target_topic).await != source_ends {
+        assert!(Instant::now() < deadline, "the flow never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let history = history.lock().unwrap().clone();
+    let first = read_all(&source, TOPIC).await;
+    let second = read_all(&pki.client(&east.address), TOPIC).await;
+    let mirrored = read_all(&target, &target_topic).await;
+    let mut report = check(&history, &first, &second);
+    report.mirror_divergence = divergence(&first, &mirrored);
+    let on_target = check(&history, &mirrored, &mirrored);
+    report.duplicates += on_target.duplicates;
+    report.lost = report.lost.max(on_target.lost);
+    println!("faults injected over {seconds} s (seed {seed}): {faults:?}");
+    println!("{report}");
+    assert!(
+        faults.len() == 4 || seconds < 10,
+        "every fault kind ran: {faults:?}"
+    );
+    assert!(report.acknowledged > 1000, "enough load: {report:?}");
+    assert!(report.clean(), "the checker found anomalies:\n{report}");
+}
