@@ -276,6 +276,18 @@ impl NodeProcess {
         config_toml: &str,
         port: u16,
     ) -> NodeProcess {
+        NodeProcess::start_with_env(pki, cluster, data_dir, config_toml, port, &[])
+    }
+
+    /// Like [`NodeProcess::start_on`], with extra environment variables (test hooks).
+    pub fn start_with_env(
+        pki: &Pki,
+        cluster: &str,
+        data_dir: &Path,
+        config_toml: &str,
+        port: u16,
+        env: &[(&str, &Path)],
+    ) -> NodeProcess {
         let address = format!("127.0.0.1:{port}");
         let config = data_dir.with_extension("toml");
         std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{e}"));
@@ -302,6 +314,7 @@ impl NodeProcess {
             .arg("--key")
             .arg(pki.path("node-1.key"))
             .env("STRAIT_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -388,4 +401,50 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Simulates a power cut on a killed node's data dir from its durability journal
+/// (`STRAIT_TEST_DURABLE_JOURNAL`): every segment loses what was not fsynced, and the first
+/// lost write is torn (a prefix of it survives with its last sector zeroed). Returns (segments
+/// cut, bytes dropped).
+pub fn power_loss(data_dir: &Path, journal: &Path, seed: u64) -> (usize, u64) {
+    let mut durable = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(journal).unwrap_or_default().lines() {
+        if let Some((len, path)) = line.split_once(' ') {
+            if let Ok(len) = len.parse::<u64>() {
+                durable.insert(PathBuf::from(path), len);
+            }
+        }
+    }
+    let (mut cut, mut dropped, mut n) = (0, 0, seed);
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let keep = *durable.get(&canonical).unwrap_or(&0);
+            let raw = std::fs::read(&path).unwrap_or_default();
+            if raw.len() as u64 <= keep {
+                continue;
+            }
+            n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let lost = &raw[keep as usize..];
+            let torn = (1 + (n >> 33) as usize % 4096).min(lost.len());
+            let mut survivor = raw[..keep as usize].to_vec();
+            survivor.extend_from_slice(&lost[..torn]);
+            let zero_from = survivor.len() - torn.min(512);
+            survivor[zero_from..].iter_mut().for_each(|b| *b = 0);
+            std::fs::write(&path, &survivor).unwrap_or_else(|e| panic!("{e}"));
+            cut += 1;
+            dropped += (raw.len() - survivor.len()) as u64;
+        }
+    }
+    (cut, dropped)
 }

@@ -272,3 +272,93 @@ async fn kill_9_and_sigstop_of_nodes_and_flows_lose_and_duplicate_nothing() {
     assert!(report.acknowledged > 1000, "enough load: {report:?}");
     assert!(report.clean(), "the checker found anomalies:\n{report}");
 }
+
+/// A writer that records each acknowledgement the moment it arrives, so a kill leaves an exact
+/// history of what was acknowledged before it.
+async fn eager_writer(id: u32, client: Arc<Client>, history: Arc<Mutex<History>>) {
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks: Acks::All,
+            linger_ms: 1,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut window: tokio::task::JoinSet<(String, u32, bool)> = tokio::task::JoinSet::new();
+    for seq in 0.. {
+        while window.len() >= 512 {
+            if let Some(Ok((value, partition, true))) = window.join_next().await {
+                history.lock().unwrap().ack(&value, partition);
+            }
+        }
+        let value = History::value(id, seq);
+        let partition = ((u64::from(id) + seq) % u64::from(PARTITIONS)) as u32;
+        history.lock().unwrap().attempt(&value);
+        match producer
+            .send(TOPIC, Some(partition), None, Some(value.as_bytes()), &[])
+            .await
+        {
+            Ok(delivery) => {
+                window.spawn(async move {
+                    let ok = delivery.wait().await.is_ok();
+                    (value, partition, ok)
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// kill -9 under load, then a simulated power cut (un-fsynced bytes dropped, the next write
+/// torn), then a restart: under `flush = always` nothing acknowledged is lost; under
+/// `flush = os` the loss is measured and printed (docs/architecture.md states it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_loses_nothing_acknowledged_under_flush_always() {
+    let pki = Pki::new();
+    for (round, policy) in ["always", "os"].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        let journal = dir.path().join("durable.journal");
+        let config =
+            format!("[topic_defaults]\nflush = \"{policy}\"\n\"segment.bytes\" = 1048576\n");
+        let port = strait_tests::free_udp_port();
+        let env = [("STRAIT_TEST_DURABLE_JOURNAL", journal.as_path())];
+        let mut node = NodeProcess::start_with_env(&pki, "east", &data, &config, port, &env);
+        Admin::new(pki.client(&node.address))
+            .create_topic(TOPIC, PARTITIONS, vec![])
+            .await
+            .unwrap();
+        let history = Arc::new(Mutex::new(History::default()));
+        let writers: Vec<_> = (0..3)
+            .map(|id| tokio::spawn(eager_writer(id, pki.client(&node.address), history.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        node.kill9();
+        let history = history.lock().unwrap().clone();
+        for w in writers {
+            w.abort();
+        }
+        let (segments, bytes) = strait_tests::power_loss(&data, &journal, 7 + round as u64);
+        let node = NodeProcess::start_on(&pki, "east", &data, &config, port);
+        let first = read_all(&pki.client(&node.address), TOPIC).await;
+        let second = read_all(&pki.client(&node.address), TOPIC).await;
+        let report = check(&history, &first, &second);
+        let lost_pct = 100.0 * report.lost as f64 / report.acknowledged.max(1) as f64;
+        println!(
+            "power cut under flush = {policy}: {segments} segments cut, {bytes} un-fsynced bytes dropped; {} of {} acknowledged writes lost ({lost_pct:.1} %)\n{report}",
+            report.lost, report.acknowledged
+        );
+        assert!(report.acknowledged > 1000, "enough load: {report:?}");
+        assert_eq!(
+            report.duplicates + report.reordered + report.offsets_differ + report.unexpected,
+            0,
+            "{report}"
+        );
+        if policy == "always" {
+            assert_eq!(
+                report.lost, 0,
+                "flush = always loses nothing acknowledged:\n{report}"
+            );
+        }
+    }
+}

@@ -93,7 +93,7 @@ pub enum ConfigError {
 
 const KNOWN_KEYS: &str =
     "segment.bytes, segment.ms, retention.ms, retention.bytes, cleanup.policy, \
-delete.retention.ms, flush, index.interval.bytes, max.batch.bytes";
+delete.retention.ms, flush, index.interval.bytes, max.batch.bytes, max.batch.decompressed.bytes";
 
 /// Smallest segment size accepted; below this, rolling would dominate the work.
 pub const SEGMENT_BYTES_MIN: u64 = 4096;

@@ -242,8 +242,7 @@ impl PartitionLog {
             .next_back()
             .unwrap_or_else(|| unreachable!("a segment was just ensured"));
         let next_offset = last.next_offset;
-        last.file
-            .sync_data()
+        super::durability_journal::sync_data(&last.file)
             .map_err(io_err("syncing the recovered tail"))?;
         let durable = RecoveryPoint {
             segment_base: last.base,
@@ -609,7 +608,7 @@ impl PartitionLog {
             )
         };
         for f in &files {
-            f.sync_data()?;
+            super::durability_journal::sync_data(f)?;
         }
         Ok(point)
     }
@@ -701,7 +700,7 @@ impl PartitionLog {
         st.producers = producers;
         st.mirrors = mirrors;
         let active = last_segment(&mut st.segments);
-        active.file.sync_all().map_err(io("syncing the cut"))?;
+        super::durability_journal::sync_all(&active.file).map_err(io("syncing the cut"))?;
         let point = RecoveryPoint {
             segment_base: active.base,
             position: active.size,
@@ -732,7 +731,7 @@ impl PartitionLog {
             return Ok(());
         }
         for f in &files {
-            if let Err(e) = f.sync_data() {
+            if let Err(e) = super::durability_journal::sync_data(f) {
                 let reason = format!("fsync of a sealed segment failed: {e}");
                 lock(&self.sync).failed = Some(reason.clone());
                 lock(&self.state).offline = Some(reason.clone());

@@ -380,7 +380,7 @@ impl Segment {
     /// Cuts the file to `position`, dropping everything after it.
     pub fn truncate(&mut self, position: u64) -> io::Result<()> {
         self.file.set_len(position)?;
-        self.file.sync_all()?;
+        super::durability_journal::sync_all(&self.file)?;
         self.size = position;
         Ok(())
     }
