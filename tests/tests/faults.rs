@@ -362,3 +362,120 @@ async fn a_power_cut_loses_nothing_acknowledged_under_flush_always() {
         }
     }
 }
+
+/// Unmounts the test's tmpfs however the test ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem at `dir` with `dir/filler` until a write fails for lack of space.
+fn fill(dir: &std::path::Path) -> std::fs::File {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0xAAu8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_a_retriable_error_and_the_log_stays_valid() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this suite needs root to mount a small tmpfs"
+    );
+    let _mount = Mount(mnt.clone());
+    let data = mnt.join("node");
+    let config = "[topic_defaults]\nflush = \"always\"\n\"segment.bytes\" = 1048576\n";
+    let port = strait_tests::free_udp_port();
+    let mut node = NodeProcess::start_on(&pki, "east", &data, config, port);
+    Admin::new(pki.client(&node.address))
+        .create_topic(TOPIC, 1, vec![])
+        .await
+        .unwrap();
+    let conn = pki.client(&node.address);
+    let mut history = History::default();
+    let mut seq = 0u64;
+    let produce = strait_protocol::message::Request::Produce {
+        topic: TOPIC.into(),
+        partition: 0,
+        acks: Acks::All,
+    };
+    let mut send = |history: &mut History| {
+        let mut b = strait_protocol::BatchBuilder::new(Default::default());
+        let mut values = Vec::new();
+        for _ in 0..64 {
+            let v = History::value(0, seq);
+            seq += 1;
+            let padded = format!("{v:<1000}");
+            b.push(1, None, Some(padded.as_bytes()), &[]);
+            history.attempt(&padded);
+            values.push(padded);
+        }
+        (b.finish().into_bytes(), values)
+    };
+    // Some records go in while there is room.
+    for _ in 0..50 {
+        let (batch, values) = send(&mut history);
+        conn.call(&produce, &[batch]).await.unwrap();
+        values.iter().for_each(|v| history.ack(v, 0));
+    }
+    // The disk fills up: every produce now fails with a retriable error; the node stays up.
+    let filler = fill(&mnt);
+    let mut refusals = 0;
+    for _ in 0..40 {
+        let (batch, values) = send(&mut history);
+        match conn.call(&produce, &[batch]).await {
+            Ok(_) => values.iter().for_each(|v| history.ack(v, 0)),
+            Err(e) => {
+                assert!(e.is_retriable(), "a full disk is retriable: {e}");
+                refusals += 1;
+            }
+        }
+    }
+    assert!(refusals > 30, "the full disk refused writes: {refusals}");
+    // Space comes back: the same partition takes writes again.
+    drop(filler);
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    for _ in 0..20 {
+        let (batch, values) = send(&mut history);
+        conn.call(&produce, &[batch]).await.unwrap();
+        values.iter().for_each(|v| history.ack(v, 0));
+    }
+    // The log is valid across a restart and holds every acknowledged record exactly once.
+    assert!(node.terminate());
+    drop(node);
+    let node = NodeProcess::start_on(&pki, "east", &data, config, port);
+    let client = pki.client(&node.address);
+    let read: Read = read_partition(&client, TOPIC, 0)
+        .await
+        .into_iter()
+        .map(|s| {
+            (
+                s.offset,
+                String::from_utf8_lossy(&s.value.unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    let reads = BTreeMap::from([(0, read)]);
+    let report = check(&history, &reads, &reads);
+    println!("full disk: {refusals} produces refused as retriable\n{report}");
+    assert!(report.clean(), "{report}");
+    assert_eq!(
+        report.indeterminate_stored, 0,
+        "a refused batch left nothing behind"
+    );
+}
