@@ -227,6 +227,9 @@ impl MirrorFlow {
             {
                 let mut s = lock(&self.status);
                 s.connected = result.is_ok();
+                if result.is_ok() {
+                    s.last_contact_ms = Some(crate::status::now_ms());
+                }
                 s.last_error = result.as_ref().err().map(ToString::to_string);
             }
             if let Err(e) = result {

@@ -108,6 +108,11 @@ pub struct FlowStatus {
     pub checkpoints: Option<CheckpointStatus>,
     pub lag_records: u64,
     pub gaps: usize,
+    /// Seconds since the flow last reached its source, while it cannot (0 when connected): the
+    /// lag a partition hides, since the source's end is unknown until it heals.
+    pub source_silent_seconds: f64,
+    #[serde(skip)]
+    pub(crate) last_contact_ms: Option<i64>,
     #[serde(skip)]
     pub(crate) by_partition: BTreeMap<(String, u32), PartitionStatus>,
 }
@@ -127,6 +132,10 @@ impl FlowStatus {
             .collect();
         out.lag_records = out.partitions.iter().map(|p| p.lag_records).sum();
         out.gaps = out.partitions.iter().map(|p| p.gaps.len()).sum();
+        out.source_silent_seconds = match (out.connected, out.last_contact_ms) {
+            (false, Some(t)) => (now_ms - t).max(0) as f64 / 1000.0,
+            _ => 0.0,
+        };
         out.by_partition.clear();
         out
     }

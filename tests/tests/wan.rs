@@ -143,3 +143,180 @@ async fn a_flow_over_a_lossy_wan_and_through_a_partition_copies_everything_once(
          {forwarded} datagrams forwarded, {dropped_total} dropped; 5000 records copied exactly once"
     );
 }
+
+/// Writes unique, sequenced values with acks = all until stopped, recording acknowledgements.
+async fn checked_writer(
+    client: Arc<Client>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    history: Arc<std::sync::Mutex<strait_tests::checker::History>>,
+) {
+    use strait_tests::checker::History;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks: strait_protocol::Acks::All,
+            linger_ms: 5,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut window: tokio::task::JoinSet<(String, bool)> = tokio::task::JoinSet::new();
+    let mut seq = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while window.len() >= 256 {
+            if let Some(Ok((v, true))) = window.join_next().await {
+                history.lock().unwrap().ack(&v, 0);
+            }
+        }
+        let value = History::value(0, seq);
+        seq += 1;
+        history.lock().unwrap().attempt(&value);
+        let partition = (seq % u64::from(PARTITIONS)) as u32;
+        if let Ok(d) = producer
+            .send("orders", Some(partition), None, Some(value.as_bytes()), &[])
+            .await
+        {
+            window.spawn(async move { (value, d.wait().await.is_ok()) });
+        }
+        // A steady stream, not a flood: about 2000 records a second.
+        if seq.is_multiple_of(20) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    producer.flush().await;
+    while let Some(r) = window.join_next().await {
+        if let Ok((v, true)) = r {
+            history.lock().unwrap().ack(&v, 0);
+        }
+    }
+}
+
+async fn read_checked(
+    client: &Arc<Client>,
+    topic: &str,
+) -> std::collections::BTreeMap<u32, strait_tests::checker::Read> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in 0..PARTITIONS {
+        out.insert(
+            p,
+            read_partition(client, topic, p)
+                .await
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.offset,
+                        String::from_utf8_lossy(&s.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Every WAN scenario of the fault plan in one run, under steady acks = all load: 50 ms and
+/// 150 ms RTT with 1 % and 5 % loss, heavy reordering, a full partition (8 s here, 60 s with
+/// `STRAIT_FAULT_SECONDS` ≥ 600) during which the flow shows as disconnected with a growing
+/// silence, and a link flapping every two seconds. The checker's table must be clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_wan_scenario_leaves_the_checker_clean() {
+    use strait_tests::checker::{check, divergence, History};
+    let long = std::env::var("STRAIT_FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|s| s >= 600);
+    let phase = Duration::from_secs(if long { 300 } else { 4 });
+    let cut_for = Duration::from_secs(if long { 60 } else { 8 });
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[topic_defaults]\nflush = \"always\"\n";
+    let east = NodeProcess::start(&pki, "east", &dir.path().join("east"), config);
+    let proxy = UdpProxy::start(east.address.parse().unwrap()).await;
+    let admin = format!("127.0.0.1:{}", strait_tests::free_tcp_port());
+    let west_config = format!(
+        "admin_listen = \"{admin}\"\n[[flows]]\nname = \"east-to-west\"\nsource_bootstrap = [\"{}\"]\ntopics = \"orders\"\nrefresh_ms = 300\n",
+        proxy.address
+    );
+    let west = NodeProcess::start(&pki, "west", &dir.path().join("west"), &west_config);
+    let source = pki.client(&east.address);
+    Admin::new(source.clone())
+        .create_topic("orders", PARTITIONS, vec![])
+        .await
+        .unwrap();
+    let history = Arc::new(std::sync::Mutex::new(History::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(checked_writer(
+        source.clone(),
+        stop.clone(),
+        history.clone(),
+    ));
+
+    let link = |rtt_ms: u64, loss: f64, reorder: f64| Impairment {
+        delay: Duration::from_millis(rtt_ms / 2),
+        jitter: Duration::from_millis(rtt_ms / 10),
+        loss,
+        reorder,
+        duplicate: 0.005,
+        rate_bytes_per_s: None,
+    };
+    for (name, imp) in [
+        ("50 ms RTT, 1 % loss", link(50, 0.01, 0.0)),
+        ("150 ms RTT, 1 % loss", link(150, 0.01, 0.0)),
+        ("150 ms RTT, 5 % loss", link(150, 0.05, 0.0)),
+        ("50 ms RTT, 20 % reordered", link(50, 0.0, 0.2)),
+    ] {
+        proxy.set(None, imp);
+        tokio::time::sleep(phase).await;
+        println!("wan scenario done: {name}");
+    }
+    proxy.set(None, link(50, 0.0, 0.0));
+
+    // A full partition: disconnected, with a growing silence, in status and metrics.
+    proxy.partition(true);
+    let cut = Instant::now();
+    let mut silences = Vec::new();
+    while cut.elapsed() < cut_for {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status: serde_json::Value =
+            serde_json::from_str(&strait(&["mirror", "status", "--admin", &admin, "--json"]))
+                .unwrap();
+        let flow = &status["flows"][0];
+        if flow["connected"] == false {
+            silences.push(flow["source_silent_seconds"].as_f64().unwrap());
+        }
+    }
+    let metrics = http_get(&admin, "/metrics");
+    assert!(metrics.contains("strait_mirror_connected{flow=\"east-to-west\",source_cluster=\"east\",target_cluster=\"west\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("strait_mirror_source_silent_seconds{flow=\"east-to-west\""),
+        "{metrics}"
+    );
+    assert!(
+        silences.len() >= 2 && silences.windows(2).all(|w| w[1] > w[0]),
+        "the silence grows while partitioned: {silences:?}"
+    );
+    proxy.partition(false);
+    println!("wan scenario done: {cut_for:?} partition (silence seen growing: {silences:?})");
+
+    // A flapping link: two seconds up, two seconds down.
+    for i in 0..(phase.as_secs() / 2).max(4) {
+        proxy.partition(i % 2 == 0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    proxy.partition(false);
+    println!("wan scenario done: flapping every 2 s");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    let target = pki.client(&west.address);
+    wait_identical(&source, &target, Duration::from_secs(180)).await;
+    let history = history.lock().unwrap().clone();
+    let first = read_checked(&source, "orders").await;
+    let again = read_checked(&pki.client(&east.address), "orders").await;
+    let mirrored = read_checked(&target, "east.orders").await;
+    let mut report = check(&history, &first, &again);
+    report.mirror_divergence = divergence(&first, &mirrored);
+    report.duplicates += check(&history, &mirrored, &mirrored).duplicates;
+    println!("{report}");
+    assert!(report.acknowledged > 1000, "{report:?}");
+    assert!(report.clean(), "{report}");
+}

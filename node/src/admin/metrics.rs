@@ -127,6 +127,14 @@ fn flows(state: &AdminState, x: &mut Exposition) {
             .iter()
             .map(|r| (flow(r), f64::from(u8::from(r.status.connected)))),
     );
+    x.rows(
+        "strait_mirror_source_silent_seconds",
+        "gauge",
+        "Seconds since the flow last reached its source, while it cannot (grows during a partition).",
+        reports
+            .iter()
+            .map(|r| (flow(r), r.status.source_silent_seconds)),
+    );
     x.rows("strait_mirror_heartbeat_latency_seconds", "gauge",
         "Time from a heartbeat written on the source to its copy appended on the target (end-to-end replication latency).",
         reports.iter().filter_map(|r| Some((flow(r), r.status.heartbeat?.latency_ms as f64 / 1000.0))));

@@ -362,9 +362,12 @@ async fn status(admin: &str, flow: Option<&str>, json: bool) -> anyhow::Result<(
             s["target_cluster"].as_str().unwrap_or("?"),
             s["naming"].as_str().unwrap_or("?"),
             if s["connected"].as_bool() == Some(true) {
-                "connected"
+                "connected".to_string()
             } else {
-                "DISCONNECTED"
+                format!(
+                    "DISCONNECTED for {:.0} s (the source's end is unknown until it heals)",
+                    s["source_silent_seconds"].as_f64().unwrap_or(0.0)
+                )
             },
             s["lag_records"],
             match s["heartbeat"]["latency_ms"].as_i64() {
