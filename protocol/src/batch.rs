@@ -770,8 +770,16 @@ fn decode_records(batch: &RecordBatch, section: Bytes) -> Result<Vec<Record>, De
     let mut cursor = varint::Cursor::new(&section);
     let mut prev_delta: Option<u64> = None;
     for _ in 0..count {
-        let len = cursor.u64()? as usize;
+        let len = cursor.u64()?;
         let body_start = cursor.position();
+        // Every size read below is bounded by the bytes actually present, never by a claim.
+        let remaining = (section.len() - body_start) as u64;
+        if len > remaining {
+            return Err(DecodeError::BadRecords(format!(
+                "record of {len} bytes with only {remaining} left in the batch"
+            )));
+        }
+        let len = len as usize;
         let _attributes = cursor.bytes(1)?;
         let ts_delta = cursor.i64()?;
         let delta = cursor.u64()?;
@@ -784,7 +792,10 @@ fn decode_records(batch: &RecordBatch, section: Bytes) -> Result<Vec<Record>, De
         let key = nullable(&mut cursor, &section)?;
         let value = nullable(&mut cursor, &section)?;
         let header_count = cursor.u64()?;
-        if header_count > len as u64 {
+        // A header takes at least two bytes (key length, value marker).
+        if header_count > len as u64
+            || header_count > (section.len() - cursor.position()) as u64 / 2
+        {
             return Err(DecodeError::BadRecords(format!(
                 "{header_count} headers in a {len}-byte record"
             )));

@@ -84,6 +84,40 @@ fn batches() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Counts the bytes allocated, so a test can show a decoder never reserved memory for sizes it
+/// was merely told about (nextest runs each test in its own process, so the peak is this
+/// test's own).
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Inputs the fuzzers once found failing, kept so they stay fixed.
+const REGRESSIONS: &[(&str, &[u8])] = &[
+    // decompress, 2026-12-02: a record claiming 2^63 bytes and as many headers made the
+    // decoder reserve 2.4 GB before reading them.
+    (
+        "decompress",
+        &[
+            99, 0, 0, 8, 0, 128, 128, 149, 149, 0, 91, 0, 0, 0, 0, 149, 255, 255, 20, 0, 0, 91, 0,
+            0, 0, 0, 0,
+        ],
+    ),
+];
+
+#[test]
+fn fuzzer_findings_stay_fixed() {
+    for (target, input) in REGRESSIONS {
+        let before = ALLOCATOR.allocated();
+        match *target {
+            "decompress" => checks::decompress(input),
+            "batch" => checks::batch(input),
+            "frame" => checks::frame(input),
+            _ => checks::request(input),
+        }
+        let peak = ALLOCATOR.max_allocated().saturating_sub(before);
+        assert!(peak < 1 << 20, "{target} input made the decoder reserve {peak} bytes");
+    }
+}
+
 #[test]
 fn seeds_pass_every_check() {
     for req in requests() {
