@@ -18,6 +18,7 @@ pub mod admin;
 pub mod authz;
 pub mod broker;
 pub mod groups;
+pub mod impair;
 pub mod metrics;
 pub mod quota;
 pub mod server;

@@ -18,6 +18,36 @@ pub struct TransportLimits {
     pub connection_window_bytes: u32,
     pub idle_timeout_ms: u32,
     pub keep_alive_ms: u32,
+    /// How the sender paces itself. `Bbr` keeps long, lossy links full where loss-driven
+    /// controllers collapse (1 % random loss over 150 ms caps Cubic near 100 KB/s).
+    pub congestion: Congestion,
+}
+
+/// The congestion controller of a connection's sending side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Loss-based, quinn's default; fine on clean links.
+    #[default]
+    Cubic,
+    NewReno,
+    /// Model-based (bandwidth and RTT); for WAN links with random loss.
+    Bbr,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" => Ok(Congestion::NewReno),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?}; use cubic, newreno or bbr"
+            )),
+        }
+    }
 }
 
 impl Default for TransportLimits {
@@ -28,6 +58,7 @@ impl Default for TransportLimits {
             connection_window_bytes: 64 << 20,
             idle_timeout_ms: 30_000,
             keep_alive_ms: 5_000,
+            congestion: Congestion::Cubic,
         }
     }
 }
@@ -45,6 +76,15 @@ pub fn transport_config(limits: &TransportLimits) -> Arc<TransportConfig> {
     ))));
     t.keep_alive_interval(Some(Duration::from_millis(u64::from(limits.keep_alive_ms))));
     t.enable_segmentation_offload(true);
+    match limits.congestion {
+        Congestion::Cubic => {}
+        Congestion::NewReno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+    }
     t.initial_mtu(1400);
     Arc::new(t)
 }

@@ -114,7 +114,10 @@ fn fuzzer_findings_stay_fixed() {
             _ => checks::request(input),
         }
         let peak = ALLOCATOR.max_allocated().saturating_sub(before);
-        assert!(peak < 1 << 20, "{target} input made the decoder reserve {peak} bytes");
+        assert!(
+            peak < 1 << 20,
+            "{target} input made the decoder reserve {peak} bytes"
+        );
     }
 }
 

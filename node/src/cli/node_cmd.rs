@@ -95,6 +95,9 @@ struct Limits {
     connections_per_principal_max: u32,
     pending_handshakes_max: u32,
     malformed_frames_per_connection_max: u32,
+    /// Congestion controller for what this node sends: cubic (default), newreno or bbr (for
+    /// sources read across lossy WAN links).
+    congestion: strait_protocol::transport::Congestion,
 }
 
 /// `[security]`: who may do what, and how certificates are watched.
@@ -145,6 +148,7 @@ impl Default for Limits {
             pending_handshakes_max: PeerLimits::default().pending_handshakes_max,
             malformed_frames_per_connection_max: PeerLimits::default()
                 .malformed_frames_per_connection_max,
+            congestion: t.congestion,
         }
     }
 }
@@ -231,6 +235,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             stream_window_bytes: limits.stream_window_bytes,
             connection_window_bytes: limits.connection_window_bytes,
             idle_timeout_ms: limits.idle_timeout_ms,
+            congestion: limits.congestion,
             ..TransportLimits::default()
         },
         request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),

@@ -1,7 +1,7 @@
-//! A UDP impairment proxy for the WAN suites: this kernel has no `netem`, and QUIC is UDP, so
-//! one relay in the path sees every packet. Per direction it delays (with jitter), drops,
-//! reorders, duplicates and rate-limits datagrams, and a partition switch drops everything
-//! while it is on — all changeable while traffic flows. Loopback only.
+//! A UDP impairment proxy for the WAN suites and `strait bench wan`: this kernel has no
+//! `netem`, and QUIC is UDP, so one relay in the path sees every packet. Per direction it
+//! delays (with jitter), drops, reorders, duplicates and rate-limits datagrams, and a partition
+//! switch drops everything while it is on — all changeable while traffic flows. Loopback only.
 //!
 //! Each client address gets its own upstream socket, so the server sees one peer per client
 //! as it would without the proxy. Randomness is a seeded xorshift, so a run is repeatable.
