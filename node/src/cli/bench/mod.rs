@@ -40,6 +40,9 @@ pub enum BenchCommand {
     Consume(NetArgs),
     /// A mirror flow between two in-process clusters against single-node produce throughput.
     Mirror(NetArgs),
+    /// A mirror flow through the UDP impairment proxy: catch-up over a clean proxy against the
+    /// same over a long, lossy link, per congestion controller.
+    Wan(WanArgs),
     /// This machine's raw ceilings, which every other figure is quoted against: one QUIC
     /// stream with the node's TLS, sequential disk writes with and without fdatasync.
     Baseline(BaselineArgs),
@@ -53,6 +56,29 @@ pub struct BaselineArgs {
     /// MiB written by each disk run and sent over the QUIC stream.
     #[arg(long, default_value_t = 256)]
     mib: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WanArgs {
+    /// MiB of 1 KiB records in each backlog the flow catches up on.
+    #[arg(long, default_value_t = 64)]
+    mib: u64,
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Round-trip time of the impaired link.
+    #[arg(long, default_value_t = 150)]
+    rtt_ms: u64,
+    /// Fraction of datagrams dropped on the impaired link, each way.
+    #[arg(long, default_value_t = 0.01)]
+    loss: f64,
+    /// Congestion controllers of the source node to compare (comma separated).
+    #[arg(long, default_value = "cubic,bbr", value_delimiter = ',')]
+    congestion: Vec<strait_protocol::transport::Congestion>,
+    /// Directory for the nodes' data and certificates (a temporary subdirectory).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
     #[arg(long)]
     json: bool,
 }
@@ -127,6 +153,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Mirror(args) => {
             let report = bench_mirror(&args).await?;
             print_report("mirror", &report, args.json);
+        }
+        BenchCommand::Wan(args) => {
+            let report = bench_wan(&args).await?;
+            print_report("wan", &report, args.json);
         }
         BenchCommand::Baseline(args) => {
             let report = bench_baseline(&args).await?;
@@ -400,6 +430,16 @@ impl Rig {
 
     /// A node of cluster `cluster`; with `certs`, it shares that directory's CA and identities.
     async fn start_cluster(dir: &Path, cluster: &str, certs: Option<&Path>) -> anyhow::Result<Rig> {
+        Rig::start_with(dir, cluster, certs, TransportLimits::default()).await
+    }
+
+    /// Like [`Rig::start_cluster`], with the node's QUIC settings.
+    async fn start_with(
+        dir: &Path,
+        cluster: &str,
+        certs: Option<&Path>,
+        transport: TransportLimits,
+    ) -> anyhow::Result<Rig> {
         let root = tempfile::Builder::new()
             .prefix(".strait-bench-")
             .tempdir_in(dir)?;
@@ -422,7 +462,7 @@ impl Rig {
             cert: certs.join("node-1.crt"),
             key: certs.join("node-1.key"),
             frame_limits: Default::default(),
-            transport: TransportLimits::default(),
+            transport,
             request_read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             authz: Arc::new(strait_node::authz::Authorizer::open_to_all()),
@@ -750,6 +790,129 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
         tokio::task::spawn_blocking(move || broker.close()).await?;
     }
     Ok(Value::Object(report))
+}
+
+/// Catch-up of a backlog through the impairment proxy, clean and then over a long lossy link,
+/// for each congestion controller of the source node.
+async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
+    use strait_node::impair::{Impairment, UdpProxy};
+    let records = args.mib.max(1) * MIB / 1024;
+    let mut runs = Vec::new();
+    for congestion in &args.congestion {
+        let transport = TransportLimits {
+            congestion: *congestion,
+            ..TransportLimits::default()
+        };
+        let east = Rig::start_with(&args.dir, "east", None, transport).await?;
+        let west = Rig::start_with(&args.dir, "west", Some(&east.certs), transport).await?;
+        let source = east.client()?;
+        let producer = Producer::new(
+            source.clone(),
+            ProducerConfig {
+                batch_bytes: 1 << 20,
+                ..ProducerConfig::default()
+            },
+        );
+        let value = vec![b'w'; 1000];
+        for topic in ["clear", "lossy"] {
+            Admin::new(source.clone())
+                .create_topic(topic, args.partitions, vec![])
+                .await?;
+            for i in 0..records {
+                let p = (i % u64::from(args.partitions)) as u32;
+                producer
+                    .send(topic, Some(p), None, Some(&value), &[])
+                    .await?;
+            }
+        }
+        producer.flush().await;
+        let proxy = UdpProxy::start(east.server.local_addr).await;
+        let through_proxy = || -> anyhow::Result<Arc<Client>> {
+            let mut opts = ClientOptions::new(vec![proxy.address.to_string()], east.client_tls()?);
+            opts.transport = transport;
+            Ok(Client::new(opts))
+        };
+        let clear = wan_copy(through_proxy()?, &west, "clear", records, args.partitions).await?;
+        proxy.set(
+            None,
+            Impairment {
+                delay: Duration::from_millis(args.rtt_ms / 2),
+                loss: args.loss,
+                ..Impairment::default()
+            },
+        );
+        let lossy = wan_copy(through_proxy()?, &west, "lossy", records, args.partitions).await?;
+        let bytes = records * 1024;
+        let (clear_mb_s, lossy_mb_s) = (mbps(bytes, clear), mbps(bytes, lossy));
+        runs.push(json!({
+            "congestion": format!("{congestion:?}").to_lowercase(),
+            "clear_proxy_mb_s": round(clear_mb_s),
+            "impaired_mb_s": round(lossy_mb_s),
+            "ratio": round(lossy_mb_s / clear_mb_s),
+        }));
+        for rig in [&east, &west] {
+            rig.server.shutdown().await;
+            let broker = rig.broker.clone();
+            tokio::task::spawn_blocking(move || broker.close()).await?;
+        }
+    }
+    Ok(json!({
+        "backlog_mib": args.mib,
+        "partitions": args.partitions,
+        "impaired_link": format!("{} ms RTT, {} % loss each way", args.rtt_ms, args.loss * 100.0),
+        "flow_fetch_bytes_max": strait_mirror::FlowConfig::new("x", regex::Regex::new("x")?).fetch_bytes_max,
+        "stream_window_bytes": TransportLimits::default().stream_window_bytes,
+        "connection_window_bytes": TransportLimits::default().connection_window_bytes,
+        "runs": runs,
+    }))
+}
+
+/// Runs a gateway flow into `west` for `topic` until it holds `records`; answers how long.
+async fn wan_copy(
+    source: Arc<Client>,
+    west: &Rig,
+    topic: &str,
+    records: u64,
+    partitions: u32,
+) -> anyhow::Result<Duration> {
+    let flow = Arc::new(strait_mirror::MirrorFlow::new(
+        strait_mirror::FlowConfig::new(
+            &format!("wan-{topic}"),
+            regex::Regex::new(&format!("^{topic}$"))?,
+        ),
+        source,
+        west.server.local_endpoint("bench-gateway"),
+    ));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let runner = {
+        let flow = flow.clone();
+        tokio::spawn(async move { flow.run(stop).await })
+    };
+    let admin = Admin::new(west.client()?);
+    let target = format!("east.{topic}");
+    let start = Instant::now();
+    loop {
+        let mut sum = 0;
+        for p in 0..partitions {
+            sum += admin
+                .list_offset(&target, p, OffsetSpec::Latest)
+                .await
+                .map(|(o, _)| o)
+                .unwrap_or(0);
+        }
+        if sum >= records {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "the flow copied {sum} of {records} records of {topic} in 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = start.elapsed();
+    let _ = stop_tx.send(true);
+    let _ = runner.await;
+    Ok(took)
 }
 
 /// Sends `args.records` records round-robin over the partitions and waits for every
