@@ -226,6 +226,43 @@ pub async fn read_partition(client: &Arc<Client>, topic: &str, partition: u32) -
     out
 }
 
+/// The end offset of each of a topic's first `partitions` partitions (0 where unknown).
+pub async fn end_offsets(client: &Arc<Client>, topic: &str, partitions: u32) -> Vec<u64> {
+    let admin = strait_protocol::client::Admin::new(client.clone());
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        out.push(
+            admin
+                .list_offset(topic, p, strait_protocol::OffsetSpec::Latest)
+                .await
+                .map(|(o, _)| o)
+                .unwrap_or(0),
+        );
+    }
+    out
+}
+
+/// Every value of a topic's first `partitions` partitions as the history checker reads them.
+pub async fn read_history(
+    client: &Arc<Client>,
+    topic: &str,
+    partitions: u32,
+) -> std::collections::BTreeMap<u32, checker::Read> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in 0..partitions {
+        let read = read_partition(client, topic, p)
+            .await
+            .into_iter()
+            .map(|s| {
+                let value = s.value.unwrap_or_default();
+                (s.offset, String::from_utf8_lossy(&value).into_owned())
+            })
+            .collect();
+        out.insert(p, read);
+    }
+    out
+}
+
 /// Runs `strait ARGS…` to completion and returns its stdout; panics with stderr on failure.
 pub fn strait(args: &[&str]) -> String {
     let out = Command::new(strait_bin())

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use strait_certs::Role;
 use strait_protocol::client::{Admin, Client, Producer, ProducerConfig};
-use strait_protocol::{Acks, OffsetSpec};
+use strait_protocol::Acks;
 use strait_tests::checker::{check, divergence, History, Read};
-use strait_tests::{read_partition, strait_bin, NodeProcess, Pki};
+use strait_tests::{end_offsets, read_history, read_partition, strait_bin, NodeProcess, Pki};
 
 const PARTITIONS: u32 = 4;
 const TOPIC: &str = "history";
@@ -130,39 +130,6 @@ async fn settle(pending: &mut Pending, history: &Mutex<History>) {
     }
 }
 
-async fn read_all(client: &Arc<Client>, topic: &str) -> BTreeMap<u32, Read> {
-    let mut out = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let read = read_partition(client, topic, p)
-            .await
-            .into_iter()
-            .map(|s| {
-                (
-                    s.offset,
-                    String::from_utf8_lossy(&s.value.unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
-        out.insert(p, read);
-    }
-    out
-}
-
-async fn ends(client: &Arc<Client>, topic: &str) -> Vec<u64> {
-    let admin = Admin::new(client.clone());
-    let mut out = Vec::new();
-    for p in 0..PARTITIONS {
-        out.push(
-            admin
-                .list_offset(topic, p, OffsetSpec::Latest)
-                .await
-                .map(|(o, _)| o)
-                .unwrap_or(0),
-        );
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_sigstop_of_nodes_and_flows_lose_and_duplicate_nothing() {
     let seconds: u64 = std::env::var("STRAIT_FAULT_SECONDS")
@@ -248,16 +215,16 @@ async fn kill_9_and_sigstop_of_nodes_and_flows_lose_and_duplicate_nothing() {
     let (source, target) = (pki.client(&east.address), pki.client(&west.address));
     let target_topic = format!("east.{TOPIC}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let source_ends = ends(&source, TOPIC).await;
-    while ends(&target, &target_topic).await != source_ends {
+    let source_ends = end_offsets(&source, TOPIC, PARTITIONS).await;
+    while end_offsets(&target, &target_topic, PARTITIONS).await != source_ends {
         assert!(Instant::now() < deadline, "the flow never caught up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     let history = history.lock().unwrap().clone();
-    let first = read_all(&source, TOPIC).await;
-    let second = read_all(&pki.client(&east.address), TOPIC).await;
-    let mirrored = read_all(&target, &target_topic).await;
+    let first = read_history(&source, TOPIC, PARTITIONS).await;
+    let second = read_history(&pki.client(&east.address), TOPIC, PARTITIONS).await;
+    let mirrored = read_history(&target, &target_topic, PARTITIONS).await;
     let mut report = check(&history, &first, &second);
     report.mirror_divergence = divergence(&first, &mirrored);
     let on_target = check(&history, &mirrored, &mirrored);
@@ -340,8 +307,8 @@ async fn a_power_cut_loses_nothing_acknowledged_under_flush_always() {
         }
         let (segments, bytes) = strait_tests::power_loss(&data, &journal, 7 + round as u64);
         let node = NodeProcess::start_on(&pki, "east", &data, &config, port);
-        let first = read_all(&pki.client(&node.address), TOPIC).await;
-        let second = read_all(&pki.client(&node.address), TOPIC).await;
+        let first = read_history(&pki.client(&node.address), TOPIC, PARTITIONS).await;
+        let second = read_history(&pki.client(&node.address), TOPIC, PARTITIONS).await;
         let report = check(&history, &first, &second);
         let lost_pct = 100.0 * report.lost as f64 / report.acknowledged.max(1) as f64;
         println!(

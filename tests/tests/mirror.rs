@@ -77,21 +77,6 @@ async fn all_batches(client: &Arc<Client>, topic: &str, partition: u32) -> Vec<B
         .collect()
 }
 
-async fn ends(client: &Arc<Client>, topic: &str, partitions: u32) -> Vec<u64> {
-    let admin = Admin::new(client.clone());
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        out.push(
-            admin
-                .list_offset(topic, p, OffsetSpec::Latest)
-                .await
-                .map(|(o, _)| o)
-                .unwrap_or(0),
-        );
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
     let pki = Pki::new();
@@ -126,7 +111,7 @@ async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
             .unwrap();
     }
     producer.flush().await;
-    let source_ends = ends(&source, "orders", 8).await;
+    let source_ends = strait_tests::end_offsets(&source, "orders", 8).await;
     assert_eq!(source_ends.iter().sum::<u64>(), u64::from(N));
 
     // Copy with interruptions: the flow and the source node are killed at moments spread over
@@ -136,7 +121,7 @@ async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
     let mut kills_mid_copy = 0;
     for round in 0..14u64 {
         tokio::time::sleep(Duration::from_millis(40 + (round * 37) % 120)).await;
-        if ends(&target, "east.orders", 8).await != source_ends {
+        if strait_tests::end_offsets(&target, "east.orders", 8).await != source_ends {
             kills_mid_copy += 1;
         }
         if round % 4 == 3 {
@@ -153,13 +138,13 @@ async fn a_prefix_mirror_copies_every_batch_bit_identical_through_kill_nines() {
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if ends(&target, "east.orders", 8).await == source_ends {
+        if strait_tests::end_offsets(&target, "east.orders", 8).await == source_ends {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "the mirror never caught up: {:?} vs {source_ends:?}",
-            ends(&target, "east.orders", 8).await
+            strait_tests::end_offsets(&target, "east.orders", 8).await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -289,7 +274,7 @@ async fn data_deleted_before_it_was_mirrored_is_reported_as_a_gap() {
     let _flow = Flow::start(&pki, &east.address, &west.address, &flow_log);
     let target = pki.client(&west.address);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ends(&target, "east.logs", 1).await != vec![400] {
+    while strait_tests::end_offsets(&target, "east.logs", 1).await != vec![400] {
         assert!(Instant::now() < deadline, "the mirror never caught up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -190,29 +190,6 @@ async fn checked_writer(
     }
 }
 
-async fn read_checked(
-    client: &Arc<Client>,
-    topic: &str,
-) -> std::collections::BTreeMap<u32, strait_tests::checker::Read> {
-    let mut out = std::collections::BTreeMap::new();
-    for p in 0..PARTITIONS {
-        out.insert(
-            p,
-            read_partition(client, topic, p)
-                .await
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.offset,
-                        String::from_utf8_lossy(&s.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect(),
-        );
-    }
-    out
-}
-
 /// Every WAN scenario of the fault plan in one run, under steady acks = all load: 50 ms and
 /// 150 ms RTT with 1 % and 5 % loss, heavy reordering, a full partition (8 s here, 60 s with
 /// `STRAIT_FAULT_SECONDS` ≥ 600) during which the flow shows as disconnected with a growing
@@ -310,9 +287,9 @@ async fn every_wan_scenario_leaves_the_checker_clean() {
     let target = pki.client(&west.address);
     wait_identical(&source, &target, Duration::from_secs(180)).await;
     let history = history.lock().unwrap().clone();
-    let first = read_checked(&source, "orders").await;
-    let again = read_checked(&pki.client(&east.address), "orders").await;
-    let mirrored = read_checked(&target, "east.orders").await;
+    let first = strait_tests::read_history(&source, "orders", PARTITIONS).await;
+    let again = strait_tests::read_history(&pki.client(&east.address), "orders", PARTITIONS).await;
+    let mirrored = strait_tests::read_history(&target, "east.orders", PARTITIONS).await;
     let mut report = check(&history, &first, &again);
     report.mirror_divergence = divergence(&first, &mirrored);
     report.duplicates += check(&history, &mirrored, &mirrored).duplicates;
