@@ -54,16 +54,15 @@ struct Control {
 pub struct UdpProxy {
     pub address: SocketAddr,
     control: Arc<Mutex<Control>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl UdpProxy {
+    /// Starts relaying to `upstream` on a thread of its own: the "network" must not wait for
+    /// the busy runtime of the processes it connects, or it drops what the kernel cannot
+    /// buffer meanwhile, and those drops would count as impairment nobody asked for.
     pub async fn start(upstream: SocketAddr) -> UdpProxy {
-        let front = Arc::new(
-            UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("bind the proxy"),
-        );
+        let front = bind_std(None).expect("bind the proxy");
         let address = front.local_addr().expect("proxy address");
         let now = Instant::now();
         let control = Arc::new(Mutex::new(Control {
@@ -75,11 +74,32 @@ impl UdpProxy {
             dropped: 0,
             forwarded: 0,
         }));
-        let task = tokio::spawn(relay(front, upstream, control.clone()));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let shared = control.clone();
+        std::thread::Builder::new()
+            .name("udp-proxy".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    let Ok(front) = UdpSocket::from_std(front) else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = relay(Arc::new(front), upstream, shared) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .expect("start the proxy thread");
         UdpProxy {
             address,
             control,
-            task,
+            stop: Some(stop),
         }
     }
 
@@ -110,7 +130,9 @@ impl UdpProxy {
 
 impl Drop for UdpProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -123,40 +145,49 @@ fn lock(c: &Mutex<Control>) -> std::sync::MutexGuard<'_, Control> {
 const DATAGRAM_MAX: usize = 65_536;
 
 async fn relay(front: Arc<UdpSocket>, upstream: SocketAddr, control: Arc<Mutex<Control>>) {
-    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    // Per client: its delay line upstream and the task relaying its answers (both stop when
+    // the proxy does, as this map is dropped with the relay).
+    let mut paths: HashMap<SocketAddr, (DelayLine, AbortOnDrop)> = HashMap::new();
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         let Ok((n, client)) = front.recv_from(&mut buf).await else {
             return;
         };
-        let back = match backs.get(&client) {
-            Some(b) => b.clone(),
-            None => {
-                let Ok(b) = UdpSocket::bind("127.0.0.1:0").await else {
+        let line = match paths.entry(client) {
+            std::collections::hash_map::Entry::Occupied(path) => &path.into_mut().0,
+            std::collections::hash_map::Entry::Vacant(path) => {
+                let Ok(back) = bind(Some(upstream)) else {
                     continue;
                 };
-                if b.connect(upstream).await.is_err() {
-                    continue;
-                }
-                let b = Arc::new(b);
-                backs.insert(client, b.clone());
-                tokio::spawn(downstream(
-                    b.clone(),
+                let back = Arc::new(back);
+                let answers = tokio::spawn(downstream(
+                    back.clone(),
                     front.clone(),
                     client,
                     control.clone(),
                 ));
-                b
+                let line = DelayLine::start(Exit::Connected(back));
+                &path.insert((line, AbortOnDrop(answers))).0
             }
         };
-        let datagram = buf[..n].to_vec();
-        schedule(&control, Direction::Up, datagram, move |d| {
-            let back = back.clone();
-            async move {
-                let _ = back.send(&d).await;
-            }
-        });
+        schedule(&control, Direction::Up, &buf[..n], line);
     }
+}
+
+/// A loopback socket with a router's worth of buffer (as the endpoints ask for), so the relay
+/// itself drops nothing it was not told to; connected to `peer` when given.
+fn bind(peer: Option<SocketAddr>) -> std::io::Result<UdpSocket> {
+    UdpSocket::from_std(bind_std(peer)?)
+}
+
+fn bind_std(peer: Option<SocketAddr>) -> std::io::Result<std::net::UdpSocket> {
+    let limits = strait_protocol::transport::TransportLimits::default();
+    let socket = strait_protocol::transport::udp_socket(([127, 0, 0, 1], 0).into(), &limits)?;
+    if let Some(peer) = peer {
+        socket.connect(peer)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 async fn downstream(
@@ -165,27 +196,88 @@ async fn downstream(
     client: SocketAddr,
     control: Arc<Mutex<Control>>,
 ) {
+    let line = DelayLine::start(Exit::To(front, client));
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         let Ok(n) = back.recv(&mut buf).await else {
             return;
         };
-        let front = front.clone();
-        schedule(&control, Direction::Down, buf[..n].to_vec(), move |d| {
-            let front = front.clone();
-            async move {
-                let _ = front.send_to(&d, client).await;
-            }
-        });
+        schedule(&control, Direction::Down, &buf[..n], &line);
     }
 }
 
-/// Decides a datagram's fate and sends it (and any duplicate) at its departure time.
-fn schedule<F, Fut>(control: &Mutex<Control>, direction: Direction, datagram: Vec<u8>, send: F)
-where
-    F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
+/// Where a delay line's datagrams leave.
+enum Exit {
+    Connected(Arc<UdpSocket>),
+    To(Arc<UdpSocket>, SocketAddr),
+}
+
+/// One path's datagrams in flight, sent in order of departure time and, at equal times, in
+/// order of arrival — a wire keeps order unless jitter or reordering says otherwise. (A timer
+/// task per datagram does not: tasks woken in the same tick run in any order, and QUIC reads
+/// such reordering as loss.)
+struct DelayLine {
+    tx: tokio::sync::mpsc::UnboundedSender<(Instant, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayLine {
+    fn start(exit: Exit) -> DelayLine {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        DelayLine {
+            tx,
+            task: tokio::spawn(deliver(rx, exit)),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn deliver(mut rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, exit: Exit) {
+    use std::cmp::Reverse;
+    let mut queue: std::collections::BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> =
+        std::collections::BinaryHeap::new();
+    let mut seq = 0u64;
+    loop {
+        let now = Instant::now();
+        while queue.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            let Some(Reverse((_, _, d))) = queue.pop() else {
+                break;
+            };
+            let _ = match &exit {
+                Exit::Connected(socket) => socket.send(&d).await,
+                Exit::To(socket, to) => socket.send_to(&d, to).await,
+            };
+        }
+        let arrived = match queue.peek().map(|Reverse((at, _, _))| *at) {
+            Some(at) => tokio::select! {
+                item = rx.recv() => item,
+                _ = tokio::time::sleep_until(at) => continue,
+            },
+            None => rx.recv().await,
+        };
+        let Some((at, d)) = arrived else {
+            return;
+        };
+        queue.push(Reverse((at, seq, d)));
+        seq += 1;
+    }
+}
+
+/// Decides a datagram's fate and queues it (and any duplicate) for its departure time.
+fn schedule(control: &Mutex<Control>, direction: Direction, datagram: &[u8], line: &DelayLine) {
     let departures = {
         let mut c = lock(control);
         let imp = match direction {
@@ -217,13 +309,8 @@ where
         }
         departures
     };
-    let send = Arc::new(send);
     for at in departures {
-        let (d, send) = (datagram.clone(), send.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            send(d).await;
-        });
+        let _ = line.tx.send((at, datagram.to_vec()));
     }
 }
 

@@ -137,13 +137,17 @@ impl Server {
     /// Binds the endpoint and starts accepting connections.
     pub fn start(broker: Arc<Broker>, config: ListenConfig) -> anyhow::Result<Server> {
         let server_config = build_server_config(&config)?;
-        let endpoint =
-            quinn::Endpoint::server(server_config, config.listen).with_context(|| {
-                format!(
-                    "cannot listen on {}; is another process using it?",
-                    config.listen
-                )
-            })?;
+        let endpoint = strait_protocol::transport::endpoint(
+            config.listen,
+            Some(server_config),
+            &config.transport,
+        )
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another process using it?",
+                config.listen
+            )
+        })?;
         let local_addr = endpoint.local_addr()?;
         info!(listen = %local_addr, cluster = %broker.cluster, node = broker.node_id, "listening");
         let groups = GroupCoordinator::open(broker.clone())?;

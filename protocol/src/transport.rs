@@ -21,6 +21,10 @@ pub struct TransportLimits {
     /// How the sender paces itself. `Bbr` keeps long, lossy links full where loss-driven
     /// controllers collapse (1 % random loss over 150 ms caps Cubic near 100 KB/s).
     pub congestion: Congestion,
+    /// Kernel send and receive buffer asked for on the UDP socket. The default 208 KiB drops
+    /// datagrams when a long link's window arrives in bursts, and every such drop is read
+    /// as congestion. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+    pub udp_buffer_bytes: u32,
 }
 
 /// The congestion controller of a connection's sending side.
@@ -59,6 +63,7 @@ impl Default for TransportLimits {
             idle_timeout_ms: 30_000,
             keep_alive_ms: 5_000,
             congestion: Congestion::Cubic,
+            udp_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -87,4 +92,49 @@ pub fn transport_config(limits: &TransportLimits) -> Arc<TransportConfig> {
     }
     t.initial_mtu(1400);
     Arc::new(t)
+}
+
+/// Binds a UDP socket for a QUIC endpoint with the buffers `limits` ask for. When the kernel
+/// grants less (its `rmem_max`/`wmem_max` cap), it says so once per process, with the fix.
+pub fn udp_socket(
+    address: std::net::SocketAddr,
+    limits: &TransportLimits,
+) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    let wanted = limits.udp_buffer_bytes as usize;
+    // Best effort: a refusal leaves the kernel's default, which still works.
+    let _ = socket.set_recv_buffer_size(wanted);
+    let _ = socket.set_send_buffer_size(wanted);
+    // Linux reports double what was granted (it counts its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < wanted {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::info!(
+                wanted,
+                granted,
+                "the kernel granted a smaller UDP receive buffer than asked; long fast links may \
+                 drop datagrams (raise it with `sysctl -w net.core.rmem_max={wanted} net.core.wmem_max={wanted}`)"
+            );
+        });
+    }
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint on a socket from [`udp_socket`]; serving when `server` is given.
+pub fn endpoint(
+    address: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    limits: &TransportLimits,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = udp_socket(address, limits)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime to drive the QUIC endpoint"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
 }

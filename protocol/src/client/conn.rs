@@ -126,7 +126,8 @@ impl Connection {
         }
         .parse()
         .unwrap_or_else(|_| unreachable!("a literal socket address"));
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
+        let mut endpoint = crate::transport::endpoint(bind, None, &opts.transport)
+            .map_err(|e| fail(e.to_string()))?;
         let quic = QuicClientConfig::try_from(opts.tls.clone())
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -195,6 +196,9 @@ impl Connection {
         request: &Request,
         payload: &[Bytes],
     ) -> Result<(Response, Bytes), ClientError> {
+        // The timeout bounds the wait for the answer to begin, then each stall while its body
+        // arrives: a large answer over a slow link that keeps moving is not cut off (and then
+        // fetched again from the start), while a dead link still fails within the timeout.
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(lost)?;
             let payload_len: usize = payload.iter().map(Bytes::len).sum();
@@ -204,11 +208,16 @@ impl Connection {
                 send.write_chunk(chunk.clone()).await.map_err(lost)?;
             }
             send.finish().map_err(lost)?;
-            read_frame::<Response>(&mut recv, &self.limits).await
+            let mut prefix = [0u8; PREFIX_LEN];
+            recv.read_exact(&mut prefix).await.map_err(lost)?;
+            Ok::<_, ClientError>((recv, prefix))
         };
-        let (resp, payload) = tokio::time::timeout(self.timeout, exchange)
+        let (mut recv, prefix) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
+        let (resp, payload) =
+            read_frame_body::<Response>(&mut recv, prefix, &self.limits, Some(self.timeout))
+                .await?;
         match resp {
             Response::Error(e) => Err(ClientError::Wire(e)),
             other => Ok((other, payload)),
@@ -236,6 +245,17 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
 ) -> Result<(T, Bytes), ClientError> {
     let mut prefix = [0u8; PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(lost)?;
+    read_frame_body(recv, prefix, limits, None).await
+}
+
+/// Reads the rest of a frame whose prefix was read; with `stall`, fails when no bytes arrive
+/// for that long.
+async fn read_frame_body<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    prefix: [u8; PREFIX_LEN],
+    limits: &FrameLimits,
+    stall: Option<Duration>,
+) -> Result<(T, Bytes), ClientError> {
     let lengths = frame::decode_prefix(prefix, limits)?;
     // Gather the body from quinn's chunks: no zero-fill pass, and a body that arrives in one
     // chunk is not copied at all.
@@ -244,7 +264,14 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     let mut gathered = BytesMut::new();
     let mut have = 0;
     while have < total {
-        let chunk = recv.read_chunk(total - have, true).await.map_err(lost)?;
+        let next = recv.read_chunk(total - have, true);
+        let chunk = match stall {
+            Some(stall) => tokio::time::timeout(stall, next)
+                .await
+                .map_err(|_| ClientError::Timeout(stall))?,
+            None => next.await,
+        }
+        .map_err(lost)?;
         let chunk = chunk
             .ok_or_else(|| {
                 lost(format!(

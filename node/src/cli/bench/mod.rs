@@ -73,6 +73,22 @@ pub struct WanArgs {
     /// Fraction of datagrams dropped on the impaired link, each way.
     #[arg(long, default_value_t = 0.01)]
     loss: f64,
+    /// The link's bandwidth in MB/s, in both runs (a capacity, not an impairment: the clear
+    /// run has it too); 0 for none, when the proxy's own forwarding speed is the limit.
+    #[arg(long, default_value_t = 0)]
+    link_mb_s: u64,
+    /// QUIC stream receive window in MiB (`[limits] stream_window_bytes`); 0 for the default.
+    #[arg(long, default_value_t = 0)]
+    stream_window_mib: u32,
+    /// QUIC connection receive window in MiB (`connection_window_bytes`); 0 for the default.
+    #[arg(long, default_value_t = 0)]
+    connection_window_mib: u32,
+    /// Most KiB one fetch of the flow may return (the flow's `fetch_kb`).
+    #[arg(long, default_value_t = 4096)]
+    fetch_kb: u32,
+    /// Most MiB the flow holds fetched but not yet appended (`in_flight_mib`).
+    #[arg(long, default_value_t = 64)]
+    in_flight_mib: u32,
     /// Congestion controllers of the source node to compare (comma separated).
     #[arg(long, default_value = "cubic,bbr", value_delimiter = ',')]
     congestion: Vec<strait_protocol::transport::Congestion>,
@@ -799,10 +815,7 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
     let records = args.mib.max(1) * MIB / 1024;
     let mut runs = Vec::new();
     for congestion in &args.congestion {
-        let transport = TransportLimits {
-            congestion: *congestion,
-            ..TransportLimits::default()
-        };
+        let transport = wan_transport(args, *congestion);
         let east = Rig::start_with(&args.dir, "east", None, transport).await?;
         let west = Rig::start_with(&args.dir, "west", Some(&east.certs), transport).await?;
         let source = east.client()?;
@@ -832,16 +845,29 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
             opts.transport = transport;
             Ok(Client::new(opts))
         };
-        let clear = wan_copy(through_proxy()?, &west, "clear", records, args.partitions).await?;
+        let link = Impairment {
+            rate_bytes_per_s: (args.link_mb_s > 0).then_some(args.link_mb_s * 1_000_000),
+            ..Impairment::default()
+        };
+        proxy.set(None, link);
+        let clear = wan_copy(through_proxy()?, &west, "clear", records, args).await?;
         proxy.set(
             None,
             Impairment {
                 delay: Duration::from_millis(args.rtt_ms / 2),
                 loss: args.loss,
-                ..Impairment::default()
+                ..link
             },
         );
-        let lossy = wan_copy(through_proxy()?, &west, "lossy", records, args.partitions).await?;
+        let before: std::collections::HashSet<usize> = east
+            .server
+            .metrics()
+            .connections
+            .iter()
+            .map(|c| *c.key())
+            .collect();
+        let lossy = wan_copy(through_proxy()?, &west, "lossy", records, args).await?;
+        let after = sender_stats(&east, &before);
         let bytes = records * 1024;
         let (clear_mb_s, lossy_mb_s) = (mbps(bytes, clear), mbps(bytes, lossy));
         runs.push(json!({
@@ -849,6 +875,13 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
             "clear_proxy_mb_s": round(clear_mb_s),
             "impaired_mb_s": round(lossy_mb_s),
             "ratio": round(lossy_mb_s / clear_mb_s),
+            "impaired_sender": {
+                "lost_packets": after.lost_packets,
+                "dropped_by_proxy": proxy.counts().1,
+                "congestion_events": after.congestion_events,
+                "sent_packets": after.sent_packets,
+                "cwnd_bytes_at_end": after.cwnd,
+            },
         }));
         for rig in [&east, &west] {
             rig.server.shutdown().await;
@@ -860,11 +893,53 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
         "backlog_mib": args.mib,
         "partitions": args.partitions,
         "impaired_link": format!("{} ms RTT, {} % loss each way", args.rtt_ms, args.loss * 100.0),
-        "flow_fetch_bytes_max": strait_mirror::FlowConfig::new("x", regex::Regex::new("x")?).fetch_bytes_max,
-        "stream_window_bytes": TransportLimits::default().stream_window_bytes,
-        "connection_window_bytes": TransportLimits::default().connection_window_bytes,
+        "link_mb_s": args.link_mb_s,
+        "flow_fetch_kb": args.fetch_kb,
+        "flow_in_flight_mib": args.in_flight_mib,
+        "stream_window_bytes": wan_transport(args, Default::default()).stream_window_bytes,
+        "connection_window_bytes": wan_transport(args, Default::default()).connection_window_bytes,
         "runs": runs,
     }))
+}
+
+/// The transport of both ends of the WAN bench: defaults, with the windows asked for.
+fn wan_transport(
+    args: &WanArgs,
+    congestion: strait_protocol::transport::Congestion,
+) -> TransportLimits {
+    let d = TransportLimits::default();
+    let mib = |m: u32, default: u32| if m == 0 { default } else { m.min(4095) << 20 };
+    TransportLimits {
+        congestion,
+        stream_window_bytes: mib(args.stream_window_mib, d.stream_window_bytes),
+        connection_window_bytes: mib(args.connection_window_mib, d.connection_window_bytes),
+        ..d
+    }
+}
+
+/// Totals of what `rig`'s node sent on its connections other than `old` (the source side of
+/// a flow).
+fn sender_stats(rig: &Rig, old: &std::collections::HashSet<usize>) -> SenderStats {
+    let mut total = SenderStats::default();
+    for c in rig.server.metrics().connections.iter() {
+        if old.contains(c.key()) {
+            continue;
+        }
+        let s = c.connection.stats();
+        total.lost_packets += s.path.lost_packets;
+        total.congestion_events += s.path.congestion_events;
+        total.sent_packets += s.path.sent_packets;
+        total.cwnd = total.cwnd.max(s.path.cwnd);
+    }
+    total
+}
+
+#[derive(Default)]
+struct SenderStats {
+    lost_packets: u64,
+    congestion_events: u64,
+    sent_packets: u64,
+    cwnd: u64,
 }
 
 /// Runs a gateway flow into `west` for `topic` until it holds `records`; answers how long.
@@ -873,13 +948,17 @@ async fn wan_copy(
     west: &Rig,
     topic: &str,
     records: u64,
-    partitions: u32,
+    args: &WanArgs,
 ) -> anyhow::Result<Duration> {
+    let partitions = args.partitions;
+    let mut config = strait_mirror::FlowConfig::new(
+        &format!("wan-{topic}"),
+        regex::Regex::new(&format!("^{topic}$"))?,
+    );
+    config.fetch_bytes_max = args.fetch_kb.clamp(64, 64 << 10) << 10;
+    config.in_flight_bytes_max = args.in_flight_mib.clamp(1, 4095) << 20;
     let flow = Arc::new(strait_mirror::MirrorFlow::new(
-        strait_mirror::FlowConfig::new(
-            &format!("wan-{topic}"),
-            regex::Regex::new(&format!("^{topic}$"))?,
-        ),
+        config,
         source,
         west.server.local_endpoint("bench-gateway"),
     ));
@@ -984,7 +1063,9 @@ async fn raw_quic(rig: &Rig, bytes: u64) -> anyhow::Result<(f64, u64)> {
     let mut server_config =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     server_config.transport_config(transport_config(&TransportLimits::default()));
-    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+    let limits = TransportLimits::default();
+    let server =
+        strait_protocol::transport::endpoint("127.0.0.1:0".parse()?, Some(server_config), &limits)?;
     let addr = server.local_addr()?;
     let sink = tokio::spawn(async move {
         let Some(incoming) = server.accept().await else {
@@ -1002,7 +1083,7 @@ async fn raw_quic(rig: &Rig, bytes: u64) -> anyhow::Result<(f64, u64)> {
             });
         }
     });
-    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    let mut endpoint = strait_protocol::transport::endpoint("0.0.0.0:0".parse()?, None, &limits)?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(
         Arc::new(rig.client_tls()?),
     )?));
