@@ -176,6 +176,10 @@ async fn relay(front: Arc<UdpSocket>, upstream: SocketAddr, control: Arc<Mutex<C
 
 /// A loopback socket with a router's worth of buffer (as the endpoints ask for), so the relay
 /// itself drops nothing it was not told to; connected to `peer` when given.
+/// Socket buffer of each relay socket: 64 MiB holds about half a second of a fast loopback
+/// stream.
+const PROXY_BUFFER: usize = 64 << 20;
+
 fn bind(peer: Option<SocketAddr>) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(bind_std(peer)?)
 }
@@ -183,6 +187,10 @@ fn bind(peer: Option<SocketAddr>) -> std::io::Result<UdpSocket> {
 fn bind_std(peer: Option<SocketAddr>) -> std::io::Result<std::net::UdpSocket> {
     let limits = strait_protocol::transport::TransportLimits::default();
     let socket = strait_protocol::transport::udp_socket(([127, 0, 0, 1], 0).into(), &limits)?;
+    // Past the kernel's cap when allowed (root): the relay shares the CPUs with the processes
+    // it connects, and a router's buffer, not the scheduler, should decide what it drops.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, PROXY_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(&socket, PROXY_BUFFER);
     if let Some(peer) = peer {
         socket.connect(peer)?;
     }

@@ -110,8 +110,14 @@ pub fn udp_socket(
     // Best effort: a refusal leaves the kernel's default, which still works.
     let _ = socket.set_recv_buffer_size(wanted);
     let _ = socket.set_send_buffer_size(wanted);
-    // Linux reports double what was granted (it counts its bookkeeping).
-    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    // Linux reports double what was granted (it counts its bookkeeping). Past the kernel's
+    // cap, a privileged process may force the size (as quic-go does).
+    let mut granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < wanted {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, wanted);
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(&socket, wanted);
+        granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    }
     if granted < wanted {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
