@@ -1349,26 +1349,10 @@ async fn mirror_append(
     }
     let p2 = p.clone();
     let append = move || -> Result<(u64, u64), LogError> {
-        let now = now_ms();
-        let (mut first, mut last) = (None, 0);
-        for b in batches {
-            let appended = if prefix {
-                if b.next_offset() <= p2.log.log_end() {
-                    continue; // copied before: a retry
-                }
-                p2.log.append_at(b, now)?
-            } else {
-                match p2.log.append_mirrored(b, now)? {
-                    Some(a) => a,
-                    None => continue, // copied before: a retry or a resumed flow
-                }
-            };
-            first.get_or_insert(appended.base_offset.0);
-            last = appended.last_offset.0;
-        }
+        let appended = p2.log.append_copies(batches, prefix, now_ms())?;
         let end = p2.log.log_end().0;
-        Ok(match first {
-            Some(f) => (f, last),
+        Ok(match appended {
+            Some((first, last)) => (first.0, last.0),
             None => (end, end.saturating_sub(1)),
         })
     };

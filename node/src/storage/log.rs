@@ -316,14 +316,14 @@ impl PartitionLog {
     /// Appends a batch at the log end, assigning its offsets. Returns once the batch is as
     /// durable as the flush policy promises (with `always`, after an fsync that covers it).
     pub fn append(&self, batch: RecordBatch, now_ms: i64) -> Result<Appended, LogError> {
-        self.append_inner(batch, AppendMode::Assign, now_ms)
+        self.append_inner(batch, AppendMode::Assign, now_ms, true)
             .map(|a| a.unwrap_or_else(|| unreachable!("only mirrored appends skip")))
     }
 
     /// Appends a batch at the offsets it already carries (mirrors, followers). Gaps are
     /// accepted; going backwards is not.
     pub fn append_at(&self, batch: RecordBatch, now_ms: i64) -> Result<Appended, LogError> {
-        self.append_inner(batch, AppendMode::Explicit, now_ms)
+        self.append_inner(batch, AppendMode::Explicit, now_ms, true)
             .map(|a| a.unwrap_or_else(|| unreachable!("only mirrored appends skip")))
     }
 
@@ -336,7 +336,7 @@ impl PartitionLog {
         batch: RecordBatch,
         now_ms: i64,
     ) -> Result<Option<Appended>, LogError> {
-        self.append_inner(batch, AppendMode::Mirrored, now_ms)
+        self.append_inner(batch, AppendMode::Mirrored, now_ms, true)
     }
 
     /// Where source offset `offset` of `key` lives in this log.
@@ -365,11 +365,45 @@ impl PartitionLog {
             .collect()
     }
 
+    /// Appends one chunk of a mirror flow: at the batches' own offsets into a prefix mirror
+    /// (`at_source_offsets`; batches already here are a retry and skipped), or at the end of
+    /// an identity-mode topic (batches whose source offsets were copied before are skipped).
+    /// Under `flush = always` one fsync covers the whole chunk, not one per batch. Answers the
+    /// first and last offsets appended, None when every batch was here already.
+    pub fn append_copies(
+        &self,
+        batches: Vec<RecordBatch>,
+        at_source_offsets: bool,
+        now_ms: i64,
+    ) -> Result<Option<(Offset, Offset)>, LogError> {
+        let mut range: Option<(Offset, Offset)> = None;
+        for batch in batches {
+            let appended = if at_source_offsets {
+                if batch.next_offset() <= self.log_end() {
+                    continue;
+                }
+                self.append_inner(batch, AppendMode::Explicit, now_ms, false)?
+            } else {
+                self.append_inner(batch, AppendMode::Mirrored, now_ms, false)?
+            };
+            if let Some(a) = appended {
+                let first = range.map_or(a.base_offset, |(first, _)| first);
+                range = Some((first, a.last_offset));
+            }
+        }
+        // Also when everything was skipped: a retry's batches may not be durable yet.
+        if lock(&self.state).config.flush == FlushPolicy::Always {
+            self.sync_through(self.log_end(), now_ms)?;
+        }
+        Ok(range)
+    }
+
     fn append_inner(
         &self,
         batch: RecordBatch,
         mode: AppendMode,
         now_ms: i64,
+        sync: bool,
     ) -> Result<Option<Appended>, LogError> {
         let (appended, flush) = {
             let mut st = lock(&self.state);
@@ -458,7 +492,7 @@ impl PartitionLog {
                 st.config.flush,
             )
         };
-        if flush == FlushPolicy::Always {
+        if sync && flush == FlushPolicy::Always {
             self.sync_through(appended.last_offset.plus(1), now_ms)?;
         }
         Ok(Some(appended))
@@ -903,20 +937,31 @@ impl PartitionLog {
         max_bytes: usize,
         limits: &DecodeLimits,
     ) -> Result<Bytes, LogError> {
-        let mut reader = ChunkReader::new(file, size);
+        // One read covers the index's step back to `from` plus the answer, so the walk below
+        // validates batches in memory and the answer is a slice of that same read.
+        let mut reader = ChunkReader::with_chunk(file, size, max_bytes.saturating_add(64 << 10));
         let mut at = position;
         let mut start: Option<u64> = None;
         let mut end = at;
         while at < size {
+            // The length prefix decides whether the batch still fits before it is read whole
+            // (reading it would start another read of a whole answer's size).
+            if let Some(s) = start {
+                let head = reader
+                    .read(at, batch::LENGTH_PREFIX_LEN)
+                    .map_err(|source| self.io("reading a segment", source))?;
+                let fits = head.is_some_and(|head| {
+                    batch::total_len(&head, limits)
+                        .is_ok_and(|len| (at + len as u64 - s) as usize <= max_bytes)
+                });
+                if !fits {
+                    break;
+                }
+            }
             let parsed = self.batch_at(&mut reader, base, at, limits)?;
             let len = parsed.size_bytes();
             if parsed.base_offset() >= high_watermark {
                 break;
-            }
-            if let Some(s) = start {
-                if (at + len as u64 - s) as usize > max_bytes {
-                    break;
-                }
             }
             if parsed.next_offset() > from && start.is_none() {
                 start = Some(at);
@@ -930,10 +975,11 @@ impl PartitionLog {
             return Ok(Bytes::new());
         };
         // The walk validated every batch in [start, end); hand out one contiguous buffer.
-        let mut out = vec![0u8; (end - start) as usize];
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut out, start)
-            .map_err(|source| self.io("reading a segment", source))?;
-        Ok(Bytes::from(out))
+        if let Some(answer) = reader.slice(start, end) {
+            return Ok(answer);
+        }
+        super::segment::read_exact_at(file, start, (end - start) as usize)
+            .map_err(|source| self.io("reading a segment", source))
     }
 
     /// Reads and validates the whole batch at `at` of segment `base`; any damage is `Corrupt`.

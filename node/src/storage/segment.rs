@@ -413,16 +413,33 @@ pub struct ChunkReader<'a> {
     end: u64,
     buf: bytes::Bytes,
     buf_at: u64,
+    chunk: usize,
 }
 
 impl<'a> ChunkReader<'a> {
     pub fn new(file: &'a File, end: u64) -> Self {
+        ChunkReader::with_chunk(file, end, SCAN_CHUNK_BYTES)
+    }
+
+    /// A reader whose reads are at least `chunk` bytes: a fetch reads its whole answer in one
+    /// go and hands out a slice of it ([`ChunkReader::slice`]).
+    pub fn with_chunk(file: &'a File, end: u64, chunk: usize) -> Self {
         ChunkReader {
             file,
             end,
             buf: bytes::Bytes::new(),
             buf_at: 0,
+            chunk: chunk.max(SCAN_CHUNK_BYTES),
         }
+    }
+
+    /// `[start, end)` without reading again, when the last read covered it.
+    pub fn slice(&self, start: u64, end: u64) -> Option<bytes::Bytes> {
+        let buf_end = self.buf_at + self.buf.len() as u64;
+        (start >= self.buf_at && end <= buf_end && start <= end).then(|| {
+            self.buf
+                .slice((start - self.buf_at) as usize..(end - self.buf_at) as usize)
+        })
     }
 
     /// Returns `len` bytes at `position`, or None when fewer remain before the end.
@@ -433,15 +450,30 @@ impl<'a> ChunkReader<'a> {
         let in_buf =
             position >= self.buf_at && position + len as u64 <= self.buf_at + self.buf.len() as u64;
         if !in_buf {
-            let want = (len.max(SCAN_CHUNK_BYTES) as u64).min(self.end - position) as usize;
-            let mut fresh = vec![0u8; want];
-            self.file.read_exact_at(&mut fresh, position)?;
-            self.buf = bytes::Bytes::from(fresh);
+            let want = (len.max(self.chunk) as u64).min(self.end - position) as usize;
+            self.buf = read_exact_at(self.file, position, want)?;
             self.buf_at = position;
         }
         let start = (position - self.buf_at) as usize;
         Ok(Some(self.buf.slice(start..start + len)))
     }
+}
+
+/// Reads `len` bytes at `position` into fresh memory without zero-filling it first (a fetch
+/// reads tens of MiB, and first touch of memory is slow on this kind of machine).
+pub fn read_exact_at(file: &File, position: u64, len: usize) -> io::Result<bytes::Bytes> {
+    let mut out: Vec<u8> = Vec::with_capacity(len);
+    while out.len() < len {
+        let at = position + out.len() as u64;
+        let room = rustix::buffer::spare_capacity(&mut out);
+        if rustix::io::pread(file, room, at)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends before {len} bytes at {position}"),
+            ));
+        }
+    }
+    Ok(bytes::Bytes::from(out))
 }
 
 pub fn log_path(dir: &Path, base: Offset) -> PathBuf {
