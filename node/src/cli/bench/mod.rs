@@ -193,7 +193,7 @@ async fn bench_baseline(args: &BaselineArgs) -> anyhow::Result<Value> {
     let bytes = args.mib.max(1) * MIB;
     let path = rig.certs.join("raw-disk");
     let (p, b) = (path.clone(), bytes);
-    let plain = tokio::task::spawn_blocking(move || raw_write(&p, b, 64 << 10)).await??;
+    let plain = tokio::task::spawn_blocking(move || raw_write(&p, b, 64 << 10, true)).await??;
     let (p, b) = (path.clone(), bytes);
     let synced = tokio::task::spawn_blocking(move || raw_fdatasync_loop(&p, b)).await??;
     let (quic_mb_s, rtt_p50_us) = raw_quic(&rig, bytes).await?;
@@ -244,7 +244,9 @@ fn mbps(bytes: u64, elapsed: Duration) -> f64 {
 }
 
 /// Sequential `write` of `bytes` in chunks of `chunk`, then one fsync.
-fn raw_write(path: &Path, bytes: u64, chunk: usize) -> anyhow::Result<Duration> {
+/// Writes `bytes` sequentially; with `sync`, the time includes the final fsync (the disk),
+/// without it only the copy into the page cache (the ceiling of a `flush = os` append).
+fn raw_write(path: &Path, bytes: u64, chunk: usize, sync: bool) -> anyhow::Result<Duration> {
     let buf = vec![7u8; chunk];
     let mut f = OpenOptions::new()
         .write(true)
@@ -261,7 +263,9 @@ fn raw_write(path: &Path, bytes: u64, chunk: usize) -> anyhow::Result<Duration> 
             phase.at(written);
         }
     }
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     let t = start.elapsed();
     phase.finish();
     std::fs::remove_file(path)?;
@@ -343,7 +347,7 @@ fn bench_log(args: &LogArgs) -> anyhow::Result<Value> {
     let pool = batch_pool(64);
     let batch_bytes = pool[0].size_bytes();
     let bytes = args.mib * MIB;
-    let raw = raw_write(&root.path().join("raw"), bytes, batch_bytes)?;
+    let raw = raw_write(&root.path().join("raw"), bytes, batch_bytes, true)?;
     let os = append_all(
         &open_log(&root.path().join("os"), &["flush=os"])?,
         &pool,
@@ -522,7 +526,12 @@ impl Rig {
 async fn bench_net(args: &NetArgs, consume: bool) -> anyhow::Result<Value> {
     let rig = Rig::start(&args.dir).await?;
     let total = args.records * args.record_size as u64;
-    let disk = raw_write(&rig.certs.join("raw-disk"), total.min(1 << 30), 64 << 10)?;
+    let disk = raw_write(
+        &rig.certs.join("raw-disk"),
+        total.min(1 << 30),
+        64 << 10,
+        true,
+    )?;
     let disk_mb_s = mbps(total.min(1 << 30), disk);
     let (quic_mb_s, quic_rtt_p50_us) = raw_quic(&rig, total.min(1 << 30)).await?;
     let client = rig.client()?;
@@ -778,6 +787,11 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
     }
     let _ = stop_tx.send(true);
     let _ = runner.await;
+    // The ceiling of the copy's write side in this run: the same bytes into the page cache.
+    let path = west.certs.join("raw-page-cache");
+    let page_cache_t =
+        tokio::task::spawn_blocking(move || raw_write(&path, total, 1 << 20, false)).await??;
+    let page_cache_mb_s = mbps(total, page_cache_t);
     let produce_mb_s = mbps(total, produce_t);
     let mirror_mb_s = mbps(total, catch_up);
     let mut report = serde_json::Map::new();
@@ -797,6 +811,14 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
     report.insert(
         "mirror_ratio_to_produce".into(),
         json!(round(mirror_mb_s / produce_mb_s)),
+    );
+    report.insert(
+        "raw_page_cache_write_mb_s".into(),
+        json!(round(page_cache_mb_s)),
+    );
+    report.insert(
+        "mirror_ratio_to_page_cache_write".into(),
+        json!(round(mirror_mb_s / page_cache_mb_s)),
     );
     report.insert(
         "end_to_end_latency_p50_us".into(),
