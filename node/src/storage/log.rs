@@ -327,18 +327,6 @@ impl PartitionLog {
             .map(|a| a.unwrap_or_else(|| unreachable!("only mirrored appends skip")))
     }
 
-    /// Appends a batch copied from another cluster at the log end (identity-mode mirrors).
-    /// Its provenance's last hop names the source partition and offsets; a batch whose source
-    /// offsets were copied before is skipped (None), so a retried or resumed copy never
-    /// duplicates. The check and the append happen under one lock.
-    pub fn append_mirrored(
-        &self,
-        batch: RecordBatch,
-        now_ms: i64,
-    ) -> Result<Option<Appended>, LogError> {
-        self.append_inner(batch, AppendMode::Mirrored, now_ms, true)
-    }
-
     /// Where source offset `offset` of `key` lives in this log.
     pub fn translate_mirrored(&self, key: &SourceKey, offset: u64) -> Translation {
         let st = lock(&self.state);
@@ -367,7 +355,9 @@ impl PartitionLog {
 
     /// Appends one chunk of a mirror flow: at the batches' own offsets into a prefix mirror
     /// (`at_source_offsets`; batches already here are a retry and skipped), or at the end of
-    /// an identity-mode topic (batches whose source offsets were copied before are skipped).
+    /// an identity-mode topic, where each batch's last provenance hop names its source
+    /// partition and offsets and a batch whose source offsets were copied before is skipped
+    /// (the check and the append happen under one lock, so a resumed copy never duplicates).
     /// Under `flush = always` one fsync covers the whole chunk, not one per batch. Answers the
     /// first and last offsets appended, None when every batch was here already.
     pub fn append_copies(
