@@ -1,22 +1,76 @@
 //! A history checker in the manner of Jepsen: writers record what they sent and what was
 //! acknowledged, readers record what they read, and the checker counts what went wrong.
 //!
-//! Values are `w<writer>-<seq>` (unique; sequenced per writer). The report is a table of
-//! counts: lost writes (acknowledged, never read), duplicates (read at two offsets), reordering
-//! (a writer's values out of sequence within a partition), offsets that differ between two
-//! reads of the same partition, unexpected values (read but never written), and for a mirror,
-//! positions where source and target differ.
+//! Values are `w<writer>-<seq>` (unique; sequenced per writer; trailing padding allowed). The
+//! report is a table of counts: lost writes (acknowledged, never read), duplicates (read at two
+//! offsets), reordering (a writer's values out of sequence within a partition), values found in
+//! another partition than the one acknowledged, offsets that differ between two reads of the same
+//! partition, unexpected values (read but never written), and for a mirror, positions where
+//! source and target differ.
+//!
+//! The hour-long fault profile writes tens of millions of values, so everything here is
+//! compact: a value is one packed word, the history one byte per written value, and a checker
+//! takes partitions one at a time so a caller never holds a whole topic in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-/// What writers did.
+/// A value as the checker holds it: writer and sequence packed into one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Value(u64);
+
+/// Bits of a packed value that hold the sequence number.
+const SEQ_BITS: u32 = 40;
+
+impl Value {
+    /// A value that is not of the form `w<writer>-<seq>` (written by nobody).
+    pub const FOREIGN: Value = Value(u64::MAX);
+
+    pub fn new(writer: u32, seq: u64) -> Value {
+        assert!(
+            writer < (1 << (64 - SEQ_BITS)) - 1 && seq < (1 << SEQ_BITS),
+            "value w{writer}-{seq} out of the checker's range"
+        );
+        Value((u64::from(writer) << SEQ_BITS) | seq)
+    }
+
+    /// Parses `w<writer>-<seq>` with optional trailing spaces; anything else is `FOREIGN`.
+    pub fn parse(bytes: &[u8]) -> Value {
+        let text = std::str::from_utf8(bytes)
+            .unwrap_or("")
+            .trim_end_matches(' ');
+        let parsed = text
+            .strip_prefix('w')
+            .and_then(|t| t.split_once('-'))
+            .and_then(|(w, s)| Some((w.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
+        match parsed {
+            Some((w, s)) if w < (1 << (64 - SEQ_BITS)) - 1 && s < (1 << SEQ_BITS) => {
+                Value::new(w, s)
+            }
+            _ => Value::FOREIGN,
+        }
+    }
+
+    pub fn writer(self) -> u32 {
+        (self.0 >> SEQ_BITS) as u32
+    }
+
+    pub fn seq(self) -> u64 {
+        self.0 & ((1 << SEQ_BITS) - 1)
+    }
+}
+
+/// What a writer did with one value: never tried, tried, or acknowledged on a partition.
+const NOT_WRITTEN: u8 = 0;
+const ATTEMPTED: u8 = 1;
+const ACKED_BASE: u8 = 2;
+
+/// What writers did: one state byte per (writer, seq).
 #[derive(Debug, Default, Clone)]
 pub struct History {
-    /// Every value a writer tried to write.
-    pub attempted: HashSet<String>,
-    /// Acknowledged values, with the partition the acknowledgement named.
-    pub acked: HashMap<String, u32>,
+    writers: Vec<Vec<u8>>,
+    attempted: usize,
+    acked: usize,
 }
 
 impl History {
@@ -24,22 +78,63 @@ impl History {
         format!("w{writer}-{seq}")
     }
 
-    pub fn attempt(&mut self, value: &str) {
-        self.attempted.insert(value.to_string());
+    fn slot(&mut self, value: Value) -> &mut u8 {
+        assert!(value != Value::FOREIGN, "writers write w<id>-<seq> values");
+        let w = value.writer() as usize;
+        if self.writers.len() <= w {
+            self.writers.resize_with(w + 1, Vec::new);
+        }
+        let states = &mut self.writers[w];
+        let s = value.seq() as usize;
+        if states.len() <= s {
+            states.resize(s + 1, NOT_WRITTEN);
+        }
+        &mut states[s]
     }
 
-    pub fn ack(&mut self, value: &str, partition: u32) {
-        self.acked.insert(value.to_string(), partition);
+    fn state(&self, value: Value) -> u8 {
+        if value == Value::FOREIGN {
+            return NOT_WRITTEN;
+        }
+        self.writers
+            .get(value.writer() as usize)
+            .and_then(|s| s.get(value.seq() as usize))
+            .copied()
+            .unwrap_or(NOT_WRITTEN)
     }
 
-    pub fn merge(&mut self, other: History) {
-        self.attempted.extend(other.attempted);
-        self.acked.extend(other.acked);
+    pub fn attempt(&mut self, value: impl AsRef<[u8]>) {
+        let slot = self.slot(Value::parse(value.as_ref()));
+        if *slot == NOT_WRITTEN {
+            *slot = ATTEMPTED;
+            self.attempted += 1;
+        }
+    }
+
+    /// Records an acknowledgement naming `partition` (an acknowledged value counts as attempted).
+    pub fn ack(&mut self, value: impl AsRef<[u8]>, partition: u32) {
+        let partition = u8::try_from(partition)
+            .ok()
+            .filter(|p| *p <= u8::MAX - ACKED_BASE)
+            .expect("the checker tracks up to 253 partitions");
+        let slot = self.slot(Value::parse(value.as_ref()));
+        let before = *slot;
+        *slot = ACKED_BASE + partition;
+        self.attempted += usize::from(before == NOT_WRITTEN);
+        self.acked += usize::from(before < ACKED_BASE);
+    }
+
+    pub fn attempted(&self) -> usize {
+        self.attempted
+    }
+
+    pub fn acknowledged(&self) -> usize {
+        self.acked
     }
 }
 
 /// One partition as read: (offset, value) in offset order.
-pub type Read = Vec<(u64, String)>;
+pub type Read = Vec<(u64, Value)>;
 
 /// The checker's counts.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,6 +145,8 @@ pub struct Report {
     pub lost: usize,
     pub duplicates: usize,
     pub reordered: usize,
+    /// Acknowledged on one partition, found on another.
+    pub misplaced: usize,
     pub offsets_differ: usize,
     pub unexpected: usize,
     pub mirror_divergence: usize,
@@ -58,11 +155,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every promise held: nothing lost, duplicated, reordered or diverged.
+    /// Whether every promise held: nothing lost, duplicated, reordered, misplaced or diverged.
     pub fn clean(&self) -> bool {
         self.lost == 0
             && self.duplicates == 0
             && self.reordered == 0
+            && self.misplaced == 0
             && self.offsets_differ == 0
             && self.unexpected == 0
             && self.mirror_divergence == 0
@@ -76,6 +174,7 @@ impl Report {
         self.lost += o.lost;
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;
+        self.misplaced += o.misplaced;
         self.offsets_differ += o.offsets_differ;
         self.unexpected += o.unexpected;
         self.mirror_divergence += o.mirror_divergence;
@@ -92,6 +191,7 @@ impl fmt::Display for Report {
             ("lost (acknowledged, never read)", self.lost),
             ("duplicates", self.duplicates),
             ("reordered within a partition", self.reordered),
+            ("found outside the acknowledged partition", self.misplaced),
             ("offsets differing between reads", self.offsets_differ),
             ("unexpected values", self.unexpected),
             (
@@ -108,91 +208,166 @@ impl fmt::Display for Report {
     }
 }
 
-fn parse(value: &str) -> Option<(u32, u64)> {
-    let (w, s) = value.strip_prefix('w')?.split_once('-')?;
-    Some((w.parse().ok()?, s.parse().ok()?))
+/// Checks one topic, partition by partition, against a history.
+pub struct Checker<'h> {
+    history: &'h History,
+    /// How often each written value was read (saturating), one byte per (writer, seq).
+    seen: Vec<Vec<u8>>,
+    report: Report,
 }
 
-/// Checks a topic's partitions as read (`reads`) against the history; `again` is a second,
-/// independent read of the same partitions (offsets must hold the same values).
+impl<'h> Checker<'h> {
+    pub fn new(history: &'h History) -> Checker<'h> {
+        Checker {
+            history,
+            seen: history.writers.iter().map(|s| vec![0; s.len()]).collect(),
+            report: Report {
+                attempted: history.attempted,
+                acknowledged: history.acked,
+                ..Report::default()
+            },
+        }
+    }
+
+    /// Takes one partition as read; `again`, when given, is a second independent read of it
+    /// (every offset both reads hold must hold the same value).
+    pub fn partition(
+        &mut self,
+        partition: u32,
+        read: &[(u64, Value)],
+        again: Option<&[(u64, Value)]>,
+    ) {
+        let r = &mut self.report;
+        r.read += read.len();
+        let mut last_seq: HashMap<u32, u64> = HashMap::new();
+        for (_, value) in read {
+            let state = self.history.state(*value);
+            if state == NOT_WRITTEN {
+                r.unexpected += 1;
+                continue;
+            }
+            if state == ATTEMPTED {
+                r.indeterminate_stored += 1;
+            } else if u32::from(state - ACKED_BASE) != partition {
+                r.misplaced += 1;
+            }
+            let seen = &mut self.seen[value.writer() as usize][value.seq() as usize];
+            if *seen > 0 {
+                r.duplicates += 1;
+            }
+            *seen = seen.saturating_add(1);
+            if last_seq
+                .insert(value.writer(), value.seq())
+                .is_some_and(|prev| prev >= value.seq())
+            {
+                r.reordered += 1;
+            }
+        }
+        if let Some(second) = again {
+            r.offsets_differ += differing(read, second);
+        }
+    }
+
+    /// The report; acknowledged values no partition held count as lost.
+    pub fn finish(mut self) -> Report {
+        for (states, seen) in self.history.writers.iter().zip(&self.seen) {
+            self.report.lost += states
+                .iter()
+                .zip(seen)
+                .filter(|(state, seen)| **state >= ACKED_BASE && **seen == 0)
+                .count();
+        }
+        self.report
+    }
+}
+
+/// Offsets both reads hold with different values (both in offset order).
+fn differing(a: &[(u64, Value)], b: &[(u64, Value)]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += usize::from(a[i].1 != b[j].1);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Checks whole topics held in memory (small histories); see [`Checker`] for large ones.
 pub fn check(
     history: &History,
     reads: &BTreeMap<u32, Read>,
     again: &BTreeMap<u32, Read>,
 ) -> Report {
-    let mut r = Report {
-        attempted: history.attempted.len(),
-        acknowledged: history.acked.len(),
-        ..Report::default()
-    };
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (partition, read) in reads {
-        r.read += read.len();
-        let mut last_seq: HashMap<u32, u64> = HashMap::new();
-        for (_, value) in read {
-            *seen.entry(value.as_str()).or_default() += 1;
-            if !history.attempted.contains(value) {
-                r.unexpected += 1;
-            } else if !history.acked.contains_key(value) {
-                r.indeterminate_stored += 1;
-            }
-            if let Some((w, s)) = parse(value) {
-                if last_seq.get(&w).is_some_and(|prev| *prev >= s) {
-                    r.reordered += 1;
-                }
-                last_seq.insert(w, s);
-            }
-        }
-        if let Some(second) = again.get(partition) {
-            let first: HashMap<u64, &str> = read.iter().map(|(o, v)| (*o, v.as_str())).collect();
-            r.offsets_differ += second
-                .iter()
-                .filter(|(o, v)| first.get(o).is_some_and(|f| f != v))
-                .count();
-        }
+    let mut checker = Checker::new(history);
+    for (p, read) in reads {
+        checker.partition(*p, read, again.get(p).map(Vec::as_slice));
     }
-    r.duplicates = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
-    r.lost = history
-        .acked
-        .keys()
-        .filter(|v| !seen.contains_key(v.as_str()))
-        .count();
-    r
+    checker.finish()
+}
+
+/// Positions where a prefix-mode mirror's partition differs from its source (same offsets).
+pub fn partition_divergence(source: &[(u64, Value)], target: &[(u64, Value)]) -> usize {
+    source.len().abs_diff(target.len()) + source.iter().zip(target).filter(|(a, b)| a != b).count()
 }
 
 /// Positions where a prefix-mode mirror's target differs from its source (same offsets).
 pub fn divergence(source: &BTreeMap<u32, Read>, target: &BTreeMap<u32, Read>) -> usize {
-    let mut n = 0;
-    for (p, s) in source {
-        let t = target.get(p).map(Vec::as_slice).unwrap_or(&[]);
-        n += s.len().abs_diff(t.len());
-        n += s.iter().zip(t).filter(|(a, b)| a != b).count();
-    }
-    n
+    source
+        .iter()
+        .map(|(p, s)| partition_divergence(s, target.get(p).map(Vec::as_slice).unwrap_or(&[])))
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn v(w: u32, s: u64) -> Value {
+        Value::new(w, s)
+    }
+
+    #[test]
+    fn values_parse_with_padding_and_foreign_text_is_foreign() {
+        assert_eq!(Value::parse(b"w3-17"), v(3, 17));
+        assert_eq!(
+            Value::parse(format!("{:<100}", "w3-17").as_bytes()),
+            v(3, 17)
+        );
+        assert_eq!(Value::parse(b"intruder"), Value::FOREIGN);
+        assert_eq!(Value::parse(b"w3-"), Value::FOREIGN);
+        assert_eq!(v(3, 17).writer(), 3);
+        assert_eq!(v(3, 17).seq(), 17);
+    }
+
     #[test]
     fn the_checker_counts_each_kind_of_anomaly() {
         let mut h = History::default();
         for s in 0..5 {
-            h.attempt(&History::value(1, s));
-            h.ack(&History::value(1, s), 0);
+            h.attempt(History::value(1, s));
+            h.ack(History::value(1, s), 0);
         }
-        h.attempt(&History::value(2, 0)); // never acknowledged
+        h.attempt(History::value(2, 0)); // never acknowledged
+        h.ack(History::value(3, 0), 1); // acknowledged on partition 1
+        assert_eq!((h.attempted(), h.acknowledged()), (7, 6));
         let read: Read = vec![
-            (0, History::value(1, 0)),
-            (1, History::value(1, 2)),
-            (2, History::value(1, 1)), // reordered
-            (3, History::value(1, 2)), // duplicate
-            (4, History::value(2, 0)), // indeterminate, stored
-            (5, "intruder".into()),    // unexpected
+            (0, v(1, 0)),
+            (1, v(1, 2)),
+            (2, v(1, 1)),        // reordered
+            (3, v(1, 2)),        // duplicate
+            (4, v(2, 0)),        // indeterminate, stored
+            (5, Value::FOREIGN), // unexpected
+            (6, v(3, 0)),        // misplaced
+            (7, v(9, 0)),        // unexpected: never written
         ];
         let mut again = read.clone();
-        again[0].1 = History::value(1, 4); // offset 0 differs
+        again[0].1 = v(1, 4); // offset 0 differs
+        again.remove(3);
         let reads = BTreeMap::from([(0, read)]);
         let r = check(&h, &reads, &BTreeMap::from([(0, again)]));
         assert_eq!(r.lost, 2, "w1-3 and w1-4: {r:?}");
@@ -202,13 +377,30 @@ mod tests {
             "w1-1 after w1-2 (the repeated w1-2 counts as a duplicate)"
         );
         assert_eq!(r.offsets_differ, 1);
-        assert_eq!(r.unexpected, 1);
+        assert_eq!(r.unexpected, 2);
+        assert_eq!(r.misplaced, 1);
         assert_eq!(r.indeterminate_stored, 1);
         assert!(!r.clean());
         let target = BTreeMap::from([(0, reads[&0][..4].to_vec())]);
-        assert_eq!(divergence(&reads, &target), 2);
+        assert_eq!(divergence(&reads, &target), 4);
         assert!(r
             .to_string()
             .contains("| lost (acknowledged, never read) | 2 |"));
+    }
+
+    #[test]
+    fn a_clean_history_is_clean() {
+        let mut h = History::default();
+        let mut reads: BTreeMap<u32, Read> = BTreeMap::new();
+        for s in 0..1000u64 {
+            h.attempt(History::value(0, s));
+            h.ack(History::value(0, s), (s % 3) as u32);
+            let read = reads.entry((s % 3) as u32).or_default();
+            read.push((read.len() as u64, v(0, s)));
+        }
+        let r = check(&h, &reads, &reads);
+        assert!(r.clean(), "{r}");
+        assert_eq!((r.read, r.acknowledged, r.lost), (1000, 1000, 0));
+        assert_eq!(divergence(&reads, &reads), 0);
     }
 }

@@ -176,8 +176,20 @@ pub async fn read_batches(
     topic: &str,
     partition: u32,
 ) -> Vec<strait_protocol::RecordBatch> {
-    use strait_protocol::message::{Request, Response};
     let mut out = Vec::new();
+    each_batch(client, topic, partition, |b| out.push(b)).await;
+    out
+}
+
+/// Hands each batch of a partition, in offset order, to `take` as plain fetches bring it, so a
+/// caller that keeps only what it needs of each batch never holds the whole partition.
+pub async fn each_batch(
+    client: &Arc<Client>,
+    topic: &str,
+    partition: u32,
+    mut take: impl FnMut(strait_protocol::RecordBatch),
+) {
+    use strait_protocol::message::{Request, Response};
     let mut offset = 0;
     loop {
         let fetch = Request::Fetch {
@@ -196,14 +208,14 @@ pub async fn read_batches(
             panic!("unexpected fetch answer {resp:?}");
         };
         if payload.is_empty() {
-            return out;
+            return;
         }
         let batches = strait_protocol::batch::split_batches(payload, &Default::default())
             .unwrap_or_else(|e| panic!("{e}"));
         for b in batches {
             if b.next_offset().0 > offset {
                 offset = b.next_offset().0;
-                out.push(b);
+                take(b);
             }
         }
     }
@@ -242,6 +254,22 @@ pub async fn end_offsets(client: &Arc<Client>, topic: &str, partitions: u32) -> 
     out
 }
 
+/// Every value of one partition as the history checker reads it, in offset order. Batches are
+/// decoded as they arrive and dropped, so only one packed word per record is held.
+pub async fn read_values(client: &Arc<Client>, topic: &str, partition: u32) -> checker::Read {
+    let mut out: checker::Read = Vec::new();
+    each_batch(client, topic, partition, |b| {
+        for r in b.records(u32::MAX).unwrap_or_else(|e| panic!("{e}")) {
+            if out.last().is_none_or(|last| r.offset.0 > last.0) {
+                let value = checker::Value::parse(r.value.as_deref().unwrap_or_default());
+                out.push((r.offset.0, value));
+            }
+        }
+    })
+    .await;
+    out
+}
+
 /// Every value of a topic's first `partitions` partitions as the history checker reads them.
 pub async fn read_history(
     client: &Arc<Client>,
@@ -250,15 +278,7 @@ pub async fn read_history(
 ) -> std::collections::BTreeMap<u32, checker::Read> {
     let mut out = std::collections::BTreeMap::new();
     for p in 0..partitions {
-        let read = read_partition(client, topic, p)
-            .await
-            .into_iter()
-            .map(|s| {
-                let value = s.value.unwrap_or_default();
-                (s.offset, String::from_utf8_lossy(&value).into_owned())
-            })
-            .collect();
-        out.insert(p, read);
+        out.insert(p, read_values(client, topic, p).await);
     }
     out
 }

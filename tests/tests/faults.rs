@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use strait_certs::Role;
 use strait_protocol::client::{Admin, Client, Producer, ProducerConfig};
 use strait_protocol::Acks;
-use strait_tests::checker::{check, divergence, History, Read};
-use strait_tests::{end_offsets, read_history, read_partition, strait_bin, NodeProcess, Pki};
+use strait_tests::checker::{check, partition_divergence, Checker, History};
+use strait_tests::{end_offsets, read_history, read_values, strait_bin, NodeProcess, Pki};
 
 const PARTITIONS: u32 = 4;
 const TOPIC: &str = "history";
@@ -221,13 +221,25 @@ async fn kill_9_and_sigstop_of_nodes_and_flows_lose_and_duplicate_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let history = history.lock().unwrap().clone();
-    let first = read_history(&source, TOPIC, PARTITIONS).await;
-    let second = read_history(&pki.client(&east.address), TOPIC, PARTITIONS).await;
-    let mirrored = read_history(&target, &target_topic, PARTITIONS).await;
-    let mut report = check(&history, &first, &second);
-    report.mirror_divergence = divergence(&first, &mirrored);
-    let on_target = check(&history, &mirrored, &mirrored);
+    // One partition at a time (the long profile writes tens of millions of values): the source
+    // twice, the target once.
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    let again = pki.client(&east.address);
+    let mut on_source = Checker::new(&history);
+    let mut on_target = Checker::new(&history);
+    let mut divergence = 0;
+    for p in 0..PARTITIONS {
+        let first = read_values(&source, TOPIC, p).await;
+        let second = read_values(&again, TOPIC, p).await;
+        on_source.partition(p, &first, Some(&second));
+        drop(second);
+        let mirrored = read_values(&target, &target_topic, p).await;
+        on_target.partition(p, &mirrored, None);
+        divergence += partition_divergence(&first, &mirrored);
+    }
+    let mut report = on_source.finish();
+    let on_target = on_target.finish();
+    report.mirror_divergence = divergence;
     report.duplicates += on_target.duplicates;
     report.lost = report.lost.max(on_target.lost);
     println!("faults injected over {seconds} s (seed {seed}): {faults:?}");
@@ -427,16 +439,7 @@ async fn a_full_disk_gives_a_retriable_error_and_the_log_stays_valid() {
     drop(node);
     let node = NodeProcess::start_on(&pki, "east", &data, config, port);
     let client = pki.client(&node.address);
-    let read: Read = read_partition(&client, TOPIC, 0)
-        .await
-        .into_iter()
-        .map(|s| {
-            (
-                s.offset,
-                String::from_utf8_lossy(&s.value.unwrap_or_default()).into_owned(),
-            )
-        })
-        .collect();
+    let read = read_values(&client, TOPIC, 0).await;
     let reads = BTreeMap::from([(0, read)]);
     let report = check(&history, &reads, &reads);
     println!("full disk: {refusals} produces refused as retriable\n{report}");

@@ -159,12 +159,12 @@ async fn checked_writer(
             ..ProducerConfig::default()
         },
     );
-    let mut window: tokio::task::JoinSet<(String, bool)> = tokio::task::JoinSet::new();
+    let mut window: tokio::task::JoinSet<(String, u32, bool)> = tokio::task::JoinSet::new();
     let mut seq = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         while window.len() >= 256 {
-            if let Some(Ok((v, true))) = window.join_next().await {
-                history.lock().unwrap().ack(&v, 0);
+            if let Some(Ok((v, p, true))) = window.join_next().await {
+                history.lock().unwrap().ack(&v, p);
             }
         }
         let value = History::value(0, seq);
@@ -175,7 +175,7 @@ async fn checked_writer(
             .send("orders", Some(partition), None, Some(value.as_bytes()), &[])
             .await
         {
-            window.spawn(async move { (value, d.wait().await.is_ok()) });
+            window.spawn(async move { (value, partition, d.wait().await.is_ok()) });
         }
         // A steady stream, not a flood: about 2000 records a second.
         if seq.is_multiple_of(20) {
@@ -184,8 +184,8 @@ async fn checked_writer(
     }
     producer.flush().await;
     while let Some(r) = window.join_next().await {
-        if let Ok((v, true)) = r {
-            history.lock().unwrap().ack(&v, 0);
+        if let Ok((v, p, true)) = r {
+            history.lock().unwrap().ack(&v, p);
         }
     }
 }
