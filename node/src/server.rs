@@ -17,13 +17,14 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
 use strait_protocol::acl::{Operation, ResourceKind};
 use strait_protocol::batch::split_batches;
-use strait_protocol::client::conn::read_frame;
+use strait_protocol::client::conn::read_frame_pooled;
 use strait_protocol::client::ClientError;
 use strait_protocol::frame::{self, FrameError, FrameLimits};
 use strait_protocol::message::{
     Metadata, NodeInfo, OffsetSpec, PartitionInfo, PartitionStats, TopicDescription, TopicInfo,
     VERSION_MAX, VERSION_MIN,
 };
+use strait_protocol::pool::BufferPool;
 use strait_protocol::transport::{transport_config, TransportLimits};
 use strait_protocol::{Acks, ErrorCode, Offset, RecordBatch, Request, Response, WireError};
 use tokio::sync::watch;
@@ -96,7 +97,14 @@ struct Ctx {
     per_ip: DashMap<IpAddr, u32>,
     per_principal: DashMap<Arc<str>, u32>,
     pending_handshakes: AtomicU32,
+    /// Request bodies (produce, mirror append) are gathered into these, shared by all
+    /// connections, so a steady stream of large appends reuses warm memory.
+    request_buffers: BufferPool,
 }
+
+/// Request buffers the node keeps for reuse, and the most memory they may hold.
+const REQUEST_BUFFERS_MAX: usize = 16;
+const REQUEST_BUFFER_BYTES_MAX: usize = 128 << 20;
 
 /// A running listener.
 pub struct Server {
@@ -159,6 +167,7 @@ impl Server {
             per_ip: DashMap::new(),
             per_principal: DashMap::new(),
             pending_handshakes: AtomicU32::new(0),
+            request_buffers: BufferPool::new(REQUEST_BUFFERS_MAX, REQUEST_BUFFER_BYTES_MAX),
         });
         let accept = endpoint.clone();
         let accepting = ctx.clone();
@@ -438,7 +447,11 @@ async fn handle_stream(
 ) {
     let read = tokio::time::timeout(
         ctx.config.request_read_timeout,
-        read_frame::<Request>(&mut recv, &ctx.config.frame_limits),
+        read_frame_pooled::<Request>(
+            &mut recv,
+            &ctx.config.frame_limits,
+            Some(&ctx.request_buffers),
+        ),
     );
     let mut charged = None;
     let (response, payload) = match read.await {

@@ -15,6 +15,7 @@ pub mod frame;
 pub mod ids;
 pub mod message;
 pub mod partitioner;
+pub mod pool;
 pub mod transport;
 pub mod varint;
 

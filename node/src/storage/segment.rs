@@ -10,9 +10,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use strait_protocol::batch::{self, DecodeLimits, LENGTH_PREFIX_LEN};
+use strait_protocol::pool::BufferPool;
 use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 
 /// Size of one offset-index entry on disk.
@@ -459,21 +460,30 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-/// Reads `len` bytes at `position` into fresh memory without zero-filling it first (a fetch
-/// reads tens of MiB, and first touch of memory is slow on this kind of machine).
+/// Fetch reads of every log on this node: a steady stream of fetches reuses the same warm
+/// buffers once the answers cut from them have been sent (see `strait_protocol::pool`). A mirror
+/// flow fetching 32 MiB at a time over several partitions keeps a handful of them in use.
+static READ_BUFFERS: LazyLock<BufferPool> =
+    LazyLock::new(|| BufferPool::new(READ_BUFFERS_MAX, READ_BUFFER_BYTES_MAX));
+const READ_BUFFERS_MAX: usize = 16;
+const READ_BUFFER_BYTES_MAX: usize = 256 << 20;
+
+/// Reads `len` bytes at `position` into a pooled buffer (a fetch reads tens of MiB, and first
+/// touch of fresh memory is slow on this kind of machine; clearing a warm buffer is not).
 pub fn read_exact_at(file: &File, position: u64, len: usize) -> io::Result<bytes::Bytes> {
-    let mut out: Vec<u8> = Vec::with_capacity(len);
-    while out.len() < len {
-        let at = position + out.len() as u64;
-        let room = rustix::buffer::spare_capacity(&mut out);
-        if rustix::io::pread(file, room, at)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
+    let mut out = READ_BUFFERS.take(len);
+    out.resize(len, 0);
+    file.read_exact_at(&mut out, position).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                e.kind(),
                 format!("the file ends before {len} bytes at {position}"),
-            ));
+            )
+        } else {
+            e
         }
-    }
-    Ok(bytes::Bytes::from(out))
+    })?;
+    Ok(READ_BUFFERS.freeze(out))
 }
 
 pub fn log_path(dir: &Path, base: Offset) -> PathBuf {

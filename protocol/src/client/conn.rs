@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use crate::error::{ErrorCode, WireError};
 use crate::frame::{self, FrameError, FrameLimits, PREFIX_LEN};
 use crate::message::{Request, Response, VERSION_MAX, VERSION_MIN};
+use crate::pool::BufferPool;
 use crate::transport::{transport_config, TransportLimits};
 
 /// Why a client call failed.
@@ -109,7 +110,14 @@ pub struct Connection {
     pub address: String,
     limits: FrameLimits,
     timeout: Duration,
+    /// Answer bodies are gathered into these, so a stream of fetches reuses warm memory.
+    buffers: BufferPool,
 }
+
+/// Answer buffers one connection keeps for reuse: enough for a mirror flow's fetch-ahead over
+/// several partitions, bounded so an idle connection holds little.
+const CONNECTION_BUFFERS_MAX: usize = 16;
+const CONNECTION_BUFFER_BYTES_MAX: usize = 128 << 20;
 
 impl Connection {
     /// Connects, completes the TLS handshake and the hello exchange.
@@ -152,6 +160,7 @@ impl Connection {
             address: address.into(),
             limits: opts.frame_limits,
             timeout: opts.request_timeout,
+            buffers: BufferPool::new(CONNECTION_BUFFERS_MAX, CONNECTION_BUFFER_BYTES_MAX),
         };
         let hello = Request::Hello {
             version_min: VERSION_MIN,
@@ -215,9 +224,14 @@ impl Connection {
         let (mut recv, prefix) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
-        let (resp, payload) =
-            read_frame_body::<Response>(&mut recv, prefix, &self.limits, Some(self.timeout))
-                .await?;
+        let (resp, payload) = read_frame_body::<Response>(
+            &mut recv,
+            prefix,
+            &self.limits,
+            Some(self.timeout),
+            Some(&self.buffers),
+        )
+        .await?;
         match resp {
             Response::Error(e) => Err(ClientError::Wire(e)),
             other => Ok((other, payload)),
@@ -243,9 +257,18 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     limits: &FrameLimits,
 ) -> Result<(T, Bytes), ClientError> {
+    read_frame_pooled(recv, limits, None).await
+}
+
+/// Like [`read_frame`], gathering a body that arrives in pieces into a buffer of `buffers`.
+pub async fn read_frame_pooled<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    limits: &FrameLimits,
+    buffers: Option<&BufferPool>,
+) -> Result<(T, Bytes), ClientError> {
     let mut prefix = [0u8; PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(lost)?;
-    read_frame_body(recv, prefix, limits, None).await
+    read_frame_body(recv, prefix, limits, None, buffers).await
 }
 
 /// Reads the rest of a frame whose prefix was read; with `stall`, fails when no bytes arrive
@@ -255,6 +278,7 @@ async fn read_frame_body<T: serde::de::DeserializeOwned>(
     prefix: [u8; PREFIX_LEN],
     limits: &FrameLimits,
     stall: Option<Duration>,
+    buffers: Option<&BufferPool>,
 ) -> Result<(T, Bytes), ClientError> {
     let lengths = frame::decode_prefix(prefix, limits)?;
     // Gather the body from quinn's chunks: no zero-fill pass, and a body that arrives in one
@@ -283,13 +307,20 @@ async fn read_frame_body<T: serde::de::DeserializeOwned>(
         if gathered.is_empty() && have == total && first.is_none() {
             first = Some(chunk);
         } else {
-            if gathered.is_empty() {
-                gathered.reserve(total);
+            if gathered.capacity() == 0 {
+                gathered = match buffers {
+                    Some(pool) => pool.take(total),
+                    None => BytesMut::with_capacity(total),
+                };
             }
             gathered.extend_from_slice(&chunk);
         }
     }
-    let mut body = first.unwrap_or_else(|| gathered.freeze());
+    let mut body = match (first, buffers) {
+        (Some(whole), _) => whole,
+        (None, Some(pool)) => pool.freeze(gathered),
+        (None, None) => gathered.freeze(),
+    };
     let header = body.split_to(lengths.header as usize);
     Ok((frame::decode_header(&header)?, body))
 }
