@@ -10,11 +10,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use strait_protocol::batch::{split_batches, DecodeLimits};
 use strait_protocol::client::{Admin, Client, ClientError};
 use strait_protocol::message::{OffsetSpec, Request, Response};
-use strait_protocol::{ErrorCode, Hop};
+use strait_protocol::{ErrorCode, Hop, RecordBatch};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
@@ -43,7 +42,7 @@ pub(crate) struct Copier {
 
 /// One fetch's worth of batches on its way to the target.
 struct Chunk {
-    batches: Vec<Bytes>,
+    batches: Vec<RecordBatch>,
     /// The source offset after this chunk.
     next: u64,
     high_watermark: u64,
@@ -235,9 +234,9 @@ impl Copier {
                         partition: self.partition,
                         base_offset: b.base_offset().0,
                     };
-                    chunk.batches.push(b.with_hop(hop)?.into_bytes());
+                    chunk.batches.push(b.with_hop(hop)?);
                 } else {
-                    chunk.batches.push(b.into_bytes());
+                    chunk.batches.push(b);
                 }
             }
             *position = chunk.next;
@@ -249,11 +248,11 @@ impl Copier {
     async fn append(&self, chunk: Chunk) -> Result<(), ClientError> {
         if !chunk.batches.is_empty() {
             self.pacer.pace(chunk.bytes as usize).await;
-            let append = Request::MirrorAppend {
-                topic: self.target_topic.clone(),
-                partition: self.partition,
-            };
-            match self.target.call(&append, &chunk.batches).await?.0 {
+            let answer = self
+                .target
+                .append_copies(&self.target_topic, self.partition, chunk.batches)
+                .await?;
+            match answer {
                 Response::Produced { .. } => {}
                 other => {
                     return Err(ClientError::Invalid(format!(

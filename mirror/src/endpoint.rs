@@ -8,6 +8,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use strait_protocol::client::{Client, ClientError};
 use strait_protocol::message::{Request, Response, TopicInfo};
+use strait_protocol::RecordBatch;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -22,6 +23,25 @@ pub trait Endpoint: Send + Sync {
 
     /// The name of the cluster behind this endpoint.
     fn cluster(&self) -> BoxFuture<'_, Result<String, ClientError>>;
+
+    /// Appends batches the flow copied (and checked on arrival) to a partition of this
+    /// cluster: a `MirrorAppend` request, which the target node checks again on arrival. The
+    /// node a flow runs in overrides this to take the checked batches as they are.
+    fn append_copies<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: u32,
+        batches: Vec<RecordBatch>,
+    ) -> BoxFuture<'a, Result<Response, ClientError>> {
+        Box::pin(async move {
+            let request = Request::MirrorAppend {
+                topic: topic.into(),
+                partition,
+            };
+            let payload: Vec<Bytes> = batches.into_iter().map(RecordBatch::into_bytes).collect();
+            Ok(self.call(&request, &payload).await?.0)
+        })
+    }
 }
 
 impl Endpoint for Client {

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
 use strait_protocol::acl::{Operation, ResourceKind};
-use strait_protocol::batch::split_batches;
+use strait_protocol::batch::{self, split_batches};
 use strait_protocol::client::conn::read_frame_pooled;
 use strait_protocol::client::ClientError;
 use strait_protocol::frame::{self, FrameError, FrameLimits};
@@ -547,18 +547,7 @@ impl strait_mirror::Endpoint for LocalEndpoint {
         Box::pin(async move {
             let answer = match request {
                 Request::MirrorAppend { topic, partition } => {
-                    let started = std::time::Instant::now();
-                    let answer = self.append_copies(topic, *partition, payload).await;
-                    let m = &self.ctx.metrics;
-                    m.request("mirror_append", answer.is_ok(), started.elapsed());
-                    if answer.is_ok() {
-                        let bytes: u64 = payload.iter().map(|b| b.len() as u64).sum();
-                        m.topic(topic, |t| {
-                            t.mirror_append_bytes
-                                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                        });
-                    }
-                    answer
+                    self.append_payload(topic, *partition, payload).await
                 }
                 other => {
                     let joined = join(payload.to_vec());
@@ -575,31 +564,76 @@ impl strait_mirror::Endpoint for LocalEndpoint {
     fn cluster(&self) -> strait_mirror::BoxFuture<'_, Result<String, ClientError>> {
         Box::pin(async move { Ok(self.ctx.broker.cluster.clone()) })
     }
+
+    fn append_copies<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: u32,
+        batches: Vec<RecordBatch>,
+    ) -> strait_mirror::BoxFuture<'a, Result<Response, ClientError>> {
+        Box::pin(async move {
+            match self.append_checked(topic, partition, batches).await {
+                Ok((Response::Error(e), _)) | Err(e) => Err(ClientError::Wire(e)),
+                Ok((response, _)) => Ok(response),
+            }
+        })
+    }
 }
 
 impl LocalEndpoint {
-    /// Each payload chunk is one batch: checked on arrival, appended as-is.
-    async fn append_copies(
+    /// Appends a `MirrorAppend` payload: each chunk is one batch, checked here first.
+    async fn append_payload(
         &self,
         topic: &str,
         partition: u32,
         payload: &[Bytes],
     ) -> Result<Answer, WireError> {
-        let broker = &self.ctx.broker;
-        let t = broker.topic(topic)?;
-        let limits = t.config.decode_limits();
+        let limits = self.ctx.broker.topic(topic)?.config.decode_limits();
         let batches = payload
             .iter()
             .map(|b| RecordBatch::parse(b.clone(), &limits))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                WireError::new(
-                    ErrorCode::CORRUPT_BATCH,
-                    format!("{topic}/{partition}: {e}"),
-                )
-            })?;
-        mirror_append(broker, &t, partition, batches).await
+            .map_err(|e| corrupt(topic, partition, e))?;
+        self.append_checked(topic, partition, batches).await
     }
+
+    /// Appends batches the flow in this node checked on arrival (size, structure, CRC): only
+    /// the target topic's own limits remain to check, then they are appended as-is.
+    async fn append_checked(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Answer, WireError> {
+        let started = std::time::Instant::now();
+        let broker = &self.ctx.broker;
+        let t = broker.topic(topic)?;
+        let limits = t.config.decode_limits();
+        let bytes: u64 = batches.iter().map(|b| b.size_bytes() as u64).sum();
+        for b in &batches {
+            batch::total_len(b.as_bytes(), &limits)
+                .and_then(|_| b.check_decompressed_size(limits.batch_bytes_decompressed_max))
+                .map_err(|e| corrupt(topic, partition, e))?;
+        }
+        let answer = mirror_append(broker, &t, partition, batches).await;
+        let m = &self.ctx.metrics;
+        m.request("mirror_append", answer.is_ok(), started.elapsed());
+        if answer.is_ok() {
+            m.topic(topic, |t| {
+                t.mirror_append_bytes
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+        answer
+    }
+}
+
+/// A batch that failed its checks, named by the partition it was sent to.
+fn corrupt(topic: &str, partition: u32, e: strait_protocol::DecodeError) -> WireError {
+    WireError::new(
+        ErrorCode::CORRUPT_BATCH,
+        format!("{topic}/{partition}: {e}"),
+    )
 }
 
 fn join(chunks: Vec<Bytes>) -> Bytes {
@@ -1306,16 +1340,10 @@ fn decode_batches(
     payload: Bytes,
 ) -> Result<Vec<RecordBatch>, WireError> {
     let limits = t.config.decode_limits();
-    let corrupt = |e: strait_protocol::DecodeError| {
-        WireError::new(
-            ErrorCode::CORRUPT_BATCH,
-            format!("{topic}/{partition}: {e}"),
-        )
-    };
-    let batches = split_batches(payload, &limits).map_err(corrupt)?;
+    let batches = split_batches(payload, &limits).map_err(|e| corrupt(topic, partition, e))?;
     for b in &batches {
         b.check_decompressed_size(limits.batch_bytes_decompressed_max)
-            .map_err(corrupt)?;
+            .map_err(|e| corrupt(topic, partition, e))?;
     }
     Ok(batches)
 }
