@@ -150,6 +150,12 @@ pub struct NetArgs {
     /// node config run) or as a separate client of both clusters (`standalone`).
     #[arg(long, default_value = "gateway")]
     mirror_mode: String,
+    /// bench mirror: most KiB one fetch of the flow may return (the flow's `fetch_kb`).
+    #[arg(long, default_value_t = 4096)]
+    fetch_kb: u32,
+    /// bench mirror: the flow's in-flight budget in MiB (`in_flight_mb`).
+    #[arg(long, default_value_t = 64)]
+    in_flight_mb: u32,
     /// Single-record round trips measured for latency.
     #[arg(long, default_value_t = 2000)]
     round_trips: u32,
@@ -739,8 +745,11 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
         }
         other => anyhow::bail!("unknown --mirror-mode {other:?}; use gateway or standalone"),
     };
+    let mut config = strait_mirror::FlowConfig::new("bench", regex::Regex::new("^bench$")?);
+    config.fetch_bytes_max = args.fetch_kb.clamp(64, 32 << 10) << 10;
+    config.in_flight_bytes_max = args.in_flight_mb.clamp(1, 4096) << 20;
     let flow = Arc::new(strait_mirror::MirrorFlow::new(
-        strait_mirror::FlowConfig::new("bench", regex::Regex::new("^bench$")?),
+        config,
         source.clone(),
         flow_target,
     ));
@@ -799,6 +808,8 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
     report.insert("record_bytes".into(), json!(args.record_size));
     report.insert("partitions".into(), json!(args.partitions));
     report.insert("mirror_mode".into(), json!(args.mirror_mode));
+    report.insert("flow_fetch_kb".into(), json!(args.fetch_kb));
+    report.insert("flow_in_flight_mb".into(), json!(args.in_flight_mb));
     report.insert(
         "single_node_produce_mb_s".into(),
         json!(round(produce_mb_s)),
