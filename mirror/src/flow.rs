@@ -131,7 +131,15 @@ impl MirrorFlow {
         let mut backoff = Duration::from_millis(200);
         let (source_cluster, target_cluster) = loop {
             match self.clusters().await {
-                Ok(names) => break names,
+                Ok(names) => {
+                    // Both clusters answered: connected from now, not only once the first
+                    // topic discovery (which may start copiers and run a while) returns.
+                    let mut s = lock(&self.status);
+                    s.connected = true;
+                    s.last_contact_ms = Some(crate::status::now_ms());
+                    s.last_error = None;
+                    break names;
+                }
                 Err(e) => {
                     warn!(flow = %self.config.name, error = %e, "cannot reach both clusters; retrying");
                     {
