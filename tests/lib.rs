@@ -224,17 +224,14 @@ pub async fn each_batch(
 /// Every record of a partition, in offset order.
 pub async fn read_partition(client: &Arc<Client>, topic: &str, partition: u32) -> Vec<Seen> {
     let mut out: Vec<Seen> = Vec::new();
-    for b in read_batches(client, topic, partition).await {
-        for r in b.records(u32::MAX).unwrap_or_else(|e| panic!("{e}")) {
-            if out.last().is_none_or(|last| r.offset.0 > last.offset) {
-                out.push(Seen {
-                    offset: r.offset.0,
-                    key: r.key,
-                    value: r.value,
-                });
-            }
-        }
-    }
+    each_record(client, topic, partition, |offset, r| {
+        out.push(Seen {
+            offset,
+            key: r.key,
+            value: r.value,
+        })
+    })
+    .await;
     out
 }
 
@@ -258,16 +255,34 @@ pub async fn end_offsets(client: &Arc<Client>, topic: &str, partitions: u32) -> 
 /// decoded as they arrive and dropped, so only one packed word per record is held.
 pub async fn read_values(client: &Arc<Client>, topic: &str, partition: u32) -> checker::Read {
     let mut out: checker::Read = Vec::new();
+    each_record(client, topic, partition, |offset, r| {
+        out.push((
+            offset,
+            checker::Value::parse(r.value.as_deref().unwrap_or_default()),
+        ));
+    })
+    .await;
+    out
+}
+
+/// Hands each record of a partition to `take` once, in offset order (a batch is served whole,
+/// so records below the previous batch's end are skipped), without holding the partition.
+async fn each_record(
+    client: &Arc<Client>,
+    topic: &str,
+    partition: u32,
+    mut take: impl FnMut(u64, strait_protocol::Record),
+) {
+    let mut next = 0;
     each_batch(client, topic, partition, |b| {
         for r in b.records(u32::MAX).unwrap_or_else(|e| panic!("{e}")) {
-            if out.last().is_none_or(|last| r.offset.0 > last.0) {
-                let value = checker::Value::parse(r.value.as_deref().unwrap_or_default());
-                out.push((r.offset.0, value));
+            if r.offset.0 >= next {
+                next = r.offset.0 + 1;
+                take(r.offset.0, r);
             }
         }
     })
     .await;
-    out
 }
 
 /// Every value of a topic's first `partitions` partitions as the history checker reads them.
