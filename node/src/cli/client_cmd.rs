@@ -1,5 +1,6 @@
 //! `strait topic …`, `strait produce`, `strait consume`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,6 +137,14 @@ impl Source {
         match self {
             Source::Plain(c) => c.poll(timeout).await,
             Source::Failover(c) => c.poll(timeout).await,
+        }
+    }
+
+    /// Gives records back: the next poll (and so the commit on exit) starts at `offset`.
+    fn rewind(&mut self, topic: &str, partition: u32, offset: u64) {
+        match self {
+            Source::Plain(c) => c.seek(topic, partition, offset),
+            Source::Failover(c) => c.consumer().seek(topic, partition, offset),
         }
     }
 
@@ -422,7 +431,8 @@ async fn print_records(source: &mut Source, args: &ConsumeArgs) -> anyhow::Resul
         if !records.is_empty() {
             last_record = Instant::now();
         }
-        for r in records {
+        let mut records = records.into_iter();
+        while let Some(r) = records.next() {
             if args.json {
                 let mut obj = serde_json::Map::new();
                 obj.insert("topic".into(), json!(&*r.topic));
@@ -442,6 +452,18 @@ async fn print_records(source: &mut Source, args: &ConsumeArgs) -> anyhow::Resul
             }
             seen += 1;
             if args.max_records.is_some_and(|m| seen >= m) {
+                out.flush()?;
+                // The commit on exit must cover exactly what was printed: give the rest of
+                // this poll back, per partition from its first unprinted record.
+                let mut first_unprinted: BTreeMap<(Arc<str>, u32), u64> = BTreeMap::new();
+                for rest in records {
+                    first_unprinted
+                        .entry((rest.topic.clone(), rest.partition))
+                        .or_insert(rest.offset);
+                }
+                for ((topic, partition), offset) in first_unprinted {
+                    source.rewind(&topic, partition, offset);
+                }
                 return Ok(());
             }
         }

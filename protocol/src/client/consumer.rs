@@ -26,6 +26,10 @@ pub struct ConsumerConfig {
     /// Where to go when a position is out of range (e.g. deleted by retention).
     pub reset: OffsetSpec,
     pub limits: DecodeLimits,
+    /// Most records one `poll` returns (Kafka's `max.poll.records`). Records fetched beyond
+    /// it wait in the consumer for the next poll; positions, and so commits, cover only what
+    /// `poll` has handed out.
+    pub max_poll_records: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -36,6 +40,7 @@ impl Default for ConsumerConfig {
             partition_bytes_max: 1 << 20,
             reset: OffsetSpec::Earliest,
             limits: DecodeLimits::default(),
+            max_poll_records: 500,
         }
     }
 }
@@ -54,13 +59,22 @@ pub struct ConsumerRecord {
 
 /// Reads assigned partitions from their positions on.
 ///
-/// Every assigned partition keeps one fetch in flight, re-issued as soon as its answer arrives,
-/// so the network works while the application processes what `poll` returned.
+/// Every assigned partition keeps one fetch in flight, re-issued as soon as its answer arrives
+/// while less than one poll's worth of its records is waiting, so the network works while the
+/// application processes what `poll` returned and memory stays bounded.
+///
+/// Two offsets per partition, as in Kafka: the *position* is the next record `poll` will hand
+/// out (what `commit` commits: a commit never covers a record the application has not been
+/// given), and the *fetch offset* is where the next fetch starts (past records already fetched
+/// and waiting in the consumer).
 pub struct Consumer {
     client: Arc<Client>,
     config: ConsumerConfig,
     positions: BTreeMap<(String, u32), u64>,
+    fetch_offsets: BTreeMap<(String, u32), u64>,
     buffered: VecDeque<ConsumerRecord>,
+    /// How many records of each partition wait in `buffered`.
+    buffered_per_partition: BTreeMap<(String, u32), usize>,
     in_flight: tokio::task::JoinSet<FetchAnswer>,
     fetching: std::collections::BTreeSet<(String, u32)>,
     group: Option<Membership>,
@@ -81,7 +95,9 @@ impl Consumer {
             client,
             config,
             positions: BTreeMap::new(),
+            fetch_offsets: BTreeMap::new(),
             buffered: VecDeque::new(),
+            buffered_per_partition: BTreeMap::new(),
             in_flight: tokio::task::JoinSet::new(),
             fetching: Default::default(),
             group: None,
@@ -97,13 +113,10 @@ impl Consumer {
         spec: OffsetSpec,
     ) -> Result<(), ClientError> {
         let admin = Admin::new(self.client.clone());
-        self.positions.clear();
-        self.buffered.clear();
-        self.in_flight.abort_all();
-        self.fetching.clear();
+        self.clear();
         for (topic, p) in partitions {
             let (offset, _) = admin.list_offset(topic, *p, spec).await?;
-            self.positions.insert((topic.clone(), *p), offset);
+            self.set_position((topic.clone(), *p), offset);
         }
         Ok(())
     }
@@ -131,15 +144,63 @@ impl Consumer {
         self.assign(&parts, spec).await
     }
 
+    /// Moves a partition's position: the next `poll` returns records from `offset` on, and
+    /// records already fetched for it are dropped.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
-        self.positions.insert((topic.into(), partition), offset);
-        self.buffered
-            .retain(|r| !(&*r.topic == topic && r.partition == partition));
+        let key = (topic.to_string(), partition);
+        if self.buffered_per_partition.remove(&key).is_some() {
+            self.buffered
+                .retain(|r| !(&*r.topic == topic && r.partition == partition));
+        }
+        self.set_position(key, offset);
     }
 
-    /// The next offset to be returned per partition.
+    /// The next offset `poll` will hand out, per partition: what `commit` commits.
     pub fn positions(&self) -> &BTreeMap<(String, u32), u64> {
         &self.positions
+    }
+
+    fn set_position(&mut self, key: (String, u32), offset: u64) {
+        self.fetch_offsets.insert(key.clone(), offset);
+        self.positions.insert(key, offset);
+    }
+
+    /// Forgets every partition, buffered record and fetch in flight.
+    fn clear(&mut self) {
+        self.positions.clear();
+        self.fetch_offsets.clear();
+        self.buffered.clear();
+        self.buffered_per_partition.clear();
+        self.in_flight.abort_all();
+        self.fetching.clear();
+    }
+
+    /// Hands out up to `max_poll_records` buffered records, advancing each partition's
+    /// position past them; a partition with nothing left buffered moves to its fetch offset
+    /// (past any gap at the end of its last batch).
+    fn hand_out(&mut self) -> Vec<ConsumerRecord> {
+        let n = self.buffered.len().min(self.config.max_poll_records.max(1));
+        let out: Vec<ConsumerRecord> = self.buffered.drain(..n).collect();
+        let mut touched: Vec<(String, u32)> = Vec::new();
+        for r in &out {
+            let key = (r.topic.to_string(), r.partition);
+            self.positions.insert(key.clone(), r.offset + 1);
+            if let Some(count) = self.buffered_per_partition.get_mut(&key) {
+                *count = count.saturating_sub(1);
+            }
+            if touched.last() != Some(&key) {
+                touched.push(key);
+            }
+        }
+        for key in touched {
+            if self.buffered_per_partition.get(&key) == Some(&0) {
+                self.buffered_per_partition.remove(&key);
+                if let Some(&fetch) = self.fetch_offsets.get(&key) {
+                    self.positions.insert(key, fetch);
+                }
+            }
+        }
+        out
     }
 
     /// Returns the records available now, waiting up to `timeout` for some to arrive.
@@ -148,7 +209,8 @@ impl Consumer {
             self.group_step(timeout).await?;
         }
         if !self.buffered.is_empty() {
-            return Ok(self.buffered.drain(..).collect());
+            self.start_fetches();
+            return Ok(self.hand_out());
         }
         if self.positions.is_empty() {
             tokio::time::sleep(timeout).await;
@@ -165,7 +227,7 @@ impl Consumer {
                 continue;
             };
             self.fetching.remove(&key);
-            if self.positions.get(&key) != Some(&asked) {
+            if self.fetch_offsets.get(&key) != Some(&asked) {
                 continue; // a seek overtook this fetch
             }
             match result {
@@ -176,13 +238,13 @@ impl Consumer {
                         .list_offset(&key.0, key.1, self.config.reset)
                         .await?;
                     tracing::warn!(topic = %key.0, partition = key.1, reset_to = offset, "position out of range; reset");
-                    self.positions.insert(key, offset);
+                    self.seek(&key.0.clone(), key.1, offset);
                 }
                 Err(e) => return Err(e),
             }
             if !self.buffered.is_empty() {
                 self.start_fetches();
-                return Ok(self.buffered.drain(..).collect());
+                return Ok(self.hand_out());
             }
         }
     }
@@ -190,10 +252,7 @@ impl Consumer {
     /// Joins a consumer group for `topics`; the group's coordinator assigns partitions and
     /// `poll` starts each at the group's committed offset (else at the reset policy's).
     pub fn subscribe(&mut self, topics: &[&str], config: GroupConfig) {
-        self.positions.clear();
-        self.buffered.clear();
-        self.in_flight.abort_all();
-        self.fetching.clear();
+        self.clear();
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         self.group = Some(group::start(
             self.client.clone(),
@@ -212,10 +271,7 @@ impl Consumer {
         let anchored = format!("^(?:{pattern})$");
         let re = regex::Regex::new(&anchored)
             .map_err(|e| ClientError::Invalid(format!("bad topic pattern {pattern:?}: {e}")))?;
-        self.positions.clear();
-        self.buffered.clear();
-        self.in_flight.abort_all();
-        self.fetching.clear();
+        self.clear();
         self.group = Some(group::start(
             self.client.clone(),
             config,
@@ -448,6 +504,8 @@ impl Consumer {
     fn drop_partitions(&mut self, partitions: &[TopicPartition]) {
         for tp in partitions {
             self.positions.remove(tp);
+            self.fetch_offsets.remove(tp);
+            self.buffered_per_partition.remove(tp);
         }
         self.buffered.retain(|r| {
             !partitions
@@ -481,7 +539,7 @@ impl Consumer {
                 Some(c) => c.offset,
                 None => admin.list_offset(&tp.0, tp.1, self.config.reset).await?.0,
             };
-            self.positions.insert(tp.clone(), offset);
+            self.set_position(tp.clone(), offset);
         }
         Ok(())
     }
@@ -492,11 +550,17 @@ impl Consumer {
         }
     }
 
-    /// Issues a fetch for every assigned partition that has none in flight.
+    /// Issues a fetch for every assigned partition that has none in flight and less than one
+    /// poll's worth of records waiting.
     fn start_fetches(&mut self) {
-        for ((topic, partition), offset) in &self.positions {
+        for ((topic, partition), offset) in &self.fetch_offsets {
             let key = (topic.clone(), *partition);
-            if self.fetching.contains(&key) {
+            if self.fetching.contains(&key)
+                || self
+                    .buffered_per_partition
+                    .get(&key)
+                    .is_some_and(|n| *n >= self.config.max_poll_records)
+            {
                 continue;
             }
             self.fetching.insert(key.clone());
@@ -516,14 +580,16 @@ impl Consumer {
     }
 
     fn take_batches(&mut self, key: &(String, u32), payload: Bytes) -> Result<(), ClientError> {
-        let Some(position) = self.positions.get(key).copied() else {
+        let Some(position) = self.fetch_offsets.get(key).copied() else {
             return Ok(());
         };
         let topic: Arc<str> = key.0.as_str().into();
         let mut next = position;
+        let mut added = 0usize;
         for batch in split_batches(payload, &self.config.limits)? {
             for r in batch.records(self.config.limits.batch_bytes_decompressed_max)? {
                 if r.offset.0 >= position {
+                    added += 1;
                     self.buffered.push_back(ConsumerRecord {
                         topic: topic.clone(),
                         partition: key.1,
@@ -537,7 +603,13 @@ impl Consumer {
             }
             next = next.max(batch.next_offset().0);
         }
-        self.positions.insert(key.clone(), next);
+        self.fetch_offsets.insert(key.clone(), next);
+        if added > 0 {
+            *self.buffered_per_partition.entry(key.clone()).or_default() += added;
+        } else if !self.buffered_per_partition.contains_key(key) {
+            // Nothing new to hand out (a gap, or compacted away): the position moves on too.
+            self.positions.insert(key.clone(), next);
+        }
         Ok(())
     }
 }
