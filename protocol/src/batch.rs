@@ -206,6 +206,8 @@ pub enum DecodeError {
     BadRecords(String),
     #[error("decompression failed: {0}")]
     Decompression(String),
+    #[error("batch offsets {base_offset} + {span} run past the largest offset {max}; the sender is broken or hostile", max = Offset::MAX)]
+    OffsetOverflow { base_offset: u64, span: u64 },
 }
 
 /// A validated batch: its bytes passed the size, structure and CRC checks.
@@ -256,8 +258,14 @@ impl RecordBatch {
         if count == 0 || count > RECORD_COUNT_MAX || u64::from(count) > span {
             return Err(DecodeError::BadRecordCount { count, span });
         }
+        // Every offset arithmetic on this batch (last offset, next offset, record offsets)
+        // stays at or below Offset::MAX, so none can wrap.
+        let base_offset = read_u64(&bytes, AT_BASE_OFFSET);
+        if Offset(base_offset).checked_plus(span).is_none() {
+            return Err(DecodeError::OffsetOverflow { base_offset, span });
+        }
         let provenance_len = if attributes & ATTR_PROVENANCE != 0 {
-            provenance_len(&bytes[HEADER_LEN..])?
+            provenance_len(&bytes[HEADER_LEN..], span)?
         } else {
             0
         };
@@ -382,6 +390,32 @@ impl RecordBatch {
         };
         bytes[AT_BASE_OFFSET..AT_BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_le_bytes());
         bytes[AT_LEADER_EPOCH..AT_LEADER_EPOCH + 4].copy_from_slice(&epoch.0.to_le_bytes());
+        RecordBatch {
+            bytes: bytes.freeze(),
+            provenance_len: self.provenance_len,
+        }
+    }
+
+    /// The same batch under another idempotent identity, its CRC recomputed. A producer
+    /// re-numbers a batch it built when an earlier batch of its partition failed for good (that
+    /// sequence range was never written, so later ones would never fit); the node never calls
+    /// this: it stores batches as they come.
+    pub fn with_producer(
+        self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> RecordBatch {
+        let mut bytes = match self.bytes.try_into_mut() {
+            Ok(unique) => unique,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
+        bytes[AT_PRODUCER_ID..AT_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
+        bytes[AT_PRODUCER_EPOCH..AT_PRODUCER_EPOCH + 2]
+            .copy_from_slice(&producer_epoch.to_le_bytes());
+        bytes[AT_BASE_SEQUENCE..AT_BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[AT_ATTRIBUTES..]);
+        bytes[AT_CRC..AT_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         RecordBatch {
             bytes: bytes.freeze(),
             provenance_len: self.provenance_len,
@@ -726,12 +760,24 @@ fn encode_provenance(p: &Provenance) -> Vec<u8> {
     out
 }
 
-fn provenance_len(buf: &[u8]) -> Result<usize, DecodeError> {
-    let (_, len) = decode_provenance(buf).ok_or_else(|| {
+/// Validates the provenance block and answers its length; every hop's source offsets (base
+/// plus the batch's span) must fit below [`Offset::MAX`], as the batch's own do.
+fn provenance_len(buf: &[u8], span: u64) -> Result<usize, DecodeError> {
+    let (provenance, len) = decode_provenance(buf).ok_or_else(|| {
         DecodeError::BadRecords(format!(
             "provenance is truncated, not UTF-8 or longer than {HOPS_MAX} hops"
         ))
     })?;
+    if let Some(hop) = provenance
+        .hops
+        .iter()
+        .find(|h| Offset(h.base_offset).checked_plus(span).is_none())
+    {
+        return Err(DecodeError::OffsetOverflow {
+            base_offset: hop.base_offset,
+            span,
+        });
+    }
     Ok(len)
 }
 

@@ -14,9 +14,25 @@ use serde::{Deserialize, Serialize};
 pub struct Offset(pub u64);
 
 impl Offset {
-    /// The offset `delta` records after this one.
+    /// The largest offset a record may have, as in Kafka (offsets are int64 there). Every
+    /// offset that enters from the wire or the disk is checked against it where it enters
+    /// (batch parsing bounds base offset plus span, appends bound the log end), so offset
+    /// arithmetic inside Strait has room and never wraps.
+    pub const MAX: Offset = Offset(i64::MAX as u64);
+
+    /// The offset `delta` records after this one, or None past [`Offset::MAX`].
+    pub fn checked_plus(self, delta: u64) -> Option<Offset> {
+        self.0
+            .checked_add(delta)
+            .filter(|o| *o <= Offset::MAX.0)
+            .map(Offset)
+    }
+
+    /// The offset `delta` records after this one, for values already bounded by
+    /// [`Offset::MAX`] where they entered (the sum then fits). Saturates rather than wraps, so
+    /// even a missed check can never turn a huge offset into a small one.
     pub fn plus(self, delta: u64) -> Offset {
-        Offset(self.0 + delta)
+        Offset(self.0.saturating_add(delta))
     }
 }
 

@@ -5,6 +5,15 @@
 //! `in_flight_per_partition` requests outstanding and resolves them in order, so records of one
 //! partition are acknowledged in the order they were sent. In-flight bytes across all
 //! partitions are bounded by a semaphore: `send` waits when the bound is reached.
+//!
+//! Idempotence, as Kafka's producer does it: each partition numbers its batches (base sequence
+//! = records sealed before under the same producer id). A batch refused with
+//! `out_of_order_sequence` waits for the batch sealed before it: once that one is written the
+//! refused one is sent again as it is (it had overtaken it); if that one failed for good, its
+//! sequence range will never be written, so the refused batch is re-numbered under a fresh
+//! producer id (from sequence 0) and sent again, and every later batch of the partition
+//! follows it there. One batch failing for good therefore fails alone: later sends succeed,
+//! and none is written twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -15,7 +24,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::admin::Admin;
 use super::conn::{unexpected, Client, ClientError};
-use crate::batch::{BatchBuilder, Compression, Header};
+use crate::batch::{BatchBuilder, Compression, DecodeLimits, Header, RecordBatch};
 use crate::error::ErrorCode;
 use crate::message::{Acks, Request, Response};
 use crate::partitioner::partition_for_key;
@@ -60,6 +69,19 @@ struct BatchOutcome {
 /// Completes a batch's outcome exactly once; if dropped unfinished (the producer went away),
 /// the waiters learn it instead of waiting forever.
 struct Completer(Arc<BatchOutcome>);
+
+impl BatchOutcome {
+    /// Waits until the batch is resolved; answers whether it was written.
+    async fn settled(&self) -> bool {
+        loop {
+            let notified = self.done.notified();
+            if let Some(r) = self.result.get() {
+                return r.is_ok();
+            }
+            notified.await;
+        }
+    }
+}
 
 impl Completer {
     fn new() -> Self {
@@ -122,7 +144,22 @@ struct Ready {
     batch: Bytes,
     outcome: Completer,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Idempotence: the partition's numbering, and the batch sealed just before this one.
+    sequencing: Option<(Numbering, Option<Arc<BatchOutcome>>)>,
 }
+
+/// A partition's numbering, shared by its sender and the sends in flight.
+type Numbering = Arc<tokio::sync::Mutex<Sequencing>>;
+
+/// One partition's idempotent numbering: the producer id and epoch its batches carry now and
+/// the next base sequence under them.
+struct Sequencing {
+    identity: (i64, i16),
+    next: i32,
+}
+
+/// How many times one batch is re-sent after `out_of_order_sequence` before it fails.
+const SEQUENCE_RETRIES_MAX: u32 = 16;
 
 type PartitionKey = (String, u32);
 
@@ -305,26 +342,40 @@ async fn partition_sender(
 ) {
     let window = inner.config.in_flight_per_partition.max(1);
     let mut in_flight: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
-    let mut sequence: i32 = 0;
+    let mut numbering: Option<Numbering> = None;
+    let mut previous: Option<Arc<BatchOutcome>> = None;
     while let Some(pending) = rx.recv().await {
         let mut builder = pending.builder;
+        let mut sequencing = None;
         if inner.config.idempotence {
-            match identity(&inner).await {
-                Ok((id, epoch)) => {
-                    let count = builder.record_count() as i32;
-                    builder = builder.producer(id, epoch, sequence);
-                    sequence = sequence.wrapping_add(count);
+            if numbering.is_none() {
+                match identity(&inner).await {
+                    Ok(identity) => {
+                        numbering = Some(Arc::new(tokio::sync::Mutex::new(Sequencing {
+                            identity,
+                            next: 0,
+                        })))
+                    }
+                    Err(e) => {
+                        pending.outcome.complete(Err(e));
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    pending.outcome.complete(Err(e));
-                    continue;
-                }
+            }
+            if let Some(numbering) = &numbering {
+                let mut n = numbering.lock().await;
+                let (id, epoch) = n.identity;
+                builder = builder.producer(id, epoch, n.next);
+                n.next = n.next.wrapping_add(builder.record_count() as i32);
+                sequencing = Some((numbering.clone(), previous.take()));
+                previous = Some(pending.outcome.0.clone());
             }
         }
         let ready = Ready {
             batch: builder.finish().into_bytes(),
             outcome: pending.outcome,
             _permit: pending.permit,
+            sequencing,
         };
         if in_flight.len() >= window {
             if let Some(h) = in_flight.pop_front() {
@@ -358,20 +409,52 @@ async fn identity(inner: &Inner) -> Result<(i64, i16), ClientError> {
         .copied()
 }
 
+/// A fresh producer id for one partition whose numbering broke (see the module doc).
+async fn fresh_identity(inner: &Inner) -> Result<(i64, i16), ClientError> {
+    match inner.client.call(&Request::InitProducer {}, &[]).await?.0 {
+        Response::ProducerInit {
+            producer_id,
+            producer_epoch,
+        } => Ok((producer_id, producer_epoch)),
+        other => Err(unexpected("init_producer", other)),
+    }
+}
+
 async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
     let request = Request::Produce {
         topic: key.0.clone(),
         partition: key.1,
         acks: inner.config.acks,
     };
-    let result = inner
-        .client
-        .call_with_retries(
-            &request,
-            std::slice::from_ref(&ready.batch),
-            inner.config.attempts,
-        )
-        .await;
+    let mut batch = ready.batch.clone();
+    let mut resent = 0;
+    let result = loop {
+        let result = inner
+            .client
+            .call_with_retries(
+                &request,
+                std::slice::from_ref(&batch),
+                inner.config.attempts,
+            )
+            .await;
+        let Some((numbering, previous)) = &ready.sequencing else {
+            break result;
+        };
+        match result {
+            Err(e)
+                if e.code() == Some(ErrorCode::OUT_OF_ORDER_SEQUENCE)
+                    && resent < SEQUENCE_RETRIES_MAX =>
+            {
+                resent += 1;
+                match renumber_if_needed(inner, numbering, previous.as_deref(), batch.clone()).await
+                {
+                    Ok(next) => batch = next,
+                    Err(e) => break Err(e),
+                }
+            }
+            other => break other,
+        }
+    };
     let outcome = match result {
         Ok((Response::Produced { base_offset, .. }, _)) => Ok(base_offset),
         // acks = none: the offset is unknown.
@@ -380,6 +463,38 @@ async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
         Err(e) => Err(e),
     };
     ready.outcome.complete(outcome);
+}
+
+/// After `out_of_order_sequence`: waits for the batch sealed before this one, then answers the
+/// batch to send again: as it is when that one was written under the same producer id (this one
+/// had overtaken it), else re-numbered after the partition's current numbering, which moves to
+/// a fresh producer id if nobody moved it yet.
+async fn renumber_if_needed(
+    inner: &Inner,
+    numbering: &tokio::sync::Mutex<Sequencing>,
+    previous: Option<&BatchOutcome>,
+    batch: Bytes,
+) -> Result<Bytes, ClientError> {
+    let previous_written = match previous {
+        Some(p) => p.settled().await,
+        None => false,
+    };
+    let parsed = RecordBatch::parse(batch.clone(), &DecodeLimits::default())?;
+    let mut n = numbering.lock().await;
+    let same_identity = n.identity == (parsed.producer_id(), parsed.producer_epoch());
+    if previous_written && same_identity {
+        return Ok(batch);
+    }
+    if same_identity {
+        // This batch is the first after a range that will never be written.
+        n.identity = fresh_identity(inner).await?;
+        n.next = 0;
+        tracing::warn!(producer_id = n.identity.0, "an earlier batch failed for good; later batches of the partition continue under a fresh producer id");
+    }
+    let (id, epoch) = n.identity;
+    let renumbered = parsed.with_producer(id, epoch, n.next);
+    n.next = n.next.wrapping_add(renumbered.record_count() as i32);
+    Ok(renumbered.into_bytes())
 }
 
 /// Sends batches that have waited `linger_ms`; ends when the producer is dropped.
