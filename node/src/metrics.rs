@@ -325,6 +325,14 @@ pub fn expose_counters(m: &Metrics, x: &mut Exposition) {
         "Certificate reloads (cert_reload_ok, cert_reload_failed) and peers cut off by a limit (limit_*), by event.",
         events.into_iter().map(|(r, n)| (vec![("event", r.to_string())], n as f64)),
     );
+    x.rows(
+        "strait_storage_corruptions_total",
+        "counter",
+        "Corrupt batches detected in segments, by what was done (truncated: a torn tail past the recovery point was cut; offline: the partition was taken offline).",
+        crate::storage::corruption::counts()
+            .into_iter()
+            .map(|(a, n)| (vec![("action", a.name().to_string())], n as f64)),
+    );
     expose_connections(m, x);
 }
 

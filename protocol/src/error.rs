@@ -36,6 +36,8 @@ impl ErrorCode {
     pub const ILLEGAL_GENERATION: ErrorCode = ErrorCode(25);
     pub const GROUP_NOT_EMPTY: ErrorCode = ErrorCode(26);
     pub const UNKNOWN_GROUP: ErrorCode = ErrorCode(27);
+    /// A node-wide resource (file descriptors, memory budget) would run out.
+    pub const RESOURCE_EXHAUSTED: ErrorCode = ErrorCode(28);
 
     /// Whether a client may retry the same request and expect it to succeed.
     pub fn is_retriable(self) -> bool {
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::ILLEGAL_GENERATION => "illegal_generation",
             ErrorCode::GROUP_NOT_EMPTY => "group_not_empty",
             ErrorCode::UNKNOWN_GROUP => "unknown_group",
+            ErrorCode::RESOURCE_EXHAUSTED => "resource_exhausted",
             _ => "unknown",
         }
     }

@@ -57,10 +57,10 @@ pub fn clean(log: &PartitionLog, now_ms: i64) -> Result<CleanStats, LogError> {
         let mut writer = BufWriter::with_capacity(1 << 20, out);
         let mut changed = false;
         let mut written = 0u64;
-        for_each_batch(log, base, &file, size, &limits, |b| {
+        for_each_batch(log, base, &file, size, &limits, |b, at| {
             let records = b
                 .records(limits.batch_bytes_decompressed_max)
-                .map_err(|e| corrupt(log, base, e))?;
+                .map_err(|e| corrupt(log, base, at, e))?;
             stats.records_before += records.len() as u64;
             let keep: Vec<_> = records
                 .iter()
@@ -127,10 +127,10 @@ fn latest_offsets(
         .map(|(b, f, s, _)| (*b, f.clone(), *s))
         .chain([(active_base, active_file, active_size)]);
     for (base, file, size) in all {
-        for_each_batch(log, base, &file, size, limits, |b| {
+        for_each_batch(log, base, &file, size, limits, |b, at| {
             for r in b
                 .records(limits.batch_bytes_decompressed_max)
-                .map_err(|e| corrupt(log, base, e))?
+                .map_err(|e| corrupt(log, base, at, e))?
             {
                 if let Some(k) = r.key {
                     if latest.len() < CLEANER_KEYS_MAX || latest.contains_key(&k) {
@@ -150,7 +150,19 @@ fn for_each_batch(
     file: &File,
     size: u64,
     limits: &DecodeLimits,
-    mut visit: impl FnMut(&RecordBatch) -> Result<(), LogError>,
+    visit: impl FnMut(&RecordBatch, u64) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    // Damage the cleaner meets is reported and takes the partition offline, as a read's does.
+    log.checked(walk_batches(log, base, file, size, limits, visit))
+}
+
+fn walk_batches(
+    log: &PartitionLog,
+    base: Offset,
+    file: &File,
+    size: u64,
+    limits: &DecodeLimits,
+    mut visit: impl FnMut(&RecordBatch, u64) -> Result<(), LogError>,
 ) -> Result<(), LogError> {
     let mut reader = ChunkReader::new(file, size);
     let mut at = 0u64;
@@ -165,13 +177,13 @@ fn for_each_batch(
             .read(at, batch::LENGTH_PREFIX_LEN)
             .map_err(|s| log.io("reading for the cleaner", s))?
             .ok_or_else(torn)?;
-        let len = batch::total_len(&head, limits).map_err(|e| corrupt(log, base, e))?;
+        let len = batch::total_len(&head, limits).map_err(|e| corrupt(log, base, at, e))?;
         let bytes = reader
             .read(at, len)
             .map_err(|s| log.io("reading for the cleaner", s))?
             .ok_or_else(torn)?;
-        let parsed = RecordBatch::parse(bytes, limits).map_err(|e| corrupt(log, base, e))?;
-        visit(&parsed)?;
+        let parsed = RecordBatch::parse(bytes, limits).map_err(|e| corrupt(log, base, at, e))?;
+        visit(&parsed, at)?;
         at += len as u64;
     }
     Ok(())
@@ -203,11 +215,16 @@ fn rebuild(original: &RecordBatch, keep: &[&strait_protocol::Record]) -> Bytes {
         .into_bytes()
 }
 
-fn corrupt(log: &PartitionLog, segment: Offset, e: strait_protocol::DecodeError) -> LogError {
+fn corrupt(
+    log: &PartitionLog,
+    segment: Offset,
+    position: u64,
+    e: strait_protocol::DecodeError,
+) -> LogError {
     LogError::Corrupt {
         log: log.name().into(),
         segment,
-        position: 0,
+        position,
         reason: e.to_string(),
     }
 }
