@@ -21,7 +21,7 @@ pub mod topology;
 
 pub use endpoint::{BoxFuture, Endpoint};
 pub use flow::{FlowConfig, MirrorFlow};
-pub use manager::{Connector, FlowManager, FlowReport, ManagerError};
+pub use manager::{Connector, FlowManager, FlowReport, FlowStore, ManagerError};
 pub use naming::Naming;
 pub use spec::{FlowSpec, SpecError};
 pub use status::{FlowStatus, Gap, PartitionState, PartitionStatus};

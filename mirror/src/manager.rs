@@ -60,12 +60,23 @@ struct Persisted {
     removed: Vec<String>,
 }
 
+/// Writes a state file durably (the node's `durable_file::write`: temporary file, fsync,
+/// rename, fsync of the directory). Passed in because file durability is the node's room.
+pub type WriteFile = fn(&std::path::Path, &[u8]) -> std::io::Result<()>;
+
+/// Where run-time flow changes are kept, and how they are written.
+#[derive(Clone)]
+pub struct FlowStore {
+    pub path: PathBuf,
+    pub write: WriteFile,
+}
+
 /// The flows of one process.
 pub struct FlowManager {
     connect: Connector,
     /// Where flows with an empty `target_bootstrap` write (the node itself), if anywhere.
     local_target: Option<Arc<dyn Endpoint>>,
-    persist: Option<PathBuf>,
+    persist: Option<FlowStore>,
     flows: Mutex<BTreeMap<String, Running>>,
     changes: Mutex<Persisted>,
 }
@@ -74,7 +85,7 @@ impl FlowManager {
     pub fn new(
         connect: Connector,
         local_target: Option<Arc<dyn Endpoint>>,
-        persist: Option<PathBuf>,
+        persist: Option<FlowStore>,
     ) -> Arc<Self> {
         Arc::new(FlowManager {
             connect,
@@ -86,13 +97,25 @@ impl FlowManager {
     }
 
     /// Starts the configured flows, minus those removed at run time, plus those added then.
+    /// A store that exists but cannot be read stops here with its name: silently starting
+    /// from the config alone would resurrect removed flows and forget added ones.
     pub fn start_configured(&self, configured: Vec<FlowSpec>) -> Result<(), ManagerError> {
-        let persisted: Persisted = self
-            .persist
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
-            .unwrap_or_default();
+        let persisted: Persisted = match &self.persist {
+            None => Persisted::default(),
+            Some(store) => {
+                let err = |reason: String| ManagerError::Persist {
+                    path: store.path.display().to_string(),
+                    reason,
+                };
+                match std::fs::read(&store.path) {
+                    Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
+                        err(format!("it is damaged ({e}); fix or remove it (removing forgets the flows added and removed at run time) and restart"))
+                    })?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+                    Err(e) => return Err(err(format!("cannot read it ({e})"))),
+                }
+            }
+        };
         let mut all: BTreeMap<String, FlowSpec> = configured
             .into_iter()
             .filter(|f| !persisted.removed.contains(&f.name))
@@ -266,16 +289,14 @@ impl FlowManager {
     fn record(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), ManagerError> {
         let mut p = lock(&self.changes);
         change(&mut p);
-        let Some(path) = &self.persist else {
+        let Some(store) = &self.persist else {
             return Ok(());
         };
         let err = |reason: String| ManagerError::Persist {
-            path: path.display().to_string(),
+            path: store.path.display().to_string(),
             reason,
         };
         let raw = serde_json::to_vec_pretty(&*p).map_err(|e| err(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, raw).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        (store.write)(&store.path, &raw).map_err(|e| err(e.to_string()))
     }
 }

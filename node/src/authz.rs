@@ -7,7 +7,6 @@
 //! learns nothing about topics or groups it may not describe.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -222,15 +221,8 @@ impl Authorizer {
             return Ok(());
         };
         let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("json.tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(rules).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+            let raw = serde_json::to_vec_pretty(rules).map_err(std::io::Error::other)?;
+            crate::durable_file::write(path, &raw)
         };
         write().map_err(|e| {
             WireError::new(

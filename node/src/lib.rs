@@ -17,6 +17,9 @@ pub fn now_ms() -> i64 {
 pub mod admin;
 pub mod authz;
 pub mod broker;
+pub mod data_dir_lock;
+pub mod durable_file;
+pub mod fd_budget;
 pub mod groups;
 pub mod impair;
 pub mod metrics;

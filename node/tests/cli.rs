@@ -59,6 +59,12 @@ fn start_node(dir: &Path) -> (Node, String) {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    (start_node_on(dir, &addr), addr)
+}
+
+/// Starts a node on `dir/data` at `addr` and waits until it answers.
+fn start_node_on(dir: &Path, addr: &str) -> Node {
+    let addr = addr.to_string();
     let child = Command::new(BIN)
         .args([
             "node",
@@ -90,11 +96,30 @@ fn start_node(dir: &Path) -> (Node, String) {
     while Instant::now() < deadline {
         let out = strait(dir, &["topic", "list", "--bootstrap", &addr], None);
         if out.status.success() {
-            return (node, addr);
+            return node;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("node did not come up");
+}
+
+/// Certificates for a node and an app under `dir/c`.
+fn certificates(d: &Path) {
+    ok(strait(d, &["certs", "init", "--dir", "c"], None));
+    ok(strait(
+        d,
+        &[
+            "certs", "issue", "--dir", "c", "--name", "node-1", "--role", "node",
+        ],
+        None,
+    ));
+    ok(strait(
+        d,
+        &[
+            "certs", "issue", "--dir", "c", "--name", "app", "--role", "client",
+        ],
+        None,
+    ));
 }
 
 #[test]
@@ -393,4 +418,153 @@ fn consume_with_a_group_commits_and_reset_offsets_rewinds_it() {
         None,
     ));
     assert_eq!(ok(strait(d, &consume, None)).lines().count(), 10);
+}
+
+/// A group consumer that stops after `--max-records` commits exactly what it printed, per
+/// partition, even when its last poll fetched more; the next member of the group resumes right
+/// after, also across a kill -9 of the node in between.
+#[test]
+fn a_group_consumer_commits_exactly_what_it_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let (node, addr) = start_node(d);
+    let b = ["--bootstrap", addr.as_str()];
+    ok(strait(
+        d,
+        &[&["topic", "create", "g", "--partitions", "4"][..], &b].concat(),
+        None,
+    ));
+    let input: String = (1..=10_000).map(|i| format!("{i}\n")).collect();
+    ok(strait(
+        d,
+        &[&["produce", "g"][..], &b].concat(),
+        Some(input.as_bytes()),
+    ));
+    let first = ok(strait(
+        d,
+        &[
+            &[
+                "consume",
+                "g",
+                "--group",
+                "app",
+                "--from-beginning",
+                "--max-records",
+                "4000",
+            ][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+    assert_eq!(first.lines().count(), 4000);
+    drop(node); // kill -9
+    let _node = start_node_on(d, &addr);
+    let described: Value = serde_json::from_str(&ok(strait(
+        d,
+        &[&["group", "describe", "app", "--json"][..], &b].concat(),
+        None,
+    )))
+    .unwrap();
+    let committed: u64 = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed_offset"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        committed, 4000,
+        "commits cover what was printed: {described}"
+    );
+    let second = ok(strait(
+        d,
+        &[
+            &["consume", "g", "--group", "app", "--idle-exit-ms", "3000"][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    ));
+    let mut seen: Vec<u64> = first
+        .lines()
+        .chain(second.lines())
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let total = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (1..=10_000).collect::<Vec<u64>>(), "none missing");
+    assert_eq!(
+        total, 10_000,
+        "nothing printed twice: the exit commit covered all 4000"
+    );
+}
+
+/// A node refuses to start on a data directory that another node holds, naming it and the
+/// holder; and refuses a damaged producer-ids file instead of reusing ids.
+#[test]
+fn a_node_refuses_a_held_data_directory_and_a_damaged_producer_id_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let (node, _addr) = start_node(d);
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let second = run_node_once(d, &format!("127.0.0.1:{port}"));
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another node"), "{err}");
+    assert!(
+        err.contains(&node.0.id().to_string()),
+        "names the holder's pid: {err}"
+    );
+    drop(node);
+    std::fs::write(d.join("data/producer-ids"), b"not a number").unwrap();
+    let damaged = run_node_once(d, &format!("127.0.0.1:{port}"));
+    assert!(!damaged.status.success());
+    let err = String::from_utf8_lossy(&damaged.stderr);
+    assert!(err.contains("producer-ids"), "{err}");
+    assert!(err.contains("never be reused"), "{err}");
+}
+
+/// Runs `node run` on `dir/data` expecting it to exit by itself (a refusal); its output.
+fn run_node_once(dir: &Path, addr: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args([
+            "node",
+            "run",
+            "--cluster",
+            "east",
+            "--node-id",
+            "1",
+            "--listen",
+            addr,
+            "--data-dir",
+            "data",
+            "--ca",
+            "c/ca.crt",
+            "--cert",
+            "c/node-1.crt",
+            "--key",
+            "c/node-1.key",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the node did not refuse to start");
 }

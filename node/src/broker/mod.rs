@@ -3,21 +3,35 @@
 //!
 //! Layout on disk: `<data>/topics/<topic>/topic.json` (partition count and settings) and one
 //! directory per partition, `<data>/topics/<topic>/<partition>/`, holding its segments.
+//!
+//! Rooms: this module is the topic registry (open, look up, create, grow, alter, delete);
+//! `failback` holds promotion and failback, `maintenance` the background flushes, retention
+//! and compaction, `producer_ids` the persisted producer-id blocks.
+//!
+//! Topic metadata changes are serialized by one lock (`changes`): each is a read-modify-write
+//! of `topic.json` and of the registry entry, and two interleaved ones (an alter racing an
+//! add-partitions) would drop one's effect. The registry map itself is never locked across
+//! I/O: a change builds its new `Topic` under `changes` only, then swaps it in.
 
-use std::collections::BTreeMap;
+mod failback;
+mod maintenance;
+mod producer_ids;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use strait_protocol::{ErrorCode, Offset, TopicName, WireError};
+use strait_protocol::{ErrorCode, TopicName, WireError};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::now_ms;
-use crate::storage::{compaction, FlushPolicy, LogConfig, PartitionLog};
+use self::producer_ids::ProducerIds;
+pub use self::producer_ids::ProducerIdsError;
+use crate::data_dir_lock::DataDirLock;
+use crate::storage::{LogConfig, PartitionLog};
+use crate::{durable_file, fd_budget, now_ms};
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_MAX: u32 = 10_000;
@@ -87,29 +101,28 @@ pub struct Broker {
     data_dir: PathBuf,
     defaults: LogConfig,
     topics: DashMap<TopicName, Arc<Topic>>,
-    producer_ids: std::sync::Mutex<ProducerIds>,
+    producer_ids: ProducerIds,
+    /// Serializes topic metadata changes (see the module doc).
+    changes: Mutex<()>,
+    /// Held for the broker's lifetime: no second node opens this data directory.
+    _data_dir_lock: DataDirLock,
 }
 
-/// Hands out producer ids in blocks: the end of the current block is persisted before any id
-/// of it is used, so ids are never reused across restarts.
-struct ProducerIds {
-    next: i64,
-    block_end: i64,
-}
-
-const PRODUCER_ID_FILE: &str = "producer-ids";
-const PRODUCER_ID_BLOCK: i64 = 1000;
+/// Proof that the caller holds the topic-change lock.
+type Changing<'a> = MutexGuard<'a, ()>;
 
 impl Broker {
-    /// Opens every topic found under `data_dir`, recovering each partition log.
+    /// Opens every topic found under `data_dir`, recovering each partition log. Takes the data
+    /// directory's lock first, so a second node on the same directory stops here.
     pub fn open(
         cluster: &str,
         node_id: u32,
         data_dir: &Path,
         defaults: LogConfig,
     ) -> anyhow::Result<Arc<Broker>> {
+        let lock = DataDirLock::acquire(data_dir)?;
         let topics_dir = data_dir.join("topics");
-        fs::create_dir_all(&topics_dir).map_err(|e| {
+        durable_file::create_dir(&topics_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create {}: {e}; check --data-dir",
                 topics_dir.display()
@@ -121,41 +134,26 @@ impl Broker {
             data_dir: data_dir.into(),
             defaults,
             topics: DashMap::new(),
-            producer_ids: std::sync::Mutex::new(ProducerIds {
-                next: 0,
-                block_end: 0,
-            }),
+            producer_ids: ProducerIds::load(data_dir)?,
+            changes: Mutex::new(()),
+            _data_dir_lock: lock,
         };
-        let stored = fs::read_to_string(data_dir.join(PRODUCER_ID_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok());
-        if let Some(end) = stored {
-            let mut ids = broker
-                .producer_ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            ids.next = end;
-            ids.block_end = end;
-        }
-        for entry in fs::read_dir(&topics_dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.contains(".deleted-") {
-                let _ = fs::remove_dir_all(entry.path());
-                continue;
-            }
-            let Ok(topic) = TopicName::new(name.clone()) else {
-                warn!(dir = %entry.path().display(), "ignoring a directory that is not a topic name");
-                continue;
-            };
-            let raw = match fs::read(entry.path().join(TOPIC_FILE)) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    warn!(topic = %name, error = %e, "topic directory without topic.json; skipped");
-                    continue;
-                }
-            };
-            let file: TopicFile = serde_json::from_slice(&raw)?;
+        let found = broker.stored_topics(&topics_dir)?;
+        let segments: u64 = found.iter().map(|(_, dir, _)| count_segments(dir)).sum();
+        fd_budget::check(
+            &format!(
+                "recovering {} topics ({segments} segment files)",
+                found.len()
+            ),
+            segments,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot recover the data directory {}: {e}",
+                data_dir.display()
+            )
+        })?;
+        for (topic, _, file) in found {
             let config = broker.defaults.clone().with_settings(
                 file.settings
                     .iter()
@@ -176,6 +174,48 @@ impl Broker {
             "broker opened"
         );
         Ok(Arc::new(broker))
+    }
+
+    /// The topics stored under `topics_dir`, with their directories and `topic.json`. Debris is
+    /// removed: deleted topics whose files were not yet gone, and directories without a
+    /// `topic.json` (a create is acknowledged only after its `topic.json` is durable, which is
+    /// its last step, so such a directory is a create that never completed).
+    fn stored_topics(
+        &self,
+        topics_dir: &Path,
+    ) -> anyhow::Result<Vec<(TopicName, PathBuf, TopicFile)>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(topics_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.contains(".deleted-") {
+                let _ = fs::remove_dir_all(entry.path());
+                continue;
+            }
+            let Ok(topic) = TopicName::new(name.clone()) else {
+                warn!(dir = %entry.path().display(), "ignoring a directory that is not a topic name");
+                continue;
+            };
+            let path = entry.path().join(TOPIC_FILE);
+            let raw = match fs::read(&path) {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    warn!(topic = %name, dir = %entry.path().display(),
+                        "removing a topic directory without topic.json: a create that never completed");
+                    fs::remove_dir_all(entry.path())?;
+                    continue;
+                }
+                Err(e) => anyhow::bail!(
+                    "cannot read {}: {e}; fix the file's permissions or disk and restart",
+                    path.display()
+                ),
+            };
+            let file: TopicFile = serde_json::from_slice(&raw).map_err(|e| {
+                anyhow::anyhow!("{} is damaged ({e}); restore it from a backup or another replica of the topic and restart", path.display())
+            })?;
+            found.push((topic, entry.path(), file));
+        }
+        Ok(found)
     }
 
     fn open_topic(
@@ -208,26 +248,13 @@ impl Broker {
         self.data_dir.join("topics").join(name.as_str())
     }
 
-    /// A fresh producer id (epoch 0) for an idempotent producer.
+    /// A fresh producer id (epoch 0) for an idempotent producer; never one handed out before.
     pub fn allocate_producer_id(&self) -> Result<i64, WireError> {
-        let mut ids = self.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
-        if ids.next >= ids.block_end {
-            let end = ids.next + PRODUCER_ID_BLOCK;
-            crate::storage::log::write_atomically(
-                &self.data_dir.join(PRODUCER_ID_FILE),
-                end.to_string().as_bytes(),
-            )
-            .map_err(|e| {
-                WireError::new(
-                    ErrorCode::STORAGE,
-                    format!("cannot persist producer ids: {e}"),
-                )
-            })?;
-            ids.block_end = end;
-        }
-        let id = ids.next;
-        ids.next += 1;
-        Ok(id)
+        self.producer_ids.allocate()
+    }
+
+    fn changing(&self) -> Changing<'_> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, WireError> {
@@ -275,6 +302,22 @@ impl Broker {
         settings: &[(String, String)],
         mirror: Option<MirrorOf>,
     ) -> Result<Arc<Topic>, WireError> {
+        let changing = self.changing();
+        self.create_topic_locked(&changing, name, partitions, settings, mirror)
+    }
+
+    /// Creates a topic, all or nothing: the descriptor budget is checked before the disk is
+    /// touched; the partitions are made first and `topic.json` last (durably), so a failure or
+    /// a crash part way leaves no topic, and whatever was made is removed (here, or by the next
+    /// open, which drops topic directories without `topic.json`).
+    fn create_topic_locked(
+        &self,
+        _changing: &Changing<'_>,
+        name: &str,
+        partitions: u32,
+        settings: &[(String, String)],
+        mirror: Option<MirrorOf>,
+    ) -> Result<Arc<Topic>, WireError> {
         let parsed = TopicName::new(name)
             .map_err(|e| WireError::new(ErrorCode::INVALID_TOPIC, e.to_string()))?;
         if partitions == 0 || partitions > PARTITIONS_MAX {
@@ -289,10 +332,14 @@ impl Broker {
             .clone()
             .with_settings(pairs.iter().map(String::as_str))
             .map_err(|e| WireError::new(ErrorCode::INVALID_CONFIG, e.to_string()))?;
-        let entry = self.topics.entry(parsed.clone());
-        if let dashmap::Entry::Occupied(_) = entry {
+        if self.topics.contains_key(&parsed) {
             return Err(WireError::new(ErrorCode::TOPIC_EXISTS, format!("topic {name:?} already exists; describe it with `strait topic describe {name}`")));
         }
+        fd_budget::check(
+            &format!("creating topic {name:?} with {partitions} partitions"),
+            u64::from(partitions),
+        )
+        .map_err(descriptors)?;
         let storage = |e: &dyn std::fmt::Display| {
             WireError::new(
                 ErrorCode::STORAGE,
@@ -300,29 +347,46 @@ impl Broker {
             )
         };
         let dir = self.topic_dir(&parsed);
-        fs::create_dir_all(&dir).map_err(|e| storage(&e))?;
-        let file = TopicFile {
-            partitions,
-            settings: settings.to_vec(),
-            mirror: mirror.clone(),
-            promoted: None,
+        if dir.exists() {
+            // Debris of a create that failed and could not clean up after itself.
+            fs::remove_dir_all(&dir).map_err(|e| storage(&e))?;
+        }
+        let made = durable_file::create_dir(&dir)
+            .map_err(|e| storage(&e))
+            .and_then(|()| {
+                self.open_topic(parsed.clone(), partitions, config)
+                    .map_err(|e| storage(&e))
+            })
+            .and_then(|topic| {
+                let file = TopicFile {
+                    partitions,
+                    settings: settings.to_vec(),
+                    mirror: mirror.clone(),
+                    promoted: None,
+                };
+                let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
+                durable_file::write(&dir.join(TOPIC_FILE), &raw).map_err(|e| storage(&e))?;
+                Ok(topic)
+            });
+        let mut topic = match made {
+            Ok(topic) => topic,
+            Err(e) => {
+                remove_debris(&dir);
+                return Err(e);
+            }
         };
-        let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
-        crate::storage::log::write_atomically(&dir.join(TOPIC_FILE), &raw)
-            .map_err(|e| storage(&e))?;
-        let mut topic = self
-            .open_topic(parsed, partitions, config)
-            .map_err(|e| storage(&e))?;
         topic.mirror = mirror;
         let topic = Arc::new(topic);
-        entry.or_insert(topic.clone());
+        self.topics.insert(parsed, topic.clone());
         info!(topic = name, partitions, "topic created");
         Ok(topic)
     }
 
     /// Grows a topic to `partitions` partitions (never shrinks: records are keyed to
     /// partitions). Existing partitions keep serving throughout; the new ones start empty.
+    /// All or nothing: on a failure the new partitions' directories are removed.
     pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, WireError> {
+        let changing = self.changing();
         let topic = self.topic(name)?;
         let have = topic.partitions.len() as u32;
         if partitions <= have || partitions > PARTITIONS_MAX {
@@ -331,6 +395,11 @@ impl Broker {
                 format!("topic {name:?} has {have} partitions; it can grow to {}..={PARTITIONS_MAX}, not {partitions} (partitions are never removed)", have + 1),
             ));
         }
+        fd_budget::check(
+            &format!("growing topic {name:?} from {have} to {partitions} partitions"),
+            u64::from(partitions - have),
+        )
+        .map_err(descriptors)?;
         let storage = |e: &dyn std::fmt::Display| {
             WireError::new(
                 ErrorCode::STORAGE,
@@ -339,7 +408,7 @@ impl Broker {
         };
         let dir = self.topic_dir(&topic.name);
         let mut grown = (*topic).clone();
-        for p in have..partitions {
+        let opened = (have..partitions).try_for_each(|p| {
             let (log, _) = PartitionLog::open(
                 &dir.join(p.to_string()),
                 &format!("{name}/{p}"),
@@ -351,8 +420,17 @@ impl Broker {
             grown
                 .partitions
                 .push(Arc::new(Partition { log, grown: watch }));
+            Ok(())
+        });
+        let result = opened.and_then(|()| {
+            self.replace_topic(&changing, grown, |file| file.partitions = partitions)
+        });
+        if result.is_err() {
+            for p in have..partitions {
+                remove_debris(&dir.join(p.to_string()));
+            }
         }
-        let grown = self.replace_topic(grown, |file| file.partitions = partitions)?;
+        let grown = result?;
         info!(topic = name, from = have, to = partitions, "topic grown");
         Ok(grown)
     }
@@ -365,6 +443,7 @@ impl Broker {
         name: &str,
         settings: &[(String, String)],
     ) -> Result<Arc<Topic>, WireError> {
+        let changing = self.changing();
         let topic = self.topic(name)?;
         let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let config = topic
@@ -372,131 +451,26 @@ impl Broker {
             .clone()
             .with_settings(pairs.iter().map(String::as_str))
             .map_err(|e| WireError::new(ErrorCode::INVALID_CONFIG, e.to_string()))?;
-        for p in &topic.partitions {
-            p.log.set_config(config.clone());
-        }
         let mut altered = (*topic).clone();
-        altered.config = config;
-        let altered = self.replace_topic(altered, |file| {
+        altered.config = config.clone();
+        let altered = self.replace_topic(&changing, altered, |file| {
             for (k, v) in settings {
                 file.settings.retain(|(have, _)| have != k);
                 file.settings.push((k.clone(), v.clone()));
             }
         })?;
+        for p in &altered.partitions {
+            p.log.set_config(config.clone());
+        }
         info!(topic = name, settings = ?pairs, "topic settings altered");
         Ok(altered)
     }
 
-    /// Makes a mirror topic writable (failover): it stops being a mirror, and its log end per
-    /// partition is kept as the promotion point. Promoting a promoted topic changes nothing.
-    pub fn promote_topic(&self, name: &str) -> Result<Arc<Topic>, WireError> {
-        let topic = self.topic(name)?;
-        let Some(from) = topic.mirror.clone() else {
-            if topic.promoted.is_some() {
-                return Ok(topic);
-            }
-            return Err(WireError::new(
-                ErrorCode::INVALID_REQUEST,
-                format!("topic {name:?} is not a mirror topic; only mirror topics are promoted"),
-            ));
-        };
-        let promotion = Promotion {
-            from,
-            at_ms: now_ms(),
-            end_offsets: topic.partitions.iter().map(|p| p.log.log_end().0).collect(),
-        };
-        let mut promoted = (*topic).clone();
-        promoted.mirror = None;
-        promoted.promoted = Some(promotion.clone());
-        let promoted = self.replace_topic(promoted, |file| {
-            file.mirror = None;
-            file.promoted = Some(promotion.clone());
-        })?;
-        info!(topic = name, ends = ?promotion.end_offsets, "mirror topic promoted: it now takes writes");
-        Ok(promoted)
-    }
-
-    /// Failback on the old primary: for each partition, the records at and after the common
-    /// point (`common[p]`, where the replica's promoted copy took over) are copied, at their
-    /// own offsets, into `<name>.diverged` and cut from the topic, which then becomes a
-    /// read-only mirror of the new primary's copy (`mirror_of`). Nothing is dropped that was
-    /// not quarantined first; running it again after a crash repeats no copy.
-    pub fn quarantine_divergence(
-        &self,
-        name: &str,
-        common: &[u64],
-        mirror_of: MirrorOf,
-    ) -> Result<Vec<Divergence>, WireError> {
-        let topic = self.topic(name)?;
-        let storage = |e: &dyn std::fmt::Display| {
-            WireError::new(
-                ErrorCode::STORAGE,
-                format!("failback of topic {name:?}: {e}"),
-            )
-        };
-        let quarantine = format!("{name}.diverged");
-        let mut report = Vec::new();
-        for (p, partition) in topic.partitions.iter().enumerate() {
-            let log = &partition.log;
-            log.flush(now_ms()).map_err(|e| storage(&e))?;
-            let (from, end) = (common.get(p).copied().unwrap_or(0), log.log_end().0);
-            if from >= end {
-                continue;
-            }
-            let q = match self.topic(&quarantine) {
-                Ok(t) => t,
-                Err(_) => {
-                    let settings: Vec<(String, String)> = topic.config.to_pairs();
-                    let n = topic.partitions.len() as u32;
-                    self.create_topic(&quarantine, n, &settings)?
-                }
-            };
-            let target = &q
-                .partitions
-                .get(p)
-                .ok_or_else(|| storage(&format!("{quarantine} has too few partitions")))?
-                .log;
-            let mut at = from.max(target.log_end().0);
-            let mut records = 0u64;
-            while at < end {
-                let read = log.read(Offset(at), 4 << 20).map_err(|e| storage(&e))?;
-                let limits = topic.config.decode_limits();
-                let batches = strait_protocol::batch::split_batches(read.batches, &limits)
-                    .map_err(|e| storage(&e))?;
-                let Some(last) = batches.last().map(|b| b.next_offset().0) else {
-                    break;
-                };
-                for b in batches.into_iter().filter(|b| b.base_offset().0 >= at) {
-                    records += u64::from(b.record_count());
-                    target.append_at(b, now_ms()).map_err(|e| storage(&e))?;
-                }
-                at = last.max(at + 1);
-            }
-            target.flush(now_ms()).map_err(|e| storage(&e))?;
-            log.truncate_to(Offset(from), now_ms())
-                .map_err(|e| storage(&e))?;
-            let _ = partition.grown.send(from);
-            report.push(Divergence {
-                partition: p as u32,
-                from,
-                to: end,
-                records,
-            });
-        }
-        let mut mirror = (*topic).clone();
-        mirror.mirror = Some(mirror_of.clone());
-        mirror.promoted = None;
-        self.replace_topic(mirror, |file| {
-            file.mirror = Some(mirror_of);
-            file.promoted = None;
-        })?;
-        info!(topic = name, quarantine, divergence = ?report, "topic reconciled for failback; it is now a mirror");
-        Ok(report)
-    }
-
     /// Persists a change to a topic's `topic.json`, then serves `topic` in place of the old one.
+    /// The caller holds the change lock and built `topic` from the registry's current entry.
     fn replace_topic(
         &self,
+        _changing: &Changing<'_>,
         topic: Topic,
         change: impl FnOnce(&mut TopicFile),
     ) -> Result<Arc<Topic>, WireError> {
@@ -512,24 +486,28 @@ impl Broker {
         let mut file: TopicFile = serde_json::from_slice(&raw).map_err(|e| storage(&e))?;
         change(&mut file);
         let raw = serde_json::to_vec_pretty(&file).map_err(|e| storage(&e))?;
-        crate::storage::log::write_atomically(&path, &raw).map_err(|e| storage(&e))?;
+        durable_file::write(&path, &raw).map_err(|e| storage(&e))?;
         let topic = Arc::new(topic);
         self.topics.insert(name, topic.clone());
         Ok(topic)
     }
 
-    /// Deletes a topic: it disappears at once, its files are removed in the background.
+    /// Deletes a topic: it disappears at once, its files are removed in the background. The
+    /// rename out of the way is durable first, so a restart never brings the topic back.
     pub fn delete_topic(&self, name: &str) -> Result<(), WireError> {
+        let _changing = self.changing();
         let topic = self.topic(name)?;
-        self.topics.remove(&topic.name);
         let dir = self.topic_dir(&topic.name);
         let doomed = dir.with_file_name(format!("{name}.deleted-{}", now_ms()));
-        fs::rename(&dir, &doomed).map_err(|e| {
-            WireError::new(
-                ErrorCode::STORAGE,
-                format!("cannot delete topic {name:?}: {e}"),
-            )
-        })?;
+        fs::rename(&dir, &doomed)
+            .and_then(|()| durable_file::sync_parent(&dir))
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::STORAGE,
+                    format!("cannot delete topic {name:?}: {e}"),
+                )
+            })?;
+        self.topics.remove(&topic.name);
         std::thread::spawn(move || {
             drop(topic);
             let _ = fs::remove_dir_all(doomed);
@@ -537,85 +515,86 @@ impl Broker {
         info!(topic = name, "topic deleted");
         Ok(())
     }
+}
 
-    /// Starts the background workers: interval flushes, sealed-segment syncs, retention and
-    /// compaction. They run on blocking threads since they do file I/O.
-    pub fn start_background(self: &Arc<Self>, retention_check: Duration) {
-        let broker = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("strait-maintenance".into())
-            .spawn(move || {
-                let mut last_retention = std::time::Instant::now();
-                let mut last_flush: BTreeMap<String, i64> = BTreeMap::new();
-                loop {
-                    std::thread::sleep(Duration::from_millis(50));
-                    let Some(b) = broker.upgrade() else { return };
-                    let now = now_ms();
-                    let check = last_retention.elapsed() >= retention_check;
-                    for t in b.topics() {
-                        for p in &t.partitions {
-                            b.maintain(&t, p, now, check, &mut last_flush);
-                        }
-                    }
-                    if check {
-                        last_retention = std::time::Instant::now();
-                    }
-                }
-            })
-            .unwrap_or_else(|e| panic!("cannot start the maintenance thread: {e}"));
-    }
-
-    fn maintain(
-        &self,
-        t: &Topic,
-        p: &Partition,
-        now: i64,
-        check: bool,
-        last_flush: &mut BTreeMap<String, i64>,
-    ) {
-        let log = &p.log;
-        if let FlushPolicy::IntervalMs(ms) = t.config.flush {
-            let last = last_flush.entry(log.name().to_string()).or_insert(now);
-            if now - *last >= ms as i64 {
-                *last = now;
-                if let Err(e) = log.flush(now) {
-                    warn!(log = log.name(), error = %e, "interval flush failed");
-                }
-                p.grown.send_replace(log.high_watermark().0);
-            }
-        }
-        if let Err(e) = log.flush_sealed(now) {
-            warn!(log = log.name(), error = %e, "sealed segment sync failed");
-        }
-        if check {
-            if let Err(e) = log.apply_retention(now) {
-                warn!(log = log.name(), error = %e, "retention failed");
-            }
-            if t.config.cleanup.compact {
-                match compaction::clean(log, now) {
-                    Ok(s) if s.segments_cleaned > 0 => info!(
-                        log = log.name(),
-                        cleaned = s.segments_cleaned,
-                        records_before = s.records_before,
-                        records_after = s.records_after,
-                        "compacted"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => warn!(log = log.name(), error = %e, "compaction failed"),
-                }
-            }
+/// Removes what a failed create or grow left behind; a failure to do so is logged, and the
+/// next open (or create of the same name) removes it.
+fn remove_debris(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(dir = %dir.display(), error = %e, "could not remove what a failed create left behind");
         }
     }
+}
 
-    /// Flushes and closes every log: the next start recovers nothing.
-    pub fn close(&self) {
-        for t in self.topics() {
-            for p in &t.partitions {
-                if let Err(e) = p.log.close(now_ms()) {
-                    warn!(log = p.log.name(), error = %e, "close failed");
-                }
-            }
+fn descriptors(e: fd_budget::DescriptorsExhausted) -> WireError {
+    WireError::new(ErrorCode::RESOURCE_EXHAUSTED, e.to_string())
+}
+
+/// The segment files under a topic directory: the descriptors its recovery keeps open.
+fn count_segments(topic_dir: &Path) -> u64 {
+    let Ok(partitions) = fs::read_dir(topic_dir) else {
+        return 0;
+    };
+    partitions
+        .flatten()
+        .filter_map(|p| fs::read_dir(p.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".log"))
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Arc<Broker> {
+        Broker::open("east", 1, dir, LogConfig::default()).expect("open")
+    }
+
+    /// An alter racing an add-partitions must keep both effects, in memory and in topic.json.
+    #[test]
+    fn racing_metadata_changes_keep_every_effect() {
+        fd_budget::raise_limit();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path());
+        broker.create_topic("race", 1, &[]).expect("create");
+        for round in 0..1000u32 {
+            let partitions = round + 2;
+            let retention = (round + 1) * 1000;
+            std::thread::scope(|s| {
+                let grow = s.spawn(|| broker.add_partitions("race", partitions));
+                let alter = s.spawn(|| {
+                    broker.alter_topic_config(
+                        "race",
+                        &[("retention.ms".into(), retention.to_string())],
+                    )
+                });
+                grow.join().expect("grow thread").expect("grow");
+                alter.join().expect("alter thread").expect("alter");
+            });
+            let topic = broker.topic("race").expect("topic");
+            assert_eq!(topic.partitions.len() as u32, partitions, "round {round}");
+            assert_eq!(
+                topic.config.retention_ms,
+                Some(u64::from(retention)),
+                "round {round}"
+            );
         }
-        info!("broker closed");
+        drop(broker);
+        let reopened = open(dir.path());
+        let topic = reopened.topic("race").expect("topic after reopen");
+        assert_eq!(topic.partitions.len(), 1001);
+        assert_eq!(topic.config.retention_ms, Some(1_000_000));
+    }
+
+    #[test]
+    fn a_second_broker_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = open(dir.path());
+        let Err(err) = Broker::open("east", 2, dir.path(), LogConfig::default()) else {
+            panic!("a second broker on the directory must be refused");
+        };
+        assert!(err.to_string().contains("in use by another node"), "{err}");
     }
 }

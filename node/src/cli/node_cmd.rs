@@ -214,6 +214,8 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let descriptors = strait_node::fd_budget::raise_limit();
+    info!(limit = descriptors, "open-file limit");
     let broker = {
         let (cluster, data_dir) = (cluster.clone(), data_dir.clone());
         tokio::task::spawn_blocking(move || Broker::open(&cluster, node_id, &data_dir, defaults))
@@ -268,8 +270,14 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     let server = Server::start(broker.clone(), listen_config)?;
     let local: Arc<dyn strait_mirror::Endpoint> =
         server.local_endpoint(&format!("gateway:{cluster}/{node_id}"));
-    let flows =
-        strait_mirror::FlowManager::new(connect, Some(local), Some(data_dir.join("flows.json")));
+    let flows = strait_mirror::FlowManager::new(
+        connect,
+        Some(local),
+        Some(strait_mirror::FlowStore {
+            path: data_dir.join("flows.json"),
+            write: strait_node::durable_file::write,
+        }),
+    );
     let certificates = vec![
         ("node".to_string(), cert_path.clone()),
         ("ca".to_string(), ca_path.clone()),

@@ -1,8 +1,11 @@
 //! A test hook for simulated power loss. With `STRAIT_TEST_DURABLE_JOURNAL=FILE` set, every
 //! successful fsync of a segment appends `LENGTH PATH` to FILE: the bytes of PATH up to LENGTH
-//! are on disk. After a `kill -9`, a test cuts each segment back to its last durable length
-//! (tearing the next write) to see exactly what a power cut would have left. Unset, this does
-//! nothing but one cached environment lookup.
+//! are on disk. Every completed durable write of a state file (`crate::durable_file`) appends
+//! `file HEX PATH`: PATH holds exactly those bytes even after a power cut. After a `kill -9`, a
+//! test cuts each segment back to its last durable length (tearing the next write) and puts
+//! each state file back to its last durable content (or removes it, if it never had one) to see
+//! exactly what a power cut would have left. Unset, this does nothing but one cached
+//! environment lookup.
 
 use std::fs::File;
 use std::io::Write;
@@ -59,4 +62,17 @@ pub fn sync_all(file: &File) -> std::io::Result<()> {
     file.sync_all()?;
     after_sync(mark);
     Ok(())
+}
+
+/// Records that `path` durably holds `data` (called by `durable_file::write` once the file and
+/// its directory are synced).
+pub fn file_written(path: &std::path::Path, data: &[u8]) {
+    let Some(j) = journal() else { return };
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut hex = String::with_capacity(data.len() * 2);
+    for b in data {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = writeln!(j, "file {hex} {}", path.display());
 }

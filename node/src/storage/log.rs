@@ -18,9 +18,10 @@ use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 use tracing::{error, info, warn};
 
 use super::config::{FlushPolicy, LogConfig};
+use super::corruption::{self, Action};
 use super::mirror_map::{MirrorMap, SourceKey, Translation};
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
-use super::segment::{self, ChunkReader, Segment};
+use super::segment::{self, ChunkReader, ScanStop, Segment};
 
 const CHECKPOINT_FILE: &str = "recovery-point";
 const LOG_START_FILE: &str = "log-start-offset";
@@ -65,6 +66,8 @@ pub enum LogError {
     Sequence { log: String, source: SequenceError },
     #[error("{log}: a mirrored batch must carry provenance naming the cluster it was copied from; is the flow older than this node?")]
     NoProvenance { log: String },
+    #[error("{log}: the log end {end} leaves no room for this batch below the largest offset {max}; nothing was appended", max = Offset::MAX)]
+    OffsetsExhausted { log: String, end: Offset },
     #[error("{log}: cannot truncate to {offset}: {reason}")]
     BadTruncation {
         log: String,
@@ -182,7 +185,7 @@ impl PartitionLog {
                 source,
             }
         };
-        fs::create_dir_all(dir).map_err(io_err("creating the log directory"))?;
+        crate::durable_file::create_dir(dir).map_err(io_err("creating the log directory"))?;
         let bases = list_segments(dir).map_err(io_err("listing segments"))?;
         let checkpoint = read_checkpoint(dir);
         let stored_start = read_offset_file(&dir.join(LOG_START_FILE));
@@ -192,6 +195,7 @@ impl PartitionLog {
         };
         let limits = config.decode_limits();
         let mut segments = BTreeMap::new();
+        let mut offline = None;
         for (i, &base) in bases.iter().enumerate() {
             let mut seg = Segment::open(dir, base, config.index_interval_bytes, now_ms)
                 .map_err(io_err("opening a segment"))?;
@@ -205,8 +209,15 @@ impl PartitionLog {
                         .rebuild(&limits)
                         .map_err(io_err("rebuilding an index"))?
                     {
-                        error!(log = name, segment = base.0, position = stop.position, reason = %stop.reason,
-                            "sealed segment is corrupt; reads past this position will fail");
+                        // Below the recovery point: data the log promised durable is damaged.
+                        corruption::report(
+                            name,
+                            base,
+                            stop.position,
+                            &stop.reason,
+                            Action::Offline,
+                        );
+                        offline.get_or_insert(damaged_reason(base, stop.position, &stop.reason));
                     }
                     seg.write_indexes()
                         .map_err(io_err("writing a rebuilt index"))?;
@@ -224,6 +235,7 @@ impl PartitionLog {
                 let later: Vec<Offset> = bases[i + 1..].to_vec();
                 truncate_after_corruption(dir, name, &mut segments, base, stop.position, &later)
                     .map_err(io_err("truncating a torn tail"))?;
+                corruption::report(name, base, stop.position, &stop.reason, Action::Truncated);
                 warn!(log = name, segment = base.0, position = stop.position, reason = %stop.reason,
                     first_lost_offset = segment_next.0, dropped_segments = later.len(),
                     "truncated the log at the first invalid batch; offsets from {segment_next} were lost");
@@ -249,9 +261,21 @@ impl PartitionLog {
             position: last.size,
             offset: next_offset,
         };
-        write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
-        let (producers, mirrors) = replay_headers(dir, &segments, next_offset, &limits)
+        // An empty log needs no checkpoint, and an unchanged one need not be rewritten: each
+        // durable write costs fsyncs, and a node opens thousands of partitions at start.
+        let empty = segments.len() == 1 && last.size == 0;
+        if checkpoint != Some(durable) && !empty {
+            write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
+        }
+        let (producers, mirrors, damage) = replay_headers(dir, &segments, next_offset, &limits)
             .map_err(io_err("replaying producer state and the mirror map"))?;
+        if let Some((base, stop)) = damage {
+            corruption::report(name, base, stop.position, &stop.reason, Action::Offline);
+            offline.get_or_insert(damaged_reason(base, stop.position, &stop.reason));
+        }
+        if let Some(reason) = &offline {
+            error!(log = name, %reason, "partition offline");
+        }
         let first_base = segments.keys().next().copied().unwrap_or_default();
         let log_start = stored_start
             .unwrap_or(first_base)
@@ -271,7 +295,7 @@ impl PartitionLog {
             log_start,
             next_offset,
             epoch: LeaderEpoch(0),
-            offline: None,
+            offline,
             unsynced_sealed: Vec::new(),
             producers,
             mirrors,
@@ -455,7 +479,14 @@ impl PartitionLog {
                 }
                 st.next_offset
             };
-            let last_offset = base.plus(u64::from(batch.last_offset_delta()));
+            let span = u64::from(batch.last_offset_delta()) + 1;
+            if base.checked_plus(span).is_none() {
+                return Err(LogError::OffsetsExhausted {
+                    log: self.name.clone(),
+                    end: base,
+                });
+            }
+            let last_offset = base.plus(span - 1);
             self.roll_if_needed(&mut st, base, batch.size_bytes() as u64, now_ms)?;
             let epoch = st.epoch;
             let active = last_segment(&mut st.segments);
@@ -676,7 +707,7 @@ impl PartitionLog {
             Some(seg) if !doomed.contains(&seg.base) => {
                 let mut at = None;
                 let mut spans = false;
-                let _ = seg
+                let scanned = seg
                     .scan(seg.lookup(end), Offset(0), &limits, |b, _| {
                         if at.is_none() && b.base_offset >= end {
                             at = Some(b.position);
@@ -684,6 +715,11 @@ impl PartitionLog {
                         spans |= b.base_offset < end && b.next_offset > end;
                     })
                     .map_err(io("scanning for the cut"))?;
+                if let (Err(stop), None) = (scanned, at) {
+                    // The cut point lies past damaged data: cutting blind could keep garbage.
+                    let base = seg.base;
+                    return Err(self.take_offline(&mut st, base, stop));
+                }
                 if spans {
                     return Err(bad("a batch spans it; cut at a batch boundary".into()));
                 }
@@ -703,11 +739,14 @@ impl PartitionLog {
                 .get_mut(&base)
                 .unwrap_or_else(|| unreachable!("the segment holding the cut was kept"));
             seg.truncate(at).map_err(io("cutting a segment"))?;
-            let _ = seg
+            let rebuilt = seg
                 .rebuild(&limits)
                 .map_err(io("re-indexing the cut segment"))?;
             seg.write_indexes()
                 .map_err(io("writing the cut segment's indexes"))?;
+            if let Err(stop) = rebuilt {
+                return Err(self.take_offline(&mut st, base, stop));
+            }
         }
         if st.segments.is_empty() {
             let seg = Segment::create(&self.dir, end, st.config.index_interval_bytes, now_ms)
@@ -719,10 +758,13 @@ impl PartitionLog {
         // Snapshots may describe batches that are gone: rebuild from the batches themselves.
         let _ = fs::remove_file(self.dir.join(super::producer_state::SNAPSHOT_FILE));
         let _ = fs::remove_file(self.dir.join(super::mirror_map::SNAPSHOT_FILE));
-        let (producers, mirrors) = replay_headers(&self.dir, &st.segments, end, &limits)
+        let (producers, mirrors, damage) = replay_headers(&self.dir, &st.segments, end, &limits)
             .map_err(io("rebuilding producer state and the mirror map"))?;
         st.producers = producers;
         st.mirrors = mirrors;
+        if let Some((base, stop)) = damage {
+            return Err(self.take_offline(&mut st, base, stop));
+        }
         let active = last_segment(&mut st.segments);
         super::durability_journal::sync_all(&active.file).map_err(io("syncing the cut"))?;
         let point = RecoveryPoint {
@@ -893,7 +935,7 @@ impl PartitionLog {
             if base >= high_watermark {
                 break;
             }
-            let found = self.read_segment(
+            let found = self.checked(self.read_segment(
                 base,
                 &file,
                 position,
@@ -902,7 +944,7 @@ impl PartitionLog {
                 high_watermark,
                 max_bytes,
                 &limits,
-            )?;
+            ))?;
             if !found.is_empty() {
                 return Ok(LogRead {
                     batches: found,
@@ -1018,7 +1060,7 @@ impl PartitionLog {
             let mut reader = ChunkReader::new(&file, size);
             let mut at = position;
             while at < size {
-                let parsed = self.batch_at(&mut reader, base, at, &limits)?;
+                let parsed = self.checked(self.batch_at(&mut reader, base, at, &limits))?;
                 let len = parsed.size_bytes();
                 let corrupt = |reason: String| LogError::Corrupt {
                     log: self.name.clone(),
@@ -1132,12 +1174,8 @@ impl PartitionLog {
             .rebuild(&limits)
             .map_err(|source| self.io("indexing a cleaned segment", source))?
         {
-            return Err(LogError::Corrupt {
-                log: self.name.clone(),
-                segment: base,
-                position: stop.position,
-                reason: stop.reason,
-            });
+            st.segments.insert(base, seg);
+            return Err(self.take_offline(&mut st, base, stop));
         }
         seg.next_offset = next_offset;
         seg.max_timestamp_ms = seg.max_timestamp_ms.max(max_ts.min(seg.max_timestamp_ms));
@@ -1145,6 +1183,49 @@ impl PartitionLog {
             .map_err(|source| self.io("writing indexes of a cleaned segment", source))?;
         st.segments.insert(base, seg);
         Ok(true)
+    }
+
+    /// Damage found in data the log had promised durable: report it and take the partition
+    /// offline, as a failed fsync does (see `corruption`).
+    fn take_offline(&self, st: &mut LogState, segment: Offset, stop: ScanStop) -> LogError {
+        self.mark_damaged(st, segment, &stop);
+        LogError::Corrupt {
+            log: self.name.clone(),
+            segment,
+            position: stop.position,
+            reason: stop.reason,
+        }
+    }
+
+    /// Passes errors through; a `Corrupt` one found by a read takes the partition offline.
+    pub(crate) fn checked<T>(&self, result: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(LogError::Corrupt {
+            segment,
+            position,
+            reason,
+            ..
+        }) = &result
+        {
+            let stop = ScanStop {
+                position: *position,
+                reason: reason.clone(),
+            };
+            self.mark_damaged(&mut lock(&self.state), *segment, &stop);
+        }
+        result
+    }
+
+    fn mark_damaged(&self, st: &mut LogState, segment: Offset, stop: &ScanStop) {
+        corruption::report(
+            &self.name,
+            segment,
+            stop.position,
+            &stop.reason,
+            Action::Offline,
+        );
+        let reason = damaged_reason(segment, stop.position, &stop.reason);
+        error!(log = %self.name, %reason, "partition offline");
+        st.offline.get_or_insert(reason);
     }
 
     pub(crate) fn io(&self, context: &str, source: io::Error) -> LogError {
@@ -1158,12 +1239,14 @@ impl PartitionLog {
 
 /// Rebuilds producer state and the mirror map from their snapshots and the batch headers after
 /// them (from the start when a snapshot is missing, damaged or ahead of a truncated log).
+/// Also answers the first damaged batch met, if any (the caller reports it).
+#[allow(clippy::type_complexity)]
 fn replay_headers(
     dir: &Path,
     segments: &BTreeMap<Offset, Segment>,
     next_offset: Offset,
     limits: &DecodeLimits,
-) -> io::Result<(ProducerStates, MirrorMap)> {
+) -> io::Result<(ProducerStates, MirrorMap, Option<(Offset, ScanStop)>)> {
     let (mut states, from_producers) = match ProducerStates::read_snapshot(dir) {
         Some((s, at)) if at <= next_offset => (s, at),
         _ => (ProducerStates::default(), Offset(0)),
@@ -1173,6 +1256,7 @@ fn replay_headers(
         _ => (MirrorMap::default(), Offset(0)),
     };
     let from = from_producers.min(from_mirrors);
+    let mut damage = None;
     for seg in segments.values().filter(|s| s.next_offset > from) {
         let start = if seg.base <= from {
             seg.lookup(from)
@@ -1180,13 +1264,16 @@ fn replay_headers(
             0
         };
         let mut found = Vec::new();
-        let _ = seg.scan(start, Offset(0), limits, |b, batch| {
+        let scanned = seg.scan(start, Offset(0), limits, |b, batch| {
             let producer = b.base_offset >= from_producers && batch.producer_id() >= 0;
             let mirrored = b.base_offset >= from_mirrors && batch.provenance().is_some();
             if producer || mirrored {
                 found.push((batch.clone(), producer, mirrored));
             }
         })?;
+        if let Err(stop) = scanned {
+            damage.get_or_insert((seg.base, stop));
+        }
         for (batch, producer, mirrored) in found {
             let base = batch.base_offset();
             if producer {
@@ -1197,7 +1284,12 @@ fn replay_headers(
             }
         }
     }
-    Ok((states, mirrors))
+    Ok((states, mirrors, damage))
+}
+
+/// Why a partition went offline over damaged data, with the way out.
+fn damaged_reason(segment: Offset, position: u64, reason: &str) -> String {
+    format!("segment {segment} is corrupt at position {position} ({reason}); restore the segment from a backup or a replica, or remove it and every later segment to lose those offsets, then restart")
 }
 
 /// Writes `value` as postcard followed by its CRC-32C, atomically: the shared form of the
@@ -1206,7 +1298,7 @@ pub(crate) fn write_snapshot_file<T: serde::Serialize>(path: &Path, value: &T) -
     let mut raw = postcard::to_allocvec(value).map_err(io::Error::other)?;
     let crc = crc32c::crc32c(&raw);
     raw.extend_from_slice(&crc.to_le_bytes());
-    write_atomically(path, &raw)
+    crate::durable_file::write(path, &raw)
 }
 
 /// Reads a snapshot written by [`write_snapshot_file`]; None if missing, torn or corrupt.
@@ -1301,7 +1393,7 @@ fn write_checkpoint(dir: &Path, point: RecoveryPoint) -> io::Result<()> {
     raw.extend_from_slice(&point.position.to_le_bytes());
     raw.extend_from_slice(&point.offset.0.to_le_bytes());
     raw.extend_from_slice(&crc32c::crc32c(&raw).to_le_bytes());
-    write_atomically(&dir.join(CHECKPOINT_FILE), &raw)
+    crate::durable_file::write(&dir.join(CHECKPOINT_FILE), &raw)
 }
 
 fn read_offset_file(path: &Path) -> Option<Offset> {
@@ -1315,12 +1407,5 @@ fn read_offset_file(path: &Path) -> Option<Offset> {
 fn write_offset_file(path: &Path, offset: Offset) -> io::Result<()> {
     let mut raw = offset.0.to_le_bytes().to_vec();
     raw.extend_from_slice(&crc32c::crc32c(&raw).to_le_bytes());
-    write_atomically(path, &raw)
-}
-
-/// Writes a small file so that a crash leaves either the old or the new content.
-pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data)?;
-    fs::rename(tmp, path)
+    crate::durable_file::write(path, &raw)
 }

@@ -5,6 +5,7 @@
 
 pub mod compaction;
 pub mod config;
+pub mod corruption;
 pub mod durability_journal;
 pub mod log;
 pub mod mirror_map;

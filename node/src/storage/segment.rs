@@ -92,6 +92,8 @@ impl Segment {
             .open(&path)?;
         let _ = fs::remove_file(index_path(dir, base));
         let _ = fs::remove_file(time_index_path(dir, base));
+        // The new name must survive a power cut as surely as the bytes later synced into it.
+        crate::durable_file::sync_parent(&path)?;
         Ok(Segment::from_parts(
             dir,
             base,

@@ -188,7 +188,7 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
 }
 
 fn write_file(path: &Path, raw: &[u8]) -> anyhow::Result<()> {
-    strait_node::storage::log::write_atomically(path, raw)
+    strait_node::durable_file::write(path, raw)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
