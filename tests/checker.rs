@@ -4,9 +4,10 @@
 //! Values are `w<writer>-<seq>` (unique; sequenced per writer; trailing padding allowed). The
 //! report is a table of counts: lost writes (acknowledged, never read), duplicates (read at two
 //! offsets), reordering (a writer's values out of sequence within a partition), values found in
-//! another partition than the one acknowledged, offsets that differ between two reads of the same
-//! partition, unexpected values (read but never written), and for a mirror, positions where
-//! source and target differ.
+//! another partition than the one acknowledged, values read at another offset than the one
+//! acknowledged, offsets that differ between two reads of the same partition (a value changed,
+//! or an offset one read holds and the other does not), unexpected values (read but never
+//! written), and for a mirror, positions where source and target differ.
 //!
 //! The hour-long fault profile writes tens of millions of values, so everything here is
 //! compact: a value is one packed word, the history one byte per written value, and a checker
@@ -65,10 +66,15 @@ const NOT_WRITTEN: u8 = 0;
 const ATTEMPTED: u8 = 1;
 const ACKED_BASE: u8 = 2;
 
-/// What writers did: one state byte per (writer, seq).
+/// An acknowledged offset the writer did not learn (acks = none).
+const OFFSET_UNKNOWN: u64 = u64::MAX;
+
+/// What writers did: one state byte per (writer, seq), and the acknowledged offset.
 #[derive(Debug, Default, Clone)]
 pub struct History {
     writers: Vec<Vec<u8>>,
+    /// The offset each acknowledged value was acknowledged at, per (writer, seq).
+    offsets: Vec<Vec<u64>>,
     attempted: usize,
     acked: usize,
 }
@@ -111,17 +117,38 @@ impl History {
         }
     }
 
-    /// Records an acknowledgement naming `partition` (an acknowledged value counts as attempted).
-    pub fn ack(&mut self, value: impl AsRef<[u8]>, partition: u32) {
+    /// Records an acknowledgement naming `partition` and, when the writer learned it, the
+    /// `offset` (an acknowledged value counts as attempted).
+    pub fn ack(&mut self, value: impl AsRef<[u8]>, partition: u32, offset: Option<u64>) {
         let partition = u8::try_from(partition)
             .ok()
             .filter(|p| *p <= u8::MAX - ACKED_BASE)
             .expect("the checker tracks up to 253 partitions");
-        let slot = self.slot(Value::parse(value.as_ref()));
+        let value = Value::parse(value.as_ref());
+        let slot = self.slot(value);
         let before = *slot;
         *slot = ACKED_BASE + partition;
         self.attempted += usize::from(before == NOT_WRITTEN);
         self.acked += usize::from(before < ACKED_BASE);
+        let w = value.writer() as usize;
+        if self.offsets.len() <= w {
+            self.offsets.resize_with(w + 1, Vec::new);
+        }
+        let offsets = &mut self.offsets[w];
+        let s = value.seq() as usize;
+        if offsets.len() <= s {
+            offsets.resize(s + 1, OFFSET_UNKNOWN);
+        }
+        offsets[s] = offset.unwrap_or(OFFSET_UNKNOWN);
+    }
+
+    /// The offset `value` was acknowledged at, if known.
+    fn acked_offset(&self, value: Value) -> Option<u64> {
+        self.offsets
+            .get(value.writer() as usize)
+            .and_then(|o| o.get(value.seq() as usize))
+            .copied()
+            .filter(|o| *o != OFFSET_UNKNOWN)
     }
 
     pub fn attempted(&self) -> usize {
@@ -147,6 +174,8 @@ pub struct Report {
     pub reordered: usize,
     /// Acknowledged on one partition, found on another.
     pub misplaced: usize,
+    /// Acknowledged at one offset, read at another.
+    pub wrong_offset: usize,
     pub offsets_differ: usize,
     pub unexpected: usize,
     pub mirror_divergence: usize,
@@ -161,6 +190,7 @@ impl Report {
             && self.duplicates == 0
             && self.reordered == 0
             && self.misplaced == 0
+            && self.wrong_offset == 0
             && self.offsets_differ == 0
             && self.unexpected == 0
             && self.mirror_divergence == 0
@@ -175,6 +205,7 @@ impl Report {
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;
         self.misplaced += o.misplaced;
+        self.wrong_offset += o.wrong_offset;
         self.offsets_differ += o.offsets_differ;
         self.unexpected += o.unexpected;
         self.mirror_divergence += o.mirror_divergence;
@@ -192,6 +223,10 @@ impl fmt::Display for Report {
             ("duplicates", self.duplicates),
             ("reordered within a partition", self.reordered),
             ("found outside the acknowledged partition", self.misplaced),
+            (
+                "read at another offset than acknowledged",
+                self.wrong_offset,
+            ),
             ("offsets differing between reads", self.offsets_differ),
             ("unexpected values", self.unexpected),
             (
@@ -230,7 +265,7 @@ impl<'h> Checker<'h> {
     }
 
     /// Takes one partition as read; `again`, when given, is a second independent read of it
-    /// (every offset both reads hold must hold the same value).
+    /// (both reads must hold the same offsets with the same values).
     pub fn partition(
         &mut self,
         partition: u32,
@@ -240,7 +275,7 @@ impl<'h> Checker<'h> {
         let r = &mut self.report;
         r.read += read.len();
         let mut last_seq: HashMap<u32, u64> = HashMap::new();
-        for (_, value) in read {
+        for (offset, value) in read {
             let state = self.history.state(*value);
             if state == NOT_WRITTEN {
                 r.unexpected += 1;
@@ -250,6 +285,12 @@ impl<'h> Checker<'h> {
                 r.indeterminate_stored += 1;
             } else if u32::from(state - ACKED_BASE) != partition {
                 r.misplaced += 1;
+            } else if self
+                .history
+                .acked_offset(*value)
+                .is_some_and(|acked| acked != *offset)
+            {
+                r.wrong_offset += 1;
             }
             let seen = &mut self.seen[value.writer() as usize][value.seq() as usize];
             if *seen > 0 {
@@ -281,13 +322,20 @@ impl<'h> Checker<'h> {
     }
 }
 
-/// Offsets both reads hold with different values (both in offset order).
+/// Offsets where two reads (both in offset order) disagree: both hold the offset with
+/// different values, or only one of them holds it.
 fn differing(a: &[(u64, Value)], b: &[(u64, Value)]) -> usize {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < a.len() && j < b.len() {
         match a[i].0.cmp(&b[j].0) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Less => {
+                n += 1;
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                n += 1;
+                j += 1;
+            }
             std::cmp::Ordering::Equal => {
                 n += usize::from(a[i].1 != b[j].1);
                 i += 1;
@@ -295,7 +343,7 @@ fn differing(a: &[(u64, Value)], b: &[(u64, Value)]) -> usize {
             }
         }
     }
-    n
+    n + (a.len() - i) + (b.len() - j)
 }
 
 /// Checks whole topics held in memory (small histories); see [`Checker`] for large ones.
@@ -350,11 +398,12 @@ mod tests {
         let mut h = History::default();
         for s in 0..5 {
             h.attempt(History::value(1, s));
-            h.ack(History::value(1, s), 0);
+            h.ack(History::value(1, s), 0, None);
         }
         h.attempt(History::value(2, 0)); // never acknowledged
-        h.ack(History::value(3, 0), 1); // acknowledged on partition 1
-        assert_eq!((h.attempted(), h.acknowledged()), (7, 6));
+        h.ack(History::value(3, 0), 1, None); // acknowledged on partition 1
+        h.ack(History::value(4, 0), 0, Some(100)); // acknowledged at offset 100
+        assert_eq!((h.attempted(), h.acknowledged()), (8, 7));
         let read: Read = vec![
             (0, v(1, 0)),
             (1, v(1, 2)),
@@ -364,10 +413,11 @@ mod tests {
             (5, Value::FOREIGN), // unexpected
             (6, v(3, 0)),        // misplaced
             (7, v(9, 0)),        // unexpected: never written
+            (8, v(4, 0)),        // read at 8, acknowledged at 100
         ];
         let mut again = read.clone();
         again[0].1 = v(1, 4); // offset 0 differs
-        again.remove(3);
+        again.remove(3); // offset 3 is missing from the second read
         let reads = BTreeMap::from([(0, read)]);
         let r = check(&h, &reads, &BTreeMap::from([(0, again)]));
         assert_eq!(r.lost, 2, "w1-3 and w1-4: {r:?}");
@@ -376,13 +426,14 @@ mod tests {
             r.reordered, 1,
             "w1-1 after w1-2 (the repeated w1-2 counts as a duplicate)"
         );
-        assert_eq!(r.offsets_differ, 1);
+        assert_eq!(r.offsets_differ, 2, "a changed value and a missing offset");
+        assert_eq!(r.wrong_offset, 1);
         assert_eq!(r.unexpected, 2);
         assert_eq!(r.misplaced, 1);
         assert_eq!(r.indeterminate_stored, 1);
         assert!(!r.clean());
         let target = BTreeMap::from([(0, reads[&0][..4].to_vec())]);
-        assert_eq!(divergence(&reads, &target), 4);
+        assert_eq!(divergence(&reads, &target), 5);
         assert!(r
             .to_string()
             .contains("| lost (acknowledged, never read) | 2 |"));
@@ -394,8 +445,12 @@ mod tests {
         let mut reads: BTreeMap<u32, Read> = BTreeMap::new();
         for s in 0..1000u64 {
             h.attempt(History::value(0, s));
-            h.ack(History::value(0, s), (s % 3) as u32);
             let read = reads.entry((s % 3) as u32).or_default();
+            h.ack(
+                History::value(0, s),
+                (s % 3) as u32,
+                Some(read.len() as u64),
+            );
             read.push((read.len() as u64, v(0, s)));
         }
         let r = check(&h, &reads, &reads);

@@ -360,11 +360,46 @@ impl NodeProcess {
         port: u16,
         env: &[(&str, &Path)],
     ) -> NodeProcess {
+        NodeProcess::try_start(pki, cluster, data_dir, config_toml, port, env, None)
+            .unwrap_or_else(|log| panic!("node did not start; log: {log:?}"))
+    }
+
+    /// Starts a node whose open-file limits are `soft` and `hard`, as `ulimit -Sn`/`-Hn` would
+    /// set them; answers the node's log if it exits or does not come up.
+    pub fn start_with_file_limit(
+        pki: &Pki,
+        data_dir: &Path,
+        port: u16,
+        soft: u64,
+        hard: u64,
+    ) -> Result<NodeProcess, Vec<String>> {
+        NodeProcess::try_start(pki, "east", data_dir, "", port, &[], Some((soft, hard)))
+    }
+
+    fn try_start(
+        pki: &Pki,
+        cluster: &str,
+        data_dir: &Path,
+        config_toml: &str,
+        port: u16,
+        env: &[(&str, &Path)],
+        nofile: Option<(u64, u64)>,
+    ) -> Result<NodeProcess, Vec<String>> {
         let address = format!("127.0.0.1:{port}");
         let config = data_dir.with_extension("toml");
         std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&config, config_toml).unwrap_or_else(|e| panic!("{e}"));
-        let mut child = Command::new(strait_bin())
+        let mut command = match nofile {
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(strait_bin());
+                c
+            }
+            None => Command::new(strait_bin()),
+        };
+        let mut child = command
             .args([
                 "node",
                 "run",
@@ -394,7 +429,7 @@ impl NodeProcess {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             if let Some(s) = stderr {
                 for line in BufReader::new(s).lines().map_while(Result::ok) {
                     sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
@@ -410,20 +445,25 @@ impl NodeProcess {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("listening on") => break,
-                _ if Instant::now() > deadline => {
-                    panic!("node did not start; log: {:?}", log.lock())
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                if line.contains("listening on") {
+                    break;
                 }
-                _ => {}
+            }
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader ends once the dead node's stderr is drained.
+                let _ = stderr_reader.join();
+                return Err(log.lock().unwrap_or_else(|e| e.into_inner()).clone());
             }
         }
-        NodeProcess {
+        Ok(NodeProcess {
             child,
             address,
             data_dir: data_dir.to_path_buf(),
             log,
-        }
+        })
     }
 
     /// Kills the node with SIGKILL: no flush, no close.
@@ -475,20 +515,54 @@ impl Drop for NodeProcess {
     }
 }
 
+/// State files a node writes through its durable-write helper; a power cut keeps each at its
+/// last durable content, or removes it if it never had one.
+const STATE_FILES: &[&str] = &[
+    "topic.json",
+    "producer-ids",
+    "recovery-point",
+    "log-start-offset",
+    "producer-state",
+    "mirror-map.snapshot",
+    "acls.json",
+    "flows.json",
+];
+
+/// What a power cut did to a data directory.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PowerCut {
+    /// Segments cut back to their last fsynced length.
+    pub segments_cut: usize,
+    /// Un-fsynced segment bytes dropped.
+    pub bytes_dropped: u64,
+    /// State files put back to their last durable content.
+    pub state_files_reverted: usize,
+    /// State files (and unfinished temporary files) removed: never durable.
+    pub state_files_removed: usize,
+}
+
 /// Simulates a power cut on a killed node's data dir from its durability journal
 /// (`STRAIT_TEST_DURABLE_JOURNAL`): every segment loses what was not fsynced, and the first
-/// lost write is torn (a prefix of it survives with its last sector zeroed). Returns (segments
-/// cut, bytes dropped).
-pub fn power_loss(data_dir: &Path, journal: &Path, seed: u64) -> (usize, u64) {
+/// lost write is torn (a prefix of it survives with its last sector zeroed); every state file
+/// (`topic.json`, `producer-ids`, checkpoints, snapshots …) goes back to the content of its
+/// last durable write (file and directory synced), or disappears if it never had one: contents
+/// and renames not yet synced are lost.
+pub fn power_loss(data_dir: &Path, journal: &Path, seed: u64) -> PowerCut {
     let mut durable = std::collections::HashMap::new();
+    let mut states: std::collections::HashMap<PathBuf, Vec<u8>> = Default::default();
     for line in std::fs::read_to_string(journal).unwrap_or_default().lines() {
-        if let Some((len, path)) = line.split_once(' ') {
+        if let Some(rest) = line.strip_prefix("file ") {
+            if let Some((hex, path)) = rest.split_once(' ') {
+                states.insert(PathBuf::from(path), unhex(hex));
+            }
+        } else if let Some((len, path)) = line.split_once(' ') {
             if let Ok(len) = len.parse::<u64>() {
                 durable.insert(PathBuf::from(path), len);
             }
         }
     }
-    let (mut cut, mut dropped, mut n) = (0, 0, seed);
+    let mut cut = PowerCut::default();
+    let mut n = seed;
     let mut stack = vec![data_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -497,10 +571,26 @@ pub fn power_loss(data_dir: &Path, journal: &Path, seed: u64) -> (usize, u64) {
                 stack.push(path);
                 continue;
             }
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.ends_with(".tmp") || STATE_FILES.contains(&name.as_ref()) {
+                match states.get(&canonical).filter(|_| !name.ends_with(".tmp")) {
+                    Some(content) => {
+                        if std::fs::read(&path).unwrap_or_default() != *content {
+                            std::fs::write(&path, content).unwrap_or_else(|e| panic!("{e}"));
+                            cut.state_files_reverted += 1;
+                        }
+                    }
+                    None => {
+                        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                        cut.state_files_removed += 1;
+                    }
+                }
+                continue;
+            }
             if path.extension().is_none_or(|e| e != "log") {
                 continue;
             }
-            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
             let keep = *durable.get(&canonical).unwrap_or(&0);
             let raw = std::fs::read(&path).unwrap_or_default();
             if raw.len() as u64 <= keep {
@@ -514,9 +604,15 @@ pub fn power_loss(data_dir: &Path, journal: &Path, seed: u64) -> (usize, u64) {
             let zero_from = survivor.len() - torn.min(512);
             survivor[zero_from..].iter_mut().for_each(|b| *b = 0);
             std::fs::write(&path, &survivor).unwrap_or_else(|e| panic!("{e}"));
-            cut += 1;
-            dropped += (raw.len() - survivor.len()) as u64;
+            cut.segments_cut += 1;
+            cut.bytes_dropped += (raw.len() - survivor.len()) as u64;
         }
     }
-    (cut, dropped)
+    cut
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect()
 }

@@ -1085,6 +1085,45 @@ mod tests {
             }
         }
 
+        /// Offsets at the top of the range: a batch whose offsets would run past Offset::MAX
+        /// is refused at parse time, and every one accepted has exact, unwrapped arithmetic.
+        #[test]
+        fn offsets_at_the_u64_limits_are_refused_or_exact(
+            base in prop_oneof![
+                (Offset::MAX.0 - (1u64 << 20))..=u64::MAX,
+                (u64::MAX - (1u64 << 20))..=u64::MAX,
+                Just(Offset::MAX.0),
+                Just(u64::MAX),
+            ],
+            extra in 0u32..2000,
+            hop_base in prop_oneof![Just(0u64), (Offset::MAX.0 - 4096)..=u64::MAX],
+        ) {
+            let mut b = BatchBuilder::new(Compression::None);
+            b.push(0, None, Some(b"v"), &[]);
+            if extra > 0 {
+                b.push_at(extra, 0, None, Some(b"w"), &[]);
+            }
+            b = b.provenance(Provenance {
+                hops: vec![Hop { cluster: "src".into(), topic: "t".into(), partition: 0, base_offset: hop_base }],
+            });
+            let bytes = b.finish().with_position(Offset(base), LeaderEpoch(0)).into_bytes();
+            let span = u64::from(extra) + 1;
+            let fits = |o: u64| o.checked_add(span).is_some_and(|end| end <= Offset::MAX.0);
+            match RecordBatch::parse(bytes, &DecodeLimits::default()) {
+                Ok(batch) => {
+                    prop_assert!(fits(base) && fits(hop_base));
+                    prop_assert_eq!(batch.next_offset().0, base + span);
+                    prop_assert!(batch.next_offset() > batch.base_offset());
+                    let records = batch.records(u32::MAX).unwrap();
+                    prop_assert_eq!(records.last().unwrap().offset.0, base + span - 1);
+                }
+                Err(e) => {
+                    prop_assert!(!(fits(base) && fits(hop_base)), "refused a batch that fits: {}", e);
+                    prop_assert!(matches!(e, DecodeError::OffsetOverflow { .. }), "{}", e);
+                }
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(raw in proptest::collection::vec(any::<u8>(), 0..400)) {
             let limits = DecodeLimits { batch_bytes_max: 1 << 16, batch_bytes_decompressed_max: 1 << 16 };

@@ -1,6 +1,12 @@
 //! Runs every fuzz target's checks (`fuzz/checks.rs`) on stable: over seeds built here (every
-//! request kind, batches with each codec, decompression bombs) and over the committed corpus in
-//! `fuzz/corpus/<target>/`, so CI keeps the targets compiling and the corpus passing.
+//! request kind, batches with each codec, decompression bombs), over the committed seed corpus
+//! in `fuzz/seeds/<target>/` (the fuzzers start from it: `cargo fuzz run frame fuzz/seeds/frame`),
+//! and over a local `fuzz/corpus/<target>/` when a fuzzing run left one, so CI keeps the
+//! targets compiling and the corpus passing.
+//!
+//! `STRAIT_WRITE_SEEDS=1 cargo nextest run -p strait-protocol --test fuzz_corpus` rewrites the
+//! seed corpus from `requests()`, `batches()` and `REGRESSIONS` (after a format change); the
+//! counts in `SEEDS` must then follow.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -172,25 +178,77 @@ fn assert_refused(raw: &[u8]) {
     assert!(err.to_string().contains("decompress"), "{err}");
 }
 
+/// How many seed inputs each target's committed corpus holds.
+const SEEDS: [(&str, usize); 4] = [
+    ("frame", 11),
+    ("request", 11),
+    ("batch", 3),
+    ("decompress", 4),
+];
+
+type Check = fn(&[u8]);
+
+const TARGETS: [(&str, Check); 4] = [
+    ("frame", checks::frame),
+    ("request", checks::request),
+    ("batch", checks::batch),
+    ("decompress", checks::decompress),
+];
+
+/// The seed corpus, by target: what `STRAIT_WRITE_SEEDS=1` writes.
+fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    for req in requests() {
+        let f = frame::encode(&req, 0).unwrap().to_vec();
+        out.push(("request", f[frame::PREFIX_LEN..].to_vec()));
+        out.push(("frame", f));
+    }
+    for (codec, b) in batches().into_iter().enumerate() {
+        // The decompress target reads [codec][declared size u32 LE][records section].
+        let mut input = vec![codec as u8];
+        input.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        input.extend_from_slice(&b[strait_protocol::batch::HEADER_LEN..]);
+        out.push(("decompress", input));
+        out.push(("batch", b));
+    }
+    for (target, input) in REGRESSIONS {
+        out.push((target, input.to_vec()));
+    }
+    out
+}
+
 #[test]
 fn the_committed_corpus_passes_every_check() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    type Check = fn(&[u8]);
-    let targets: [(&str, Check); 4] = [
-        ("frame", checks::frame),
-        ("request", checks::request),
-        ("batch", checks::batch),
-        ("decompress", checks::decompress),
-    ];
-    let mut ran = 0;
-    for (name, check) in targets {
-        let Ok(dir) = std::fs::read_dir(root.join(name)) else {
-            continue;
-        };
-        for entry in dir.flatten() {
-            check(&std::fs::read(entry.path()).unwrap());
-            ran += 1;
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    if std::env::var_os("STRAIT_WRITE_SEEDS").is_some() {
+        let _ = std::fs::remove_dir_all(fuzz.join("seeds"));
+        for (i, (target, input)) in seeds().into_iter().enumerate() {
+            let dir = fuzz.join("seeds").join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{i:03}")), input).unwrap();
         }
     }
-    eprintln!("{ran} corpus inputs checked");
+    for ((name, check), (seed_target, expected)) in TARGETS.into_iter().zip(SEEDS) {
+        assert_eq!(name, seed_target);
+        let seeds = run_dir(&fuzz.join("seeds").join(name), check);
+        assert_eq!(
+            seeds, expected,
+            "fuzz/seeds/{name} holds {seeds} inputs, {expected} expected: is the seed corpus committed?"
+        );
+        let local = run_dir(&fuzz.join("corpus").join(name), check);
+        eprintln!("{name}: {seeds} seeds and {local} local corpus inputs checked");
+    }
+}
+
+/// Runs `check` on every file in `dir` (none if it does not exist); answers how many.
+fn run_dir(dir: &Path, check: Check) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut ran = 0;
+    for entry in entries.flatten() {
+        check(&std::fs::read(entry.path()).unwrap());
+        ran += 1;
+    }
+    ran
 }

@@ -484,3 +484,70 @@ async fn the_admin_listener_reports_health_readiness_and_status() {
         .expect("topic listed");
     assert_eq!(seen["partitions"].as_array().unwrap().len(), 2);
 }
+
+/// An idempotent producer whose batch fails for good in mid-stream (here: too large for the
+/// topic) does not wedge: later batches of the partition succeed, under a fresh producer id,
+/// and nothing is written twice or out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_keeps_going_after_a_batch_fails_for_good() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&pki, &dir);
+    let client = pki.client(&node.address);
+    Admin::new(client.clone())
+        .create_topic(
+            "strict",
+            1,
+            vec![("max.batch.bytes".into(), "65536".into())],
+        )
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger_ms: 1,
+            batch_bytes: 16 << 10,
+            in_flight_per_partition: 4,
+            idempotence: true,
+            ..Default::default()
+        },
+    );
+    let send = |value: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send("strict", Some(0), None, Some(&value), &[])
+                .await
+                .unwrap()
+        }
+    };
+    let mut ok = Vec::new();
+    for i in 0..200u32 {
+        ok.push(send(format!("before-{i}").into_bytes()).await);
+    }
+    for d in ok.drain(..) {
+        d.wait().await.unwrap();
+    }
+    let huge = send(vec![b'x'; 100 << 10]).await;
+    let err = huge
+        .wait()
+        .await
+        .expect_err("a batch over max.batch.bytes fails for good");
+    assert!(!err.is_retriable(), "{err}");
+    for i in 0..2000u32 {
+        ok.push(send(format!("after-{i}").into_bytes()).await);
+    }
+    for d in ok {
+        d.wait().await.expect("later sends succeed");
+    }
+    let values: Vec<String> = strait_tests::read_partition(&client, "strict", 0)
+        .await
+        .into_iter()
+        .map(|s| String::from_utf8(s.value.unwrap().to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..200)
+        .map(|i| format!("before-{i}"))
+        .chain((0..2000).map(|i| format!("after-{i}")))
+        .collect();
+    assert_eq!(values, expected, "each record once, in order");
+}

@@ -570,7 +570,18 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
     let east_client = pair.pki.client(&pair.east.address);
     produce(&east_client, 0, 8000, 1000).await;
     // Let the capped flow copy part of it, then lose east with a tail west never got.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let west_client = pair.pki.client(&pair.west.address);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while strait_tests::end_offsets(&west_client, "east.orders", PARTITIONS)
+        .await
+        .iter()
+        .sum::<u64>()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the flow never copied anything");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(west_client);
     pair.east.kill9();
     let promoted: Value = serde_json::from_str(&strait(&[
         "mirror",
@@ -803,7 +814,16 @@ async fn consume_with_a_topology_fails_over_from_the_command_line() {
         }
     };
     wait_for("east's records", &|l| l.len() >= 500);
-    std::thread::sleep(Duration::from_millis(1500)); // an auto-commit
+    // The consumer commits what it printed: wait for east to hold that commit.
+    let east_client = pair.pki.client(&pair.east.address);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed_total(&east_client, "billing").await < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "the printed records were never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     pair.east.kill9();
     strait(&[
         "mirror",
@@ -838,4 +858,17 @@ async fn consume_with_a_topology_fails_over_from_the_command_line() {
         east_lines, 500,
         "east's records were printed once each before the kill"
     );
+}
+
+/// The sum of a group's committed offsets on one cluster (0 while it has none).
+async fn committed_total(client: &Arc<Client>, group: &str) -> u64 {
+    use strait_protocol::message::{Request, Response};
+    let request = Request::FetchOffsets {
+        group: group.into(),
+        partitions: None,
+    };
+    match client.call(&request, &[]).await {
+        Ok((Response::CommittedOffsets(offsets), _)) => offsets.iter().map(|c| c.offset).sum(),
+        _ => 0,
+    }
 }

@@ -124,8 +124,8 @@ type Pending = Vec<(
 
 async fn settle(pending: &mut Pending, history: &Mutex<History>) {
     for (value, partition, wait) in pending.drain(..) {
-        if let Ok(Ok(Ok(_))) = tokio::time::timeout(Duration::from_secs(60), wait).await {
-            history.lock().unwrap().ack(&value, partition);
+        if let Ok(Ok(Ok(offset))) = tokio::time::timeout(Duration::from_secs(60), wait).await {
+            history.lock().unwrap().ack(&value, partition, Some(offset));
         }
     }
 }
@@ -263,12 +263,12 @@ async fn eager_writer(id: u32, client: Arc<Client>, history: Arc<Mutex<History>>
             ..ProducerConfig::default()
         },
     );
-    let mut window: tokio::task::JoinSet<(String, u32, bool)> = tokio::task::JoinSet::new();
+    // Each delivery records its own acknowledgement the moment it arrives, so a kill leaves
+    // no acknowledged write counted as indeterminate.
+    let mut window: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     for seq in 0.. {
         while window.len() >= 512 {
-            if let Some(Ok((value, partition, true))) = window.join_next().await {
-                history.lock().unwrap().ack(&value, partition);
-            }
+            window.join_next().await;
         }
         let value = History::value(id, seq);
         let partition = ((u64::from(id) + seq) % u64::from(PARTITIONS)) as u32;
@@ -278,9 +278,11 @@ async fn eager_writer(id: u32, client: Arc<Client>, history: Arc<Mutex<History>>
             .await
         {
             Ok(delivery) => {
+                let history = history.clone();
                 window.spawn(async move {
-                    let ok = delivery.wait().await.is_ok();
-                    (value, partition, ok)
+                    if let Ok(offset) = delivery.wait().await {
+                        history.lock().unwrap().ack(&value, partition, Some(offset));
+                    }
                 });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -317,7 +319,8 @@ async fn a_power_cut_loses_nothing_acknowledged_under_flush_always() {
         for w in writers {
             w.abort();
         }
-        let (segments, bytes) = strait_tests::power_loss(&data, &journal, 7 + round as u64);
+        let cut = strait_tests::power_loss(&data, &journal, 7 + round as u64);
+        let (segments, bytes) = (cut.segments_cut, cut.bytes_dropped);
         let node = NodeProcess::start_on(&pki, "east", &data, &config, port);
         let first = read_history(&pki.client(&node.address), TOPIC, PARTITIONS).await;
         let second = read_history(&pki.client(&node.address), TOPIC, PARTITIONS).await;
@@ -340,6 +343,70 @@ async fn a_power_cut_loses_nothing_acknowledged_under_flush_always() {
             );
         }
     }
+}
+
+/// Metadata under a power cut: every acknowledged topic create, grow and alter survives, and no
+/// producer id handed out before the cut is handed out again after it. The simulation puts
+/// every state file (`topic.json`, `producer-ids`, checkpoints) back to its last durable
+/// content, dropping writes and renames that were not yet synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_loses_no_acknowledged_topic_and_reuses_no_producer_id() {
+    use strait_protocol::message::{Request, Response};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let journal = dir.path().join("durable.journal");
+    let port = strait_tests::free_udp_port();
+    let env = [("STRAIT_TEST_DURABLE_JOURNAL", journal.as_path())];
+    let mut node = NodeProcess::start_with_env(&pki, "east", &data, "", port, &env);
+    let client = pki.client(&node.address);
+    let admin = Admin::new(client.clone());
+    for i in 0..20u32 {
+        admin
+            .create_topic(&format!("t{i}"), 1 + i % 3, vec![])
+            .await
+            .unwrap();
+    }
+    admin.add_partitions("t0", 6).await.unwrap();
+    admin
+        .alter_topic_config("t1", vec![("retention.ms".into(), "12345".into())])
+        .await
+        .unwrap();
+    let mut handed_out = Vec::new();
+    for _ in 0..5 {
+        match client.call(&Request::InitProducer {}, &[]).await.unwrap().0 {
+            Response::ProducerInit { producer_id, .. } => handed_out.push(producer_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    node.kill9();
+    let cut = strait_tests::power_loss(&data, &journal, 11);
+    println!("power cut on metadata: {cut:?}");
+    let node = NodeProcess::start_on(&pki, "east", &data, "", port);
+    let client = pki.client(&node.address);
+    let admin = Admin::new(client.clone());
+    for i in 0..20u32 {
+        let t = admin.describe_topic(&format!("t{i}")).await.unwrap();
+        let want = if i == 0 { 6 } else { 1 + i % 3 };
+        assert_eq!(t.partitions.len() as u32, want, "t{i} after the power cut");
+    }
+    let t1 = admin.describe_topic("t1").await.unwrap();
+    assert!(
+        t1.configs
+            .iter()
+            .any(|(k, v)| k == "retention.ms" && v == "12345"),
+        "the acknowledged alter survived: {:?}",
+        t1.configs
+    );
+    let Response::ProducerInit { producer_id, .. } =
+        client.call(&Request::InitProducer {}, &[]).await.unwrap().0
+    else {
+        panic!("no producer id");
+    };
+    assert!(
+        handed_out.iter().all(|id| producer_id > *id),
+        "producer id {producer_id} after the cut; before it: {handed_out:?}"
+    );
 }
 
 /// Unmounts the test's tmpfs however the test ends.
@@ -409,8 +476,8 @@ async fn a_full_disk_gives_a_retriable_error_and_the_log_stays_valid() {
     // Some records go in while there is room.
     for _ in 0..50 {
         let (batch, values) = send(&mut history);
-        conn.call(&produce, &[batch]).await.unwrap();
-        values.iter().for_each(|v| history.ack(v, 0));
+        let answer = conn.call(&produce, &[batch]).await.unwrap();
+        ack_all(&mut history, &values, &answer.0);
     }
     // The disk fills up: every produce now fails with a retriable error; the node stays up.
     let filler = fill(&mnt);
@@ -418,7 +485,7 @@ async fn a_full_disk_gives_a_retriable_error_and_the_log_stays_valid() {
     for _ in 0..40 {
         let (batch, values) = send(&mut history);
         match conn.call(&produce, &[batch]).await {
-            Ok(_) => values.iter().for_each(|v| history.ack(v, 0)),
+            Ok(answer) => ack_all(&mut history, &values, &answer.0),
             Err(e) => {
                 assert!(e.is_retriable(), "a full disk is retriable: {e}");
                 refusals += 1;
@@ -431,8 +498,8 @@ async fn a_full_disk_gives_a_retriable_error_and_the_log_stays_valid() {
     std::fs::remove_file(mnt.join("filler")).unwrap();
     for _ in 0..20 {
         let (batch, values) = send(&mut history);
-        conn.call(&produce, &[batch]).await.unwrap();
-        values.iter().for_each(|v| history.ack(v, 0));
+        let answer = conn.call(&produce, &[batch]).await.unwrap();
+        ack_all(&mut history, &values, &answer.0);
     }
     // The log is valid across a restart and holds every acknowledged record exactly once.
     assert!(node.terminate());
@@ -448,4 +515,15 @@ async fn a_full_disk_gives_a_retriable_error_and_the_log_stays_valid() {
         report.indeterminate_stored, 0,
         "a refused batch left nothing behind"
     );
+}
+
+/// Records one produced batch's values as acknowledged on partition 0 at the offsets the
+/// answer names (base offset plus position in the batch).
+fn ack_all(history: &mut History, values: &[String], answer: &strait_protocol::message::Response) {
+    let strait_protocol::message::Response::Produced { base_offset, .. } = answer else {
+        panic!("unexpected produce answer {answer:?}");
+    };
+    for (i, v) in values.iter().enumerate() {
+        history.ack(v, 0, Some(base_offset + i as u64));
+    }
 }

@@ -159,13 +159,12 @@ async fn checked_writer(
             ..ProducerConfig::default()
         },
     );
-    let mut window: tokio::task::JoinSet<(String, u32, bool)> = tokio::task::JoinSet::new();
+    // Each delivery records its own acknowledgement the moment it arrives.
+    let mut window: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut seq = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         while window.len() >= 256 {
-            if let Some(Ok((v, p, true))) = window.join_next().await {
-                history.lock().unwrap().ack(&v, p);
-            }
+            window.join_next().await;
         }
         let value = History::value(0, seq);
         seq += 1;
@@ -175,7 +174,12 @@ async fn checked_writer(
             .send("orders", Some(partition), None, Some(value.as_bytes()), &[])
             .await
         {
-            window.spawn(async move { (value, partition, d.wait().await.is_ok()) });
+            let history = history.clone();
+            window.spawn(async move {
+                if let Ok(offset) = d.wait().await {
+                    history.lock().unwrap().ack(&value, partition, Some(offset));
+                }
+            });
         }
         // A steady stream, not a flood: about 2000 records a second.
         if seq.is_multiple_of(20) {
@@ -183,11 +187,7 @@ async fn checked_writer(
         }
     }
     producer.flush().await;
-    while let Some(r) = window.join_next().await {
-        if let Ok((v, p, true)) = r {
-            history.lock().unwrap().ack(&v, p);
-        }
-    }
+    while window.join_next().await.is_some() {}
 }
 
 /// Every WAN scenario of the fault plan in one run, under steady acks = all load: 50 ms and
