@@ -38,12 +38,17 @@ impl ErrorCode {
     pub const UNKNOWN_GROUP: ErrorCode = ErrorCode(27);
     /// A node-wide resource (file descriptors, memory budget) would run out.
     pub const RESOURCE_EXHAUSTED: ErrorCode = ErrorCode(28);
+    /// The principal is over its byte-rate quota for longer than a request may wait.
+    pub const THROTTLED: ErrorCode = ErrorCode(29);
 
     /// Whether a client may retry the same request and expect it to succeed.
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NOT_LEADER | ErrorCode::WRITE_FAILED | ErrorCode::TIMEOUT
+            ErrorCode::NOT_LEADER
+                | ErrorCode::WRITE_FAILED
+                | ErrorCode::TIMEOUT
+                | ErrorCode::THROTTLED
         )
     }
 
@@ -77,6 +82,7 @@ impl ErrorCode {
             ErrorCode::GROUP_NOT_EMPTY => "group_not_empty",
             ErrorCode::UNKNOWN_GROUP => "unknown_group",
             ErrorCode::RESOURCE_EXHAUSTED => "resource_exhausted",
+            ErrorCode::THROTTLED => "throttled",
             _ => "unknown",
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! The codec modules (`ids`, `varint`, `batch`, `frame`, `message`, `error`, `partitioner`) are
 //! sans-IO: no sockets, files, clocks or tasks, so they can be tested exhaustively and fuzzed.
-//! `client` and `transport` are the only modules that touch QUIC. Nothing here may panic on bytes
+//! `client`, `wire` (frame I/O on QUIC streams, shared by the client and the node) and
+//! `transport` are the only modules that touch QUIC. Nothing here may panic on bytes
 //! that came from the network: every size is checked against a configured maximum before
 //! allocation.
 
@@ -18,6 +19,7 @@ pub mod partitioner;
 pub mod pool;
 pub mod transport;
 pub mod varint;
+pub mod wire;
 
 pub use batch::{
     BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Hop, Provenance, Record,

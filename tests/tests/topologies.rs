@@ -498,7 +498,7 @@ fn rendered_dom(url: &str) -> String {
     let browser = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .expect("no headless browser: install Debian's chromium (`apt-get install -y chromium`), as .ci/run does");
+        .expect("no headless browser: install Debian's chromium (`apt-get install -y chromium`), as tests/run does");
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(browser)
         .args([

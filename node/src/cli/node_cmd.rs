@@ -95,6 +95,10 @@ struct Limits {
     connections_per_principal_max: u32,
     pending_handshakes_max: u32,
     malformed_frames_per_connection_max: u32,
+    /// Longest a peer may leave an answer unread (no bytes taken) before its stream is reset.
+    answer_write_stall_ms: u64,
+    /// Bytes of requests and fetch answers one connection may hold in the node at once.
+    connection_memory_bytes_max: u64,
     /// Congestion controller for what this node sends: cubic (default), newreno or bbr (for
     /// sources read across lossy WAN links).
     congestion: strait_protocol::transport::Congestion,
@@ -148,6 +152,8 @@ impl Default for Limits {
             pending_handshakes_max: PeerLimits::default().pending_handshakes_max,
             malformed_frames_per_connection_max: PeerLimits::default()
                 .malformed_frames_per_connection_max,
+            answer_write_stall_ms: 30_000,
+            connection_memory_bytes_max: PeerLimits::default().connection_memory_bytes_max,
             congestion: t.congestion,
         }
     }
@@ -241,6 +247,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             ..TransportLimits::default()
         },
         request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
+        answer_write_stall: Duration::from_millis(limits.answer_write_stall_ms.max(100)),
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
         authz: Arc::new(
             strait_node::authz::Authorizer::open(
@@ -261,6 +268,9 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             connections_per_principal_max: limits.connections_per_principal_max,
             pending_handshakes_max: limits.pending_handshakes_max,
             malformed_frames_per_connection_max: limits.malformed_frames_per_connection_max,
+            connection_memory_bytes_max: limits
+                .connection_memory_bytes_max
+                .max(u64::from(limits.frame_bytes_max)),
         },
         quotas: Arc::new(strait_node::quota::Quotas::new(file.quotas.clone())),
     };

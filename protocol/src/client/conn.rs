@@ -7,16 +7,17 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::error::{ErrorCode, WireError};
-use crate::frame::{self, FrameError, FrameLimits, PREFIX_LEN};
+use crate::frame::{FrameError, FrameLimits};
 use crate::message::{Request, Response, VERSION_MAX, VERSION_MIN};
 use crate::pool::BufferPool;
 use crate::transport::{transport_config, TransportLimits};
+use crate::wire;
 
 /// Why a client call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,6 +43,16 @@ pub enum ClientError {
     Tls(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<wire::StreamError> for ClientError {
+    fn from(e: wire::StreamError) -> Self {
+        match e {
+            wire::StreamError::Lost(reason) => ClientError::ConnectionLost(reason),
+            wire::StreamError::Frame(e) => ClientError::Frame(e),
+            wire::StreamError::Stalled(stall) => ClientError::Timeout(stall),
+        }
+    }
 }
 
 impl ClientError {
@@ -211,20 +222,21 @@ impl Connection {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(lost)?;
             let payload_len: usize = payload.iter().map(Bytes::len).sum();
-            let head = frame::encode(request, payload_len)?;
-            send.write_chunk(head).await.map_err(lost)?;
-            for chunk in payload {
-                send.write_chunk(chunk.clone()).await.map_err(lost)?;
-            }
-            send.finish().map_err(lost)?;
-            let mut prefix = [0u8; PREFIX_LEN];
-            recv.read_exact(&mut prefix).await.map_err(lost)?;
+            wire::write_frame(
+                &mut send,
+                request,
+                payload.iter().cloned(),
+                payload_len,
+                None,
+            )
+            .await?;
+            let prefix = wire::read_prefix(&mut recv).await?;
             Ok::<_, ClientError>((recv, prefix))
         };
         let (mut recv, prefix) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
-        let (resp, payload) = read_frame_body::<Response>(
+        let (resp, payload) = wire::read_frame_body::<Response>(
             &mut recv,
             prefix,
             &self.limits,
@@ -257,72 +269,7 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     limits: &FrameLimits,
 ) -> Result<(T, Bytes), ClientError> {
-    read_frame_pooled(recv, limits, None).await
-}
-
-/// Like [`read_frame`], gathering a body that arrives in pieces into a buffer of `buffers`.
-pub async fn read_frame_pooled<T: serde::de::DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    limits: &FrameLimits,
-    buffers: Option<&BufferPool>,
-) -> Result<(T, Bytes), ClientError> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    recv.read_exact(&mut prefix).await.map_err(lost)?;
-    read_frame_body(recv, prefix, limits, None, buffers).await
-}
-
-/// Reads the rest of a frame whose prefix was read; with `stall`, fails when no bytes arrive
-/// for that long.
-async fn read_frame_body<T: serde::de::DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    prefix: [u8; PREFIX_LEN],
-    limits: &FrameLimits,
-    stall: Option<Duration>,
-    buffers: Option<&BufferPool>,
-) -> Result<(T, Bytes), ClientError> {
-    let lengths = frame::decode_prefix(prefix, limits)?;
-    // Gather the body from quinn's chunks: no zero-fill pass, and a body that arrives in one
-    // chunk is not copied at all.
-    let total = lengths.total();
-    let mut first: Option<Bytes> = None;
-    let mut gathered = BytesMut::new();
-    let mut have = 0;
-    while have < total {
-        let next = recv.read_chunk(total - have, true);
-        let chunk = match stall {
-            Some(stall) => tokio::time::timeout(stall, next)
-                .await
-                .map_err(|_| ClientError::Timeout(stall))?,
-            None => next.await,
-        }
-        .map_err(lost)?;
-        let chunk = chunk
-            .ok_or_else(|| {
-                lost(format!(
-                    "stream ended {have} bytes into a {total}-byte frame"
-                ))
-            })?
-            .bytes;
-        have += chunk.len();
-        if gathered.is_empty() && have == total && first.is_none() {
-            first = Some(chunk);
-        } else {
-            if gathered.capacity() == 0 {
-                gathered = match buffers {
-                    Some(pool) => pool.take(total),
-                    None => BytesMut::with_capacity(total),
-                };
-            }
-            gathered.extend_from_slice(&chunk);
-        }
-    }
-    let mut body = match (first, buffers) {
-        (Some(whole), _) => whole,
-        (None, Some(pool)) => pool.freeze(gathered),
-        (None, None) => gathered.freeze(),
-    };
-    let header = body.split_to(lengths.header as usize);
-    Ok((frame::decode_header(&header)?, body))
+    Ok(wire::read_frame(recv, limits, None).await?)
 }
 
 /// Turns a refused handshake into what went wrong and what to do: which side refused which

@@ -496,6 +496,7 @@ impl Rig {
             frame_limits: Default::default(),
             transport,
             request_read_timeout: Duration::from_secs(30),
+            answer_write_stall: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             authz: Arc::new(strait_node::authz::Authorizer::open_to_all()),
             crl: None,
