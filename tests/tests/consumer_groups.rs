@@ -422,3 +422,113 @@ async fn a_pattern_subscription_picks_up_new_matching_topics() {
         vec!["orders-eu".to_string(), "orders-us".to_string()]
     );
 }
+
+/// The committed offsets of a group with no member and no commit for the retention are
+/// deleted (and stay deleted across a restart), while a group with a live member keeps its
+/// offsets however long ago it committed; a member asking for a rebalance timeout past the
+/// node's maximum is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_expire_and_rebalance_timeouts_are_bounded() {
+    use strait_protocol::message::{JoinGroup, RebalanceProtocol};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = "[groups]\n\"offsets.retention.ms\" = 2000\nrebalance_timeout_ms_max = 60000\n";
+    let port = strait_tests::free_udp_port();
+    let mut node = NodeProcess::start_on(&pki, "east", &data, config, port);
+    let client = pki.client(&node.address);
+    let admin = Admin::new(client.clone());
+    admin.create_topic("t", 1, vec![]).await.unwrap();
+    fill(&client, "t", 1, 10).await;
+    let offsets = BTreeMap::from([(("t".to_string(), 0u32), 5u64)]);
+    admin
+        .commit_group_offsets("idle", &offsets, "")
+        .await
+        .unwrap();
+    // A live member commits once and then only heartbeats past the retention.
+    let mut busy = Consumer::new(client.clone(), ConsumerConfig::default());
+    busy.subscribe(
+        &["t"],
+        GroupConfig {
+            auto_commit_interval_ms: None,
+            ..group_config("busy")
+        },
+    );
+    while busy.assignment().is_empty() {
+        busy.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    busy.commit().await.unwrap();
+    let committed = |group: &'static str| {
+        let client = client.clone();
+        async move {
+            match client
+                .call(
+                    &Request::FetchOffsets {
+                        group: group.into(),
+                        partitions: None,
+                    },
+                    &[],
+                )
+                .await
+                .unwrap()
+                .0
+            {
+                Response::CommittedOffsets(c) => c.len(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    assert_eq!(committed("idle").await, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed("idle").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle group's offsets never expired"
+        );
+        busy.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    // Well past the retention since busy's commit: its live member keeps its offsets.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
+        busy.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    assert_eq!(
+        committed("busy").await,
+        1,
+        "a group with a member keeps its offsets"
+    );
+
+    let join = Request::JoinGroup(JoinGroup {
+        group: "greedy".into(),
+        member_id: String::new(),
+        topics: vec!["t".into()],
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 3_600_000,
+        protocol: RebalanceProtocol::Eager,
+        assignor: "range".into(),
+        owned: vec![],
+    });
+    let refused = client.call(&join, &[]).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::INVALID_REQUEST),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("rebalance_timeout_ms_max"),
+        "{refused}"
+    );
+
+    drop(busy);
+    assert!(node.terminate());
+    let node = NodeProcess::start_on(&pki, "east", &data, config, port);
+    let client = pki.client(&node.address);
+    let listed = match client.call(&Request::ListGroups {}, &[]).await.unwrap().0 {
+        Response::Groups(g) => g,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(
+        listed.iter().all(|g| g.group != "idle"),
+        "expired offsets stay deleted after a restart: {listed:?}"
+    );
+}

@@ -75,6 +75,10 @@ struct NodeFile {
     /// Per-principal produce and fetch byte rates (0: unlimited).
     #[serde(default)]
     quotas: strait_node::quota::QuotaConfig,
+    /// Consumer groups: `"offsets.retention.minutes"` (default 7 days) and
+    /// `rebalance_timeout_ms_max` (default 30 minutes).
+    #[serde(default)]
+    groups: strait_node::groups::GroupSettings,
     /// Mirror flows this node runs as its cluster's gateway, copying into its own cluster.
     #[serde(default)]
     flows: Vec<strait_mirror::FlowSpec>,
@@ -273,6 +277,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
                 .max(u64::from(limits.frame_bytes_max)),
         },
         quotas: Arc::new(strait_node::quota::Quotas::new(file.quotas.clone())),
+        groups: file.groups,
     };
     let connect =
         super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;

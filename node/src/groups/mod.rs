@@ -4,6 +4,13 @@
 //! Generations fence stale members: a heartbeat or commit carrying an old generation is refused
 //! with `illegal_generation`. Commits are appended to `__consumer_offsets` (flush = always) before
 //! they are acknowledged, and the map is rebuilt from that topic when the node starts.
+//!
+//! Nothing a peer creates here lives forever: a group with no members is forgotten after a
+//! minute, and its committed offsets once it has had no member and no commit for
+//! `offsets.retention.minutes` (Kafka's default, 7 days); they are then deleted with tombstones
+//! that compaction removes. A member may not ask for a rebalance timeout past
+//! `rebalance_timeout_ms_max` (Kafka's `group.max.session.timeout.ms`, 30 minutes), so no
+//! member can hold a rebalance open indefinitely.
 
 pub mod assign;
 
@@ -29,6 +36,43 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(300);
 /// Bounds on the timeouts a member may ask for.
 const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1_000..=300_000;
+/// How long a group with no members is kept in memory (its offsets stay, see the module doc).
+const EMPTY_GROUP_LINGER: Duration = Duration::from_secs(60);
+/// How often expired offsets are looked for.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+/// `[groups]` of a node config.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSettings {
+    /// Committed offsets of a group with no member and no commit for this long are deleted.
+    #[serde(rename = "offsets.retention.minutes")]
+    pub offsets_retention_minutes: u64,
+    /// The same in milliseconds, when set (finer; used by tests).
+    #[serde(rename = "offsets.retention.ms")]
+    pub offsets_retention_ms: Option<u64>,
+    /// The longest rebalance timeout a member may ask for.
+    pub rebalance_timeout_ms_max: u32,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_ms: None,
+            rebalance_timeout_ms_max: 1_800_000,
+        }
+    }
+}
+
+impl GroupSettings {
+    fn offsets_retention(&self) -> Duration {
+        Duration::from_millis(
+            self.offsets_retention_ms
+                .unwrap_or(self.offsets_retention_minutes.saturating_mul(60_000)),
+        )
+    }
+}
 const GROUP_NAME_LEN_MAX: usize = 249;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +116,8 @@ struct Group {
     /// Members that did not rejoin by this are removed.
     deadline: Instant,
     completed: Arc<Notify>,
+    /// Since when the group has had no member (None while it has some).
+    empty_since: Option<Instant>,
 }
 
 impl Group {
@@ -88,6 +134,7 @@ impl Group {
             earliest_completion: now,
             deadline: now,
             completed: Arc::new(Notify::new()),
+            empty_since: None,
         }
     }
 
@@ -126,7 +173,10 @@ pub struct GroupCoordinator {
     offsets_log: Arc<Partition>,
     groups: Mutex<HashMap<String, Group>>,
     committed: Mutex<HashMap<String, BTreeMap<TopicPartition, CommittedOffset>>>,
+    /// When each group with offsets last had a member or a commit (ms since the epoch).
+    active_ms: Mutex<HashMap<String, i64>>,
     next_member: std::sync::atomic::AtomicU64,
+    settings: GroupSettings,
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,7 +189,10 @@ fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
 
 impl GroupCoordinator {
     /// Opens the coordinator, creating `__consumer_offsets` if needed and loading its contents.
-    pub fn open(broker: Arc<Broker>) -> anyhow::Result<Arc<GroupCoordinator>> {
+    pub fn open(
+        broker: Arc<Broker>,
+        settings: GroupSettings,
+    ) -> anyhow::Result<Arc<GroupCoordinator>> {
         let topic = match broker.topic(OFFSETS_TOPIC) {
             Ok(t) => t,
             Err(_) => {
@@ -153,14 +206,16 @@ impl GroupCoordinator {
             }
         };
         let offsets_log = topic.partitions[0].clone();
-        let committed = load_commits(&offsets_log)?;
+        let (committed, active_ms) = load_commits(&offsets_log)?;
         let groups = committed.len();
         let coordinator = Arc::new(GroupCoordinator {
             broker,
             offsets_log,
             groups: Mutex::new(HashMap::new()),
             committed: Mutex::new(committed),
+            active_ms: Mutex::new(active_ms),
             next_member: std::sync::atomic::AtomicU64::new(crate::now_ms() as u64),
+            settings,
         });
         info!(
             groups_with_offsets = groups,
@@ -168,10 +223,16 @@ impl GroupCoordinator {
         );
         let weak = Arc::downgrade(&coordinator);
         tokio::spawn(async move {
+            let mut last_expiry = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let Some(c) = weak.upgrade() else { return };
-                c.tick(Instant::now());
+                let now = Instant::now();
+                c.tick(now);
+                if now.duration_since(last_expiry) >= EXPIRY_CHECK {
+                    last_expiry = now;
+                    c.expire_offsets(crate::now_ms());
+                }
             }
         });
         Ok(coordinator)
@@ -195,7 +256,65 @@ impl GroupCoordinator {
                 g.start_rebalance(now);
             }
             self.try_complete(g, now);
+            if g.members.is_empty() {
+                g.empty_since.get_or_insert(now);
+            } else {
+                g.empty_since = None;
+            }
         }
+        groups.retain(|_, g| {
+            !(g.state == GroupState::Empty
+                && g.empty_since
+                    .is_some_and(|t| now.duration_since(t) >= EMPTY_GROUP_LINGER))
+        });
+    }
+
+    /// Deletes the committed offsets of groups with no member and no commit for the
+    /// retention: forgotten at once, tombstoned in `__consumer_offsets` on a blocking thread.
+    fn expire_offsets(&self, now_ms: i64) {
+        let retention_ms = self.settings.offsets_retention().as_millis() as i64;
+        let live: BTreeSet<String> = guard(&self.groups)
+            .iter()
+            .filter(|(_, g)| !g.members.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut active = guard(&self.active_ms);
+        for name in &live {
+            active.insert(name.clone(), now_ms);
+        }
+        let expired: Vec<String> = active
+            .iter()
+            .filter(|(name, at)| !live.contains(*name) && now_ms - **at > retention_ms)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let mut committed = guard(&self.committed);
+        let mut tombstones = BatchBuilder::new(Compression::None);
+        for name in &expired {
+            active.remove(name);
+            for (topic, partition) in committed.remove(name).unwrap_or_default().into_keys() {
+                tombstones.push(
+                    now_ms,
+                    Some(&commit_key(name, &topic, partition)),
+                    None,
+                    &[],
+                );
+            }
+            info!(group = %name, retention_ms, "group had no member and no commit for the offsets retention; its committed offsets are deleted");
+        }
+        if tombstones.is_empty() {
+            return;
+        }
+        let log = self.offsets_log.clone();
+        let batch = tombstones.finish();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = log.log.append(batch, crate::now_ms()) {
+                tracing::warn!(error = %e, "could not write the tombstones of expired group offsets; they come back after a restart and expire again");
+            }
+            log.grown.send_replace(log.log.high_watermark().0);
+        });
     }
 
     fn try_complete(&self, g: &mut Group, now: Instant) {
@@ -253,6 +372,16 @@ impl GroupCoordinator {
         principal: &str,
     ) -> Result<(i32, String, String, Vec<String>), WireError> {
         validate_group(&req.group)?;
+        let rebalance_max = self.settings.rebalance_timeout_ms_max;
+        if req.rebalance_timeout_ms > rebalance_max {
+            return Err(err(
+                ErrorCode::INVALID_REQUEST,
+                format!(
+                    "rebalance timeout {} ms is above this node's maximum of {rebalance_max} ms ([groups] rebalance_timeout_ms_max); ask for less",
+                    req.rebalance_timeout_ms
+                ),
+            ));
+        }
         if !SESSION_TIMEOUT_MS.contains(&req.session_timeout_ms) {
             return Err(err(
                 ErrorCode::INVALID_REQUEST,
@@ -484,6 +613,7 @@ impl GroupCoordinator {
         for o in offsets {
             map.insert((o.topic.clone(), o.partition), o);
         }
+        guard(&self.active_ms).insert(group.to_string(), now);
         Ok(())
     }
 
@@ -558,11 +688,16 @@ fn commit_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     format!("offset\0{group}\0{topic}\0{partition}").into_bytes()
 }
 
+/// Committed offsets by group, and when each group last committed.
+type Loaded = (
+    HashMap<String, BTreeMap<TopicPartition, CommittedOffset>>,
+    HashMap<String, i64>,
+);
+
 /// Rebuilds the committed-offset map from `__consumer_offsets`.
-fn load_commits(
-    p: &Partition,
-) -> anyhow::Result<HashMap<String, BTreeMap<TopicPartition, CommittedOffset>>> {
+fn load_commits(p: &Partition) -> anyhow::Result<Loaded> {
     let mut out: HashMap<String, BTreeMap<TopicPartition, CommittedOffset>> = HashMap::new();
+    let mut active: HashMap<String, i64> = HashMap::new();
     let mut at = p.log.log_start();
     let limits = p.log.config().decode_limits();
     loop {
@@ -587,6 +722,8 @@ fn load_commits(
                     .and_then(|v| postcard::from_bytes::<CommitValue>(&v).ok())
                 {
                     Some(v) => {
+                        let last = active.entry(group.to_string()).or_insert(v.commit_ms);
+                        *last = (*last).max(v.commit_ms);
                         map.insert(
                             (topic.to_string(), partition),
                             CommittedOffset {
@@ -605,5 +742,8 @@ fn load_commits(
             at = batch.next_offset();
         }
     }
-    Ok(out)
+    // Groups whose every offset was tombstoned (expired or deleted) are gone.
+    out.retain(|_, offsets| !offsets.is_empty());
+    active.retain(|group, _| out.contains_key(group));
+    Ok((out, active))
 }

@@ -62,6 +62,8 @@ pub struct ListenConfig {
     pub peers: PeerLimits,
     /// Per-principal produce and fetch byte rates.
     pub quotas: Arc<crate::quota::Quotas>,
+    /// Offsets retention and rebalance bounds of the group coordinator.
+    pub groups: crate::groups::GroupSettings,
 }
 
 /// Bounds on what one peer may hold open, so no peer can slow the node for the others.
@@ -104,7 +106,7 @@ pub struct Server {
 impl Server {
     /// Binds the endpoint and starts accepting connections.
     pub fn start(broker: Arc<Broker>, config: ListenConfig) -> anyhow::Result<Server> {
-        let groups = GroupCoordinator::open(broker.clone())?;
+        let groups = GroupCoordinator::open(broker.clone(), config.groups)?;
         let service = Arc::new(RequestService::new(
             broker,
             groups,

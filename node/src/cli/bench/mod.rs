@@ -504,6 +504,7 @@ impl Rig {
             cert_expiry_warning: Duration::ZERO,
             peers: Default::default(),
             quotas: Default::default(),
+            groups: Default::default(),
         };
         let server = Server::start(broker.clone(), config)?;
         Ok(Rig {
