@@ -469,3 +469,151 @@ async fn a_principal_over_its_byte_quota_is_slowed_and_nobody_else_is() {
     assert!(metrics.contains("quota_throttled_produce"), "{metrics}");
     assert_eq!(good.stop().await, 0);
 }
+
+/// Two peers that hold resources rather than flood: a reader that asks for large fetches on
+/// many streams and never reads the answers (bounded by the connection's memory budget, and
+/// reset once an answer stalls past `answer_write_stall_ms`), and a principal over its produce
+/// quota on 64 parallel streams (quotas are charged before the work, so parallel streams queue
+/// instead of multiplying the rate). Each line of the table gives the node's RSS growth and the
+/// good client's throughput.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_and_parallel_streams_over_quota_stay_bounded() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_tcp_port();
+    let config = format!(
+        "{}answer_write_stall_ms = 2000\nconnection_memory_bytes_max = 67108864\n[[quotas.principals]]\nprincipal = \"hog\"\nproduce_bytes_per_sec = 1000000\n",
+        config(admin_port)
+    );
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), &config);
+    let address = node.address.clone();
+    let report = Report {
+        node,
+        admin: format!("127.0.0.1:{admin_port}"),
+        started: Instant::now(),
+    };
+    let admin = Admin::new(pki.client(&address));
+    admin.create_topic("good", 1, vec![]).await.unwrap();
+    admin.create_topic("big", 1, vec![]).await.unwrap();
+    let filler = connect(&pki, &address).await;
+    let big = batch_of(64, 1000, Compression::None);
+    let to_big = Request::Produce {
+        topic: "big".into(),
+        partition: 0,
+        acks: Acks::Leader,
+    };
+    for _ in 0..1500 {
+        filler
+            .request(&to_big, std::slice::from_ref(&big))
+            .await
+            .unwrap();
+    }
+    let good = Good::start(&pki, &address).await;
+    good.rate(Duration::from_millis(500)).await; // warm up
+
+    // 7. 64 streams of 32 MiB fetches whose answers are never read.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let sink = connect(&pki, &address).await;
+    let quic = sink.quic().clone();
+    let mut held = Vec::new();
+    for i in 0..64u64 {
+        let (mut send, recv) = quic.open_bi().await.unwrap();
+        let fetch = Request::Fetch {
+            topic: "big".into(),
+            partition: 0,
+            offset: (i * 1000) % 90_000,
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 32 << 20,
+        };
+        let frame = strait_protocol::frame::encode(&fetch, 0).unwrap();
+        send.write_all(&frame).await.unwrap();
+        send.finish().unwrap();
+        held.push((send, recv)); // never read
+    }
+    let during = good.rate(Duration::from_secs(4)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !report
+        .metric("strait_security_events_total")
+        .contains("limit_answer_write_stall")
+    {
+        assert!(Instant::now() < deadline, "no unread answer was ever reset");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    report.line(
+        "64 fetches never read",
+        "64 MiB budget held, unread answers reset after 2 s",
+        rss,
+        before,
+        during,
+    );
+    drop(held);
+    drop(sink);
+
+    // 8. A principal over its 1 MB/s produce quota on 64 parallel streams.
+    let (rss, before) = (report.rss().0, good.rate(Duration::from_secs(1)).await);
+    let mut opts = ClientOptions::new(vec![address.clone()], pki.client_tls("hog"));
+    opts.request_timeout = Duration::from_secs(20);
+    let hog = Arc::new(Connection::connect(&address, &opts).await.unwrap());
+    let (sent, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    // 1 MB a request: 64 of them at once are a minute of quota.
+    let batch = batch_of(1000, 1000, Compression::None);
+    let started = Instant::now();
+    let streams: Vec<_> = (0..64)
+        .map(|_| {
+            let (hog, sent, refused, stop, batch) = (
+                hog.clone(),
+                sent.clone(),
+                refused.clone(),
+                stop.clone(),
+                batch.clone(),
+            );
+            tokio::spawn(async move {
+                let produce = Request::Produce {
+                    topic: "good".into(),
+                    partition: 0,
+                    acks: Acks::Leader,
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match hog.request(&produce, std::slice::from_ref(&batch)).await {
+                        Ok(_) => {
+                            sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if e.code() == Some(ErrorCode::THROTTLED) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(e) => panic!("unexpected hog error: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let during = good.rate(Duration::from_secs(6)).await;
+    let took = started.elapsed();
+    let hog_bytes = sent.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for s in streams {
+        s.abort();
+    }
+    let hog_rate = hog_bytes as f64 / took.as_secs_f64() / 1e6;
+    // One second of burst credit, then 1 MB/s, whatever the number of streams.
+    let allowed = 1.0 + took.as_secs_f64();
+    assert!(
+        (hog_bytes as f64) / 1e6 <= allowed + 0.2,
+        "64 streams bypassed the quota: {:.1} MB in {took:?} ({hog_rate:.2} MB/s)",
+        hog_bytes as f64 / 1e6
+    );
+    report.line(
+        "64 streams over quota",
+        &format!(
+            "hog {hog_rate:.2} MB/s against 1 MB/s; {} refused as throttled",
+            refused.load(Ordering::Relaxed)
+        ),
+        rss,
+        before,
+        during,
+    );
+    assert_eq!(good.stop().await, 0, "the good client never saw an error");
+}

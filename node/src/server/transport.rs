@@ -341,7 +341,9 @@ async fn handle_stream(
         let prefix = wire::read_prefix(&mut recv).await?;
         // Reserve the request's size before its body is read into memory.
         let lengths = frame::decode_prefix(prefix, &config.frame_limits)?;
-        let held = reserve(&peer, lengths.total() as u64).await;
+        let Some(held) = reserve(&peer, lengths.total() as u64).await else {
+            return Err(StreamError::Lost("the connection closed".into()));
+        };
         let (request, payload) = wire::read_frame_body::<Request>(
             &mut recv,
             prefix,
@@ -383,7 +385,10 @@ async fn handle_stream(
             if let Request::Fetch { max_bytes, .. } = &request {
                 let answer =
                     u64::from(*max_bytes).min(u64::from(super::handlers::data::FETCH_BYTES_MAX));
-                held.push(reserve(&peer, answer).await);
+                match reserve(&peer, answer).await {
+                    Some(permit) => held.push(permit),
+                    None => return,
+                }
             }
             let kind = request.kind();
             match listener
@@ -418,13 +423,17 @@ async fn handle_stream(
 }
 
 /// Takes `bytes` of the connection's memory budget (waiting while earlier requests hold it);
-/// a request larger than the whole budget takes all of it.
+/// a request larger than the whole budget takes all of it. None once the connection closed
+/// while waiting: there is nobody left to answer.
 async fn reserve(peer: &Peer, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let units = bytes
         .div_ceil(BUDGET_UNIT)
         .clamp(1, u64::from(peer.memory_units));
     let units = u32::try_from(units).unwrap_or(peer.memory_units);
-    peer.memory.clone().acquire_many_owned(units).await.ok()
+    tokio::select! {
+        permit = peer.memory.clone().acquire_many_owned(units) => permit.ok(),
+        _ = peer.connection.closed() => None,
+    }
 }
 
 /// Counts a malformed frame; past the limit the whole connection is closed.
