@@ -181,6 +181,78 @@ pub enum Request {
     RemoveAcl {
         rule: crate::acl::AclRule,
     },
+    /// Starts a flow in the node (its cluster's gateway) and persists it (`alter` on the
+    /// cluster). `spec` is the flow's JSON (`mirror::FlowSpec`); with `replace`, a flow of the
+    /// same name is reconfigured. Answers `FlowChanged`.
+    PutFlow {
+        spec: String,
+        replace: bool,
+    },
+    /// Stops and forgets a flow (`alter` on the cluster); what it copied stays.
+    RemoveFlow {
+        name: String,
+    },
+    /// Failover: stops flow `flow` for the named source topics (all when empty) and makes
+    /// their mirror topics writable (`alter` on each mirror topic). Answers `Promoted`.
+    PromoteFlow {
+        flow: String,
+        topics: Vec<String>,
+    },
+    /// Failback on the old primary: quarantines each partition's tail from `common[p]` on into
+    /// `<name>.diverged`, cuts it, and makes the topic a read-only mirror of `mirror_of`
+    /// (`alter` on the topic). Answers `FailedBack`.
+    FailbackTopic {
+        name: String,
+        common: Vec<u64>,
+        mirror_of: MirrorOrigin,
+    },
+}
+
+/// Which topic of which cluster a mirror topic copies, and through which flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorOrigin {
+    pub flow: String,
+    pub source_cluster: String,
+    pub source_topic: String,
+}
+
+/// What a promotion did, per partition of each promoted mirror topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub flow: String,
+    pub source_cluster: String,
+    /// Whether the whole flow stopped (no topics named) or only some of its topics.
+    pub flow_stopped: bool,
+    pub topics: Vec<PromotedTopic>,
+    /// Records the source held that the promoted copies lack, over all partitions.
+    pub records_at_risk: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotedTopic {
+    pub topic: String,
+    pub source_topic: String,
+    pub partitions: Vec<PromotedPartition>,
+}
+
+/// The recovery point of one promoted partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotedPartition {
+    pub partition: u32,
+    pub last_mirrored_offset: Option<u64>,
+    pub next_offset: u64,
+    /// The last source end offset the flow saw.
+    pub source_end_offset: u64,
+    pub records_at_risk: u64,
+}
+
+/// One partition's divergent tail, quarantined by a failback: offsets `from..to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diverged {
+    pub partition: u32,
+    pub from: u64,
+    pub to: u64,
+    pub records: u64,
 }
 
 /// How a group moves partitions between members.
@@ -268,6 +340,10 @@ impl Request {
             Request::ListAcls { .. } => "list_acls",
             Request::AddAcl { .. } => "add_acl",
             Request::RemoveAcl { .. } => "remove_acl",
+            Request::PutFlow { .. } => "put_flow",
+            Request::RemoveFlow { .. } => "remove_flow",
+            Request::PromoteFlow { .. } => "promote_flow",
+            Request::FailbackTopic { .. } => "failback_topic",
         }
     }
 }
@@ -384,4 +460,15 @@ pub enum Response {
         next_source_offset: Option<u64>,
     },
     Acls(crate::acl::AclListing),
+    /// A flow was started, reconfigured or removed (`changed` false: it already ran so).
+    FlowChanged {
+        flow: String,
+        changed: bool,
+    },
+    Promoted(Promotion),
+    FailedBack {
+        topic: String,
+        quarantine: String,
+        diverged: Vec<Diverged>,
+    },
 }

@@ -96,6 +96,13 @@ impl Pair {
         )
     }
 
+    /// A file of the operator's identity (`admin`, made on first use): promotion and
+    /// failback travel over QUIC with mutual TLS.
+    fn operator(&self, file: &str) -> String {
+        self.pki.client_tls("admin");
+        self.pki.path(file).display().to_string()
+    }
+
     /// A topology file naming these two processes, for the operator's commands.
     fn topology(&self) -> std::path::PathBuf {
         self.pki.client_tls("admin");
@@ -380,6 +387,12 @@ async fn promote_reports_the_recovery_point_that_was_missing() {
         "east-to-west",
         "--admin",
         &pair.west_admin,
+        "--ca",
+        &pair.operator("ca.crt"),
+        "--cert",
+        &pair.operator("admin.crt"),
+        "--key",
+        &pair.operator("admin.key"),
         "--json",
     ]))
     .unwrap();
@@ -590,6 +603,12 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
         "east-to-west",
         "--admin",
         &pair.west_admin,
+        "--ca",
+        &pair.operator("ca.crt"),
+        "--cert",
+        &pair.operator("admin.crt"),
+        "--key",
+        &pair.operator("admin.key"),
         "--json",
     ]))
     .unwrap();
@@ -723,6 +742,12 @@ async fn producer_writes_to_the_promoted_topic_after_failover() {
         "east-to-west",
         "--admin",
         &pair.west_admin,
+        "--ca",
+        &pair.operator("ca.crt"),
+        "--cert",
+        &pair.operator("admin.crt"),
+        "--key",
+        &pair.operator("admin.key"),
     ]);
 
     // Writes fail while the probe still trusts east, then go to west's promoted copy.
@@ -832,6 +857,12 @@ async fn consume_with_a_topology_fails_over_from_the_command_line() {
         "east-to-west",
         "--admin",
         &pair.west_admin,
+        "--ca",
+        &pair.operator("ca.crt"),
+        "--cert",
+        &pair.operator("admin.crt"),
+        "--key",
+        &pair.operator("admin.key"),
     ]);
     produce_tagged(
         &pair.pki.client(&pair.west.address),

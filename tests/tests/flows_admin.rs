@@ -1,7 +1,8 @@
-//! Flows run inside a node (the gateway of its cluster) and are managed at run time through
-//! the admin API and `strait mirror add|remove|status`: new partitions are followed, deleted
-//! source topics are reported, only mirror principals may append copies, and runtime changes
-//! survive a restart.
+//! Flows run inside a node (the gateway of its cluster) and are managed at run time with
+//! `strait mirror add|remove` (over QUIC with mutual TLS and ACLs) and watched with `strait
+//! mirror status` (the read-only admin listener): new partitions are followed, deleted source
+//! topics are reported, only mirror principals may append copies, and runtime changes survive a
+//! restart.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -81,9 +82,25 @@ async fn flows_are_managed_at_run_time_and_follow_the_source() {
     )
     .unwrap();
     let spec_arg = spec.to_str().unwrap();
-    let out = strait(&["mirror", "add", "--admin", &admin, "--spec", spec_arg]);
+    let ca = pki.ca().display().to_string();
+    let cert = pki.path("app.crt").display().to_string();
+    let key = pki.path("app.key").display().to_string();
+    let identity = [
+        "--ca",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+    let add = [
+        &["mirror", "add", "--admin", &admin, "--spec", spec_arg][..],
+        &identity,
+    ]
+    .concat();
+    let out = strait(&add);
     assert!(out.contains("running"), "{out}");
-    let again = strait(&["mirror", "add", "--admin", &admin, "--spec", spec_arg]);
+    let again = strait(&add);
     assert!(
         again.contains("nothing changed"),
         "adding twice is idempotent: {again}"
@@ -210,6 +227,12 @@ async fn flows_are_managed_at_run_time_and_follow_the_source() {
         &admin,
         "--flow",
         "east-to-west",
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
     ]);
     assert!(out.contains("removed"), "{out}");
     assert_eq!(status(&admin)["flows"].as_array().unwrap().len(), 0);
@@ -225,4 +248,103 @@ async fn flows_are_managed_at_run_time_and_follow_the_source() {
         .await
         .unwrap();
     assert_eq!(end, 50, "nothing copied after removal");
+}
+
+/// Sends one HTTP request with a body to the admin listener; answers the status line.
+fn http_status(address: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// The admin HTTP listener changes nothing: the mutating endpoints of old are gone (flows,
+/// promotion, failback), while the same operations over QUIC are checked against the ACLs and
+/// a principal without the grant is refused with the rule it lacks named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_read_only_and_changes_need_the_acl() {
+    let pki = Pki::new();
+    pki.client_tls("admin");
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_tcp_port();
+    let config = format!(
+        "admin_listen = \"127.0.0.1:{admin_port}\"\n[security]\nauthorization = true\nsuperusers = [\"admin\"]\n"
+    );
+    let node = NodeProcess::start(&pki, "west", &dir.path().join("west"), &config);
+    let admin = format!("127.0.0.1:{admin_port}");
+    let flow = r#"{"name":"f","source_bootstrap":["127.0.0.1:1"],"topics":"orders"}"#;
+    for (method, path) in [
+        ("POST", "/flows"),
+        ("PUT", "/flows/f"),
+        ("DELETE", "/flows/f"),
+        ("POST", "/flows/f/promote"),
+        ("POST", "/topics/orders/failback"),
+    ] {
+        let status = http_status(&admin, method, path, flow);
+        assert!(
+            status.contains(" 404 ") || status.contains(" 405 "),
+            "{method} {path} must be gone: {status}"
+        );
+    }
+    assert!(http_status(&admin, "GET", "/flows", "").contains(" 200 "));
+
+    let spec = dir.path().join("flow.toml");
+    std::fs::write(
+        &spec,
+        "name = \"f\"\nsource_bootstrap = [\"127.0.0.1:1\"]\ntopics = \"orders\"\n",
+    )
+    .unwrap();
+    let as_principal = |name: &str| {
+        vec![
+            "--ca".to_string(),
+            pki.ca().display().to_string(),
+            "--cert".to_string(),
+            pki.path(&format!("{name}.crt")).display().to_string(),
+            "--key".to_string(),
+            pki.path(&format!("{name}.key")).display().to_string(),
+        ]
+    };
+    let base = [
+        "mirror",
+        "add",
+        "--admin",
+        admin.as_str(),
+        "--spec",
+        spec.to_str().unwrap(),
+    ];
+    let app = as_principal("app");
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let refused = strait_tests::strait_fails(&[&base[..], &app].concat());
+    assert!(
+        refused.contains("may not alter the cluster")
+            && refused.contains("strait acl add --principal app --operation alter --cluster"),
+        "refused with the missing rule named: {refused}"
+    );
+    let without = strait_tests::strait_fails(&base);
+    assert!(
+        without.contains("--cert"),
+        "asks for an identity: {without}"
+    );
+    let operator = as_principal("admin");
+    let operator: Vec<&str> = operator.iter().map(String::as_str).collect();
+    let out = strait(&[&base[..], &operator].concat());
+    assert!(out.contains("running"), "{out}");
+    let promote = strait_tests::strait_fails(
+        &[
+            &[
+                "mirror", "promote", "--flow", "f", "--admin", &admin, "--json",
+            ][..],
+            &app,
+        ]
+        .concat(),
+    );
+    assert!(promote.contains("may not"), "{promote}");
+    drop(node);
 }

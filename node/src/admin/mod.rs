@@ -1,9 +1,9 @@
 //! The admin HTTP listener (`--admin-listen`): `/health` (the process is alive), `/ready`
 //! (storage recovered and the QUIC listener up), `/status` (JSON: node, cluster, topics,
-//! partitions, flows) and `/flows` (the mirror flows this node runs as its cluster's gateway:
-//! GET lists them with their progress, POST adds one, PUT `/flows/NAME` replaces one, DELETE
-//! `/flows/NAME` removes one, all without a restart). It binds where the operator says,
-//! typically loopback; it serves no records.
+//! partitions, flows), `/metrics`, `/flows` (the mirror flows this node runs as its
+//! cluster's gateway, with their progress) and the status page. It is read-only: it binds
+//! where the operator says, typically loopback, serves no records and changes nothing. Every
+//! change (flows, promotion, failback) goes over QUIC with mutual TLS and ACLs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use strait_mirror::{FlowManager, FlowSpec, ManagerError};
+use strait_mirror::{FlowManager, ManagerError};
 use tracing::info;
 
 use crate::broker::Broker;
@@ -93,8 +93,6 @@ pub async fn start(early: EarlyAdmin, state: Arc<AdminState>) -> anyhow::Result<
             get(|| async { axum::response::Html(include_str!("status.html")) }),
         )
         .route("/metrics", get(metrics::render))
-        .route("/flows/{name}/promote", axum::routing::post(promote))
-        .route("/topics/{name}/failback", axum::routing::post(failback))
         .merge(flow_routes(state.flows.clone()))
         .with_state(state);
     tokio::spawn(async move {
@@ -106,14 +104,13 @@ pub async fn start(early: EarlyAdmin, state: Arc<AdminState>) -> anyhow::Result<
     Ok(bound)
 }
 
-/// The `/flows` endpoints, for any process that runs flows (a node or `strait mirror run`).
+/// The read-only `/flows` endpoints, for any process that runs flows (a node or `strait
+/// mirror run`). Flows are changed over QUIC with mutual TLS and ACLs (`PutFlow`,
+/// `RemoveFlow`), never over this listener.
 pub fn flow_routes<S: Clone + Send + Sync + 'static>(flows: Arc<FlowManager>) -> Router<S> {
     Router::new()
-        .route("/flows", get(list_flows).post(add_flow))
-        .route(
-            "/flows/{name}",
-            get(get_flow).put(replace_flow).delete(remove_flow),
-        )
+        .route("/flows", get(list_flows))
+        .route("/flows/{name}", get(get_flow))
         .with_state(flows)
 }
 
@@ -137,182 +134,6 @@ async fn get_flow(State(flows): State<Arc<FlowManager>>, Path(name): Path<String
     match flows.get(&name) {
         Some(f) => (StatusCode::OK, Json(json!(f))),
         None => refused(ManagerError::NotFound(name)),
-    }
-}
-
-async fn add_flow(State(flows): State<Arc<FlowManager>>, Json(spec): Json<FlowSpec>) -> Reply {
-    let name = spec.name.clone();
-    match flows.add(spec) {
-        Ok(true) => (
-            StatusCode::CREATED,
-            Json(json!({"flow": name, "changed": true})),
-        ),
-        Ok(false) => (
-            StatusCode::OK,
-            Json(json!({"flow": name, "changed": false})),
-        ),
-        Err(e) => refused(e),
-    }
-}
-
-async fn replace_flow(
-    State(flows): State<Arc<FlowManager>>,
-    Path(name): Path<String>,
-    Json(spec): Json<FlowSpec>,
-) -> Reply {
-    if spec.name != name {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(
-                json!({"error": format!("the path names flow {name:?} but the body flow {:?}", spec.name)}),
-            ),
-        );
-    }
-    match flows.replace(spec).await {
-        Ok(changed) => (
-            StatusCode::OK,
-            Json(json!({"flow": name, "changed": changed})),
-        ),
-        Err(e) => refused(e),
-    }
-}
-
-async fn remove_flow(State(flows): State<Arc<FlowManager>>, Path(name): Path<String>) -> Reply {
-    match flows.remove(&name).await {
-        Ok(()) => (StatusCode::OK, Json(json!({"flow": name, "removed": true}))),
-        Err(e) => refused(e),
-    }
-}
-
-/// What `POST /flows/NAME/promote` takes: the source topics to promote (all when empty).
-#[derive(Debug, Default, serde::Deserialize)]
-struct PromoteRequest {
-    #[serde(default)]
-    topics: Vec<String>,
-}
-
-/// Failover: stops the flow for the named source topics (or all), makes their mirror topics
-/// writable, and reports per partition the recovery point — the last source offset the target
-/// holds, the last source end the flow saw, and the records in between, which are at risk if
-/// the source is lost for good.
-async fn promote(
-    State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    body: Option<Json<PromoteRequest>>,
-) -> Reply {
-    let wanted = body.map(|Json(b)| b.topics).unwrap_or_default();
-    // Accept the mirror topics' own names too (`east.orders` for `orders`).
-    let mirrors: Vec<Arc<crate::broker::Topic>> = state
-        .broker
-        .topics()
-        .into_iter()
-        // The flow's heartbeat copy stays a mirror: it is the flow's, not the applications'.
-        .filter(|t| {
-            t.mirror
-                .as_ref()
-                .is_some_and(|m| m.flow == name && !m.source_topic.starts_with("__"))
-        })
-        .collect();
-    let source_of = |t: &str| {
-        mirrors
-            .iter()
-            .find(|m| m.name.as_str() == t)
-            .and_then(|m| m.mirror.as_ref().map(|o| o.source_topic.clone()))
-            .unwrap_or_else(|| t.to_string())
-    };
-    let sources: Vec<String> = wanted.iter().map(|t| source_of(t)).collect();
-    let report = match state.flows.stop_for_promotion(&name, &sources).await {
-        Ok(r) => r,
-        Err(e) => return refused(e),
-    };
-    let mut topics = Vec::new();
-    let mut at_risk_total = 0u64;
-    for m in mirrors.iter().filter(|m| {
-        let source = m.mirror.as_ref().map(|o| o.source_topic.as_str());
-        sources.is_empty() || source.is_some_and(|s| sources.iter().any(|w| w == s))
-    }) {
-        let promoted = match state.broker.promote_topic(m.name.as_str()) {
-            Ok(t) => t,
-            Err(e) => {
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({"error": e.to_string()})),
-                )
-            }
-        };
-        let source_topic = m
-            .mirror
-            .as_ref()
-            .map(|o| o.source_topic.clone())
-            .unwrap_or_default();
-        let ends = promoted
-            .promoted
-            .as_ref()
-            .map(|p| p.end_offsets.clone())
-            .unwrap_or_default();
-        let partitions: Vec<Value> = ends
-            .iter()
-            .enumerate()
-            .map(|(p, end)| {
-                let seen = report
-                    .status
-                    .partitions
-                    .iter()
-                    .find(|s| s.source_topic == source_topic && s.partition == p as u32)
-                    .map_or(*end, |s| s.source_end_offset.max(*end));
-                at_risk_total += seen - end;
-                json!({"partition": p, "last_mirrored_offset": end.checked_sub(1),
-                    "next_offset": end, "source_end_offset": seen, "records_at_risk": seen - end})
-            })
-            .collect();
-        topics.push(json!({"topic": m.name.as_str(), "source_topic": source_topic, "partitions": partitions}));
-    }
-    (
-        StatusCode::OK,
-        Json(
-            json!({"flow": name, "source_cluster": report.status.source_cluster,
-            "flow_stopped": sources.is_empty(), "topics": topics, "records_at_risk": at_risk_total}),
-        ),
-    )
-}
-
-/// What `POST /topics/NAME/failback` takes: where the new primary's copy took over, per
-/// partition, and which topic of which cluster this topic now mirrors (through which flow).
-#[derive(Debug, serde::Deserialize)]
-struct FailbackRequest {
-    common: Vec<u64>,
-    mirror_of: crate::broker::MirrorOf,
-}
-
-/// Failback on the old primary: quarantines each partition's divergent tail into
-/// `NAME.diverged` (same offsets), cuts it, and turns the topic into a mirror of the new
-/// primary's copy, ready for the flow that copies it back.
-async fn failback(
-    State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    Json(req): Json<FailbackRequest>,
-) -> Reply {
-    let broker = state.broker.clone();
-    let topic = name.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        broker.quarantine_divergence(&topic, &req.common, req.mirror_of)
-    })
-    .await;
-    match done {
-        Ok(Ok(divergence)) => (
-            StatusCode::OK,
-            Json(
-                json!({"topic": name, "quarantine": format!("{name}.diverged"), "diverged": divergence}),
-            ),
-        ),
-        Ok(Err(e)) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": e.to_string()})),
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": e.to_string()})),
-        ),
     }
 }
 

@@ -28,9 +28,11 @@ pub enum MirrorCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add (or, with --replace, reconfigure) a flow in a running node or `mirror run`, from
-    /// a TOML file holding one flow's fields; no restart needed.
+    /// Add (or, with --replace, reconfigure) a flow in a running node, from a TOML file
+    /// holding one flow's fields; no restart needed. Sent over QUIC with mutual TLS (`alter`
+    /// on the cluster).
     Add {
+        /// Admin address of the node that runs the flow (its QUIC address is read there).
         #[arg(long, env = "STRAIT_ADMIN")]
         admin: String,
         /// TOML with the fields of one [[flows]] entry (name, source_bootstrap, topics, …).
@@ -38,13 +40,19 @@ pub enum MirrorCommand {
         spec: PathBuf,
         #[arg(long)]
         replace: bool,
+        #[command(flatten)]
+        access: NodeAccess,
     },
-    /// Stop and forget a flow in a running node or `mirror run`; what it copied stays.
+    /// Stop and forget a flow in a running node; what it copied stays. Sent over QUIC with
+    /// mutual TLS (`alter` on the cluster).
     Remove {
+        /// Admin address of the node that runs the flow (its QUIC address is read there).
         #[arg(long, env = "STRAIT_ADMIN")]
         admin: String,
         #[arg(long)]
         flow: String,
+        #[command(flatten)]
+        access: NodeAccess,
     },
     /// Failover: stop a flow (for some topics, or all), make its mirror topics writable, and
     /// report per partition the recovery point and the records at risk.
@@ -57,11 +65,14 @@ pub enum MirrorCommand {
         /// Admin address of the node that runs the flow.
         #[arg(long, env = "STRAIT_ADMIN", required_unless_present = "topology")]
         admin: Option<String>,
-        /// Find the flow's node in this topology file instead of --admin.
+        /// Find the flow's node in this topology file instead of --admin (and, without
+        /// --ca/--cert/--key, use the topology's operator certificate).
         #[arg(long)]
         topology: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        access: NodeAccess,
     },
     /// Failback after a promote: the old primary's topics become mirrors of the promoted
     /// copies. Its divergent tail (accepted, never mirrored) is quarantined in
@@ -90,6 +101,46 @@ pub enum MirrorCommand {
         #[command(flatten)]
         conn: super::ConnArgs,
     },
+}
+
+/// The identity a change to a node is sent with: changes travel over QUIC with mutual TLS and
+/// are checked against the node's ACLs, never over the admin HTTP listener.
+#[derive(Args, Debug, Default)]
+pub struct NodeAccess {
+    /// CA certificate that signed the node's certificate.
+    #[arg(long, env = "STRAIT_CA")]
+    ca: Option<PathBuf>,
+    /// The operator's client certificate.
+    #[arg(long, env = "STRAIT_CERT")]
+    cert: Option<PathBuf>,
+    /// The operator's private key.
+    #[arg(long, env = "STRAIT_KEY")]
+    key: Option<PathBuf>,
+}
+
+impl NodeAccess {
+    fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            anyhow::bail!("changes to a node travel over QUIC with mutual TLS: pass --ca, --cert and --key (or STRAIT_CA, STRAIT_CERT and STRAIT_KEY) with a certificate allowed to alter the cluster");
+        };
+        strait_certs::client_config(ca, cert, key)
+            .context("cannot load the client certificate; check --ca, --cert and --key")
+    }
+
+    fn given(&self) -> bool {
+        self.ca.is_some() && self.cert.is_some() && self.key.is_some()
+    }
+}
+
+/// A client for the node whose admin listener is at `admin`: its QUIC address is read from the
+/// (read-only) `/status` there.
+async fn node_client(admin: &str, tls: rustls::ClientConfig) -> anyhow::Result<Arc<Client>> {
+    let status = super::http::get(admin, "/status").await?;
+    let address = status["address"]
+        .as_str()
+        .with_context(|| format!("{admin}/status names no QUIC address"))?
+        .to_string();
+    Ok(Client::new(ClientOptions::new(vec![address], tls)))
 }
 
 #[derive(Args, Debug)]
@@ -173,20 +224,16 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
             admin,
             spec,
             replace,
+            access,
         } => {
             let raw = std::fs::read_to_string(&spec)
                 .with_context(|| format!("cannot read {}", spec.display()))?;
             let flow: FlowSpec = toml::from_str(&raw)
                 .with_context(|| format!("{} is not a valid flow", spec.display()))?;
             flow.to_config()?;
-            let body = serde_json::to_value(&flow)?;
-            let answer = if replace {
-                let path = format!("/flows/{}", flow.name);
-                super::http::request(&admin, hyper::Method::PUT, &path, Some(&body)).await?
-            } else {
-                super::http::request(&admin, hyper::Method::POST, "/flows", Some(&body)).await?
-            };
-            if answer["changed"] == true {
+            let client = node_client(&admin, access.tls()?).await?;
+            let changed = super::topology::live::put_flow(&client, &flow, replace).await?;
+            if changed {
                 println!("flow {} running at {admin}", flow.name);
             } else {
                 println!(
@@ -196,14 +243,13 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        MirrorCommand::Remove { admin, flow } => {
-            super::http::request(
-                &admin,
-                hyper::Method::DELETE,
-                &format!("/flows/{flow}"),
-                None,
-            )
-            .await?;
+        MirrorCommand::Remove {
+            admin,
+            flow,
+            access,
+        } => {
+            let client = node_client(&admin, access.tls()?).await?;
+            super::topology::live::remove_flow(&client, &flow).await?;
             println!("flow {flow} removed from {admin}; what it copied stays on the target");
             Ok(())
         }
@@ -213,16 +259,21 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<()> {
             admin,
             topology,
             json,
+            access,
         } => {
-            let admin = match (admin, topology) {
-                (Some(a), _) => a,
-                (None, Some(file)) => gateway_admin(&file, &flow)?,
+            let client = match (admin, topology) {
+                (Some(a), _) => node_client(&a, access.tls()?).await?,
+                (None, Some(file)) => gateway_client(&file, &flow, &access).await?,
                 (None, None) => anyhow::bail!("name the flow's node with --admin or --topology"),
             };
-            let body = serde_json::json!({ "topics": topics });
-            let path = format!("/flows/{flow}/promote");
-            let answer =
-                super::http::request(&admin, hyper::Method::POST, &path, Some(&body)).await?;
+            let request = Request::PromoteFlow {
+                flow: flow.clone(),
+                topics,
+            };
+            let answer = match client.call(&request, &[]).await?.0 {
+                Response::Promoted(p) => serde_json::to_value(p)?,
+                other => anyhow::bail!("unexpected answer to a promotion: {other:?}"),
+            };
             print_promotion(&answer, json);
             Ok(())
         }
@@ -434,13 +485,25 @@ fn topology_flow(
     Ok((loaded.topology, f))
 }
 
-/// The admin address of the node that runs `flow` in a topology file.
-pub fn gateway_admin(file: &Path, flow: &str) -> anyhow::Result<String> {
+/// A client for the node that runs `flow` in a topology file, with the given identity or the
+/// topology's operator certificate.
+async fn gateway_client(
+    file: &Path,
+    flow: &str,
+    access: &NodeAccess,
+) -> anyhow::Result<Arc<Client>> {
     let (t, f) = topology_flow(file, flow)?;
-    Ok(f.gateway(&t)
-        .with_context(|| format!("flow {flow} has no gateway node"))?
-        .admin
-        .clone())
+    let gateway = f
+        .gateway(&t)
+        .with_context(|| format!("flow {flow} has no gateway node"))?;
+    if access.given() {
+        return Ok(Client::new(ClientOptions::new(
+            vec![gateway.address.clone()],
+            access.tls()?,
+        )));
+    }
+    let mut fed = super::topology::federation(file, &Default::default())?;
+    fed.node_client(&f.target, gateway.id)
 }
 
 fn print_promotion(answer: &Value, json: bool) {
@@ -519,6 +582,8 @@ async fn reverse(flow: &str, file: &Path, json: bool) -> anyhow::Result<()> {
         f.target
     );
     let reverse_name = format!("{flow}-reverse");
+    let mut fed = super::topology::federation(file, &Default::default())?;
+    let old_node = fed.node_client(&f.source, old.id)?;
     let mut reconciled = Vec::new();
     let mut names = Vec::new();
     for topic in promoted {
@@ -527,14 +592,36 @@ async fn reverse(flow: &str, file: &Path, json: bool) -> anyhow::Result<()> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let body = serde_json::json!({
-            "common": topic["promoted"]["end_offsets"],
-            "mirror_of": {"flow": reverse_name, "source_cluster": f.target, "source_topic": copy},
-        });
-        let path = format!("/topics/{original}/failback");
-        let answer = super::http::request(&old.admin, hyper::Method::POST, &path, Some(&body))
+        let common: Vec<u64> = topic["promoted"]["end_offsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        let request = Request::FailbackTopic {
+            name: original.clone(),
+            common,
+            mirror_of: strait_protocol::message::MirrorOrigin {
+                flow: reverse_name.clone(),
+                source_cluster: f.target.clone(),
+                source_topic: copy.clone(),
+            },
+        };
+        let answer = match old_node
+            .call(&request, &[])
             .await
-            .with_context(|| format!("cannot reconcile {original} on {}", f.source))?;
+            .with_context(|| format!("cannot reconcile {original} on {}", f.source))?
+            .0
+        {
+            Response::FailedBack {
+                topic,
+                quarantine,
+                diverged,
+            } => {
+                serde_json::json!({"topic": topic, "quarantine": quarantine, "diverged": diverged})
+            }
+            other => anyhow::bail!("unexpected answer to a failback: {other:?}"),
+        };
         names.push(regex::escape(&copy));
         reconciled.push(answer);
     }
@@ -546,8 +633,7 @@ async fn reverse(flow: &str, file: &Path, json: bool) -> anyhow::Result<()> {
     spec.naming = "restore".into();
     spec.groups = f.groups.clone();
     spec.groups_exclude = f.groups_exclude.clone();
-    let body = serde_json::to_value(&spec)?;
-    super::http::request(&old.admin, hyper::Method::POST, "/flows", Some(&body)).await?;
+    super::topology::live::put_flow(&old_node, &spec, false).await?;
     if json {
         println!(
             "{}",

@@ -293,6 +293,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             write: strait_node::durable_file::write,
         }),
     );
+    server.set_flows(flows.clone());
     let certificates = vec![
         ("node".to_string(), cert_path.clone()),
         ("ca".to_string(), ca_path.clone()),

@@ -142,6 +142,11 @@ impl Server {
         self.service.groups()
     }
 
+    /// Lets the admin plane (QUIC requests) manage the flows this node runs.
+    pub fn set_flows(&self, flows: Arc<strait_mirror::FlowManager>) {
+        self.service.set_flows(flows);
+    }
+
     /// The request service every front door shares.
     pub fn service(&self) -> Arc<RequestService> {
         self.service.clone()

@@ -4,7 +4,7 @@
 //! looked up, metrics, and routing to the handler rooms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use strait_protocol::acl::{Operation, ResourceKind};
@@ -28,6 +28,8 @@ pub struct RequestService {
     quotas: Arc<Quotas>,
     /// The address clients reach this node at (metadata answers).
     advertised: String,
+    /// The flows this node runs; set once they exist (they need the service themselves).
+    flows: OnceLock<Arc<strait_mirror::FlowManager>>,
 }
 
 /// Who sent a request, as the service needs to know: the principal and role from the peer's
@@ -102,7 +104,22 @@ impl RequestService {
             metrics,
             quotas,
             advertised,
+            flows: OnceLock::new(),
         }
+    }
+
+    /// Hands the service the node's flows, so the admin plane can manage them.
+    pub fn set_flows(&self, flows: Arc<strait_mirror::FlowManager>) {
+        let _ = self.flows.set(flows);
+    }
+
+    pub(super) fn flows(&self) -> Result<Arc<strait_mirror::FlowManager>, WireError> {
+        self.flows.get().cloned().ok_or_else(|| {
+            WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                "this node runs no flows (yet); retry once it is ready",
+            )
+        })
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -296,6 +313,10 @@ impl RequestService {
             Request::ListAcls {} | Request::AddAcl { .. } | Request::RemoveAcl { .. } => {
                 handlers::acls::serve(self, session, request).await
             }
+            Request::PutFlow { .. }
+            | Request::RemoveFlow { .. }
+            | Request::PromoteFlow { .. }
+            | Request::FailbackTopic { .. } => handlers::admin::serve(self, session, request).await,
             _ => Err(WireError::new(
                 ErrorCode::INVALID_REQUEST,
                 "this node does not know that request; upgrade it",
@@ -386,9 +407,13 @@ impl RequestService {
                 check(Operation::Mirror, Topic, topic)
             }
             Request::ListAcls {} => check(Operation::Describe, Cluster, ""),
-            Request::AddAcl { .. } | Request::RemoveAcl { .. } => {
-                check(Operation::Alter, Cluster, "")
-            }
+            Request::AddAcl { .. }
+            | Request::RemoveAcl { .. }
+            | Request::PutFlow { .. }
+            | Request::RemoveFlow { .. } => check(Operation::Alter, Cluster, ""),
+            // Checked per mirror topic by the handler, before anything stops.
+            Request::PromoteFlow { .. } => Ok(()),
+            Request::FailbackTopic { name, .. } => check(Operation::Alter, Topic, name),
             _ => Ok(()),
         }
     }

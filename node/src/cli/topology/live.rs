@@ -1,6 +1,6 @@
 //! The live side of a topology: reading what the clusters hold (topics over QUIC with the
-//! operator's `admin` certificate, flows from each node's admin listener) and carrying out the
-//! changes of a plan.
+//! operator's `admin` certificate, flows from each node's read-only admin listener) and
+//! carrying out the changes of a plan, every one over QUIC with mutual TLS.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use strait_mirror::topology::Topology;
 use strait_mirror::FlowSpec;
 use strait_protocol::client::{Admin, Client, ClientOptions};
+use strait_protocol::message::{Request, Response};
 
 use super::plan::{Change, Live, LiveNode, LiveTopic};
 use crate::cli::http;
@@ -73,12 +74,19 @@ impl Federation {
         Ok(Client::new(opts))
     }
 
-    fn admin_address(&self, cluster: &str, node: u32) -> anyhow::Result<String> {
-        self.topology
+    /// A client for one node of a cluster (flows run in a particular node, the gateway).
+    pub fn node_client(&mut self, cluster: &str, node: u32) -> anyhow::Result<Arc<Client>> {
+        let address = self
+            .topology
             .cluster(cluster)
             .and_then(|c| c.nodes.iter().find(|n| n.id == node))
-            .map(|n| n.admin.clone())
-            .with_context(|| format!("no node {node} in cluster {cluster}"))
+            .map(|n| n.address.clone())
+            .with_context(|| format!("no node {node} in cluster {cluster}"))?;
+        let mut opts = ClientOptions::new(vec![address], self.tls()?);
+        opts.client_id = "strait-topology".into();
+        opts.connect_timeout = Duration::from_secs(3);
+        opts.request_timeout = Duration::from_secs(30);
+        Ok(Client::new(opts))
     }
 
     /// Reads the live state of every cluster the file declares.
@@ -191,8 +199,7 @@ impl Federation {
                 node,
                 flow,
             } => {
-                let admin = self.admin_address(cluster, *node)?;
-                http::request(&admin, hyper::Method::POST, "/flows", Some(&json!(flow))).await?;
+                put_flow(&*self.node_client(cluster, *node)?, flow, false).await?;
             }
             Change::ReconfigureFlow {
                 cluster,
@@ -200,18 +207,14 @@ impl Federation {
                 flow,
                 ..
             } => {
-                let admin = self.admin_address(cluster, *node)?;
-                let path = format!("/flows/{}", flow.name);
-                http::request(&admin, hyper::Method::PUT, &path, Some(&json!(flow))).await?;
+                put_flow(&*self.node_client(cluster, *node)?, flow, true).await?;
             }
             Change::StopFlow {
                 cluster,
                 node,
                 flow,
             } => {
-                let admin = self.admin_address(cluster, *node)?;
-                let path = format!("/flows/{flow}");
-                http::request(&admin, hyper::Method::DELETE, &path, None).await?;
+                remove_flow(&*self.node_client(cluster, *node)?, flow).await?;
             }
         }
         Ok(())
@@ -243,4 +246,26 @@ impl Federation {
 /// The default state dir of a topology: `.strait/<name>` under the current directory.
 pub fn default_state_dir(topology: &Topology) -> PathBuf {
     Path::new(".strait").join(&topology.name)
+}
+
+/// Starts (or, with `replace`, reconfigures) a flow in the node `client` reaches; answers
+/// whether anything changed.
+pub async fn put_flow(client: &Client, flow: &FlowSpec, replace: bool) -> anyhow::Result<bool> {
+    let request = Request::PutFlow {
+        spec: serde_json::to_string(flow)?,
+        replace,
+    };
+    match client.call(&request, &[]).await?.0 {
+        Response::FlowChanged { changed, .. } => Ok(changed),
+        other => anyhow::bail!("unexpected answer to a flow change: {other:?}"),
+    }
+}
+
+/// Stops and forgets a flow in the node `client` reaches.
+pub async fn remove_flow(client: &Client, flow: &str) -> anyhow::Result<()> {
+    let request = Request::RemoveFlow { name: flow.into() };
+    match client.call(&request, &[]).await?.0 {
+        Response::FlowChanged { .. } => Ok(()),
+        other => anyhow::bail!("unexpected answer to a flow removal: {other:?}"),
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use strait_mirror::topology::{self, LoadedTopology, TopologyError};
 
 pub mod failover;
-mod live;
+pub(crate) mod live;
 mod plan;
 mod up;
 
@@ -64,7 +64,7 @@ pub enum TopologyCommand {
     },
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct StateArgs {
     /// Where `up` keeps certificates, node configs, data and logs. Default: .strait/<name>.
     #[arg(long)]

@@ -7,6 +7,7 @@
 //! one slow disk call there would stall every connection.
 
 pub(super) mod acls;
+pub(super) mod admin;
 pub(super) mod data;
 pub(super) mod groups;
 pub(super) mod mirror;
