@@ -3,7 +3,7 @@
 //! Each request runs on its own bidirectional stream, so a slow fetch never holds up a produce
 //! to another partition (no head-of-line blocking between requests).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ impl Connection {
             address: address.into(),
             reason,
         };
-        let (addr, host) = resolve(address).map_err(fail)?;
+        let (addr, host) = resolve(address).await.map_err(fail)?;
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0"
         } else {
@@ -316,7 +316,9 @@ fn lost(e: impl std::fmt::Display) -> ClientError {
     ClientError::ConnectionLost(e.to_string())
 }
 
-fn resolve(address: &str) -> Result<(SocketAddr, String), String> {
+/// Resolves `HOST:PORT` on tokio's blocking pool (`lookup_host`): a DNS lookup may take
+/// seconds and must never stall an async worker, which also drives quinn's endpoint.
+async fn resolve(address: &str) -> Result<(SocketAddr, String), String> {
     let host = address
         .rsplit_once(':')
         .map(|(h, _)| h)
@@ -325,8 +327,8 @@ fn resolve(address: &str) -> Result<(SocketAddr, String), String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let addr = address
-        .to_socket_addrs()
+    let addr = tokio::net::lookup_host(address)
+        .await
         .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{address:?} resolves to nothing"))?;

@@ -27,6 +27,7 @@ use strait_protocol::transport::{transport_config, TransportLimits};
 use strait_protocol::{Acks, BatchBuilder, Compression, OffsetSpec, RecordBatch};
 
 mod progress;
+mod storm;
 
 use progress::Phase;
 
@@ -46,6 +47,9 @@ pub enum BenchCommand {
     /// This machine's raw ceilings, which every other figure is quoted against: one QUIC
     /// stream with the node's TLS, sequential disk writes with and without fdatasync.
     Baseline(BaselineArgs),
+    /// Single-record produce round trips on one connection, quiet and then while other
+    /// connections storm the node with 32 MiB fetches and large produces (p99 ratio).
+    Storm(storm::StormArgs),
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +193,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Baseline(args) => {
             let report = bench_baseline(&args).await?;
             print_report("baseline", &report, args.json);
+        }
+        BenchCommand::Storm(args) => {
+            let report = storm::bench_storm(&args).await?;
+            print_report("storm", &report, args.json);
         }
     }
     Ok(())
