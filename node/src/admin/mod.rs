@@ -219,7 +219,10 @@ pub(crate) fn group_lags(state: &AdminState) -> Vec<(String, String, u32, u64)> 
     let mut out = Vec::new();
     for g in state.groups.list() {
         for c in state.groups.fetch_offsets(&g.group, None) {
-            let Ok(p) = state.broker.partition(&c.topic, c.partition) else {
+            let Ok(p) = state
+                .broker
+                .partition(&c.topic, strait_protocol::PartitionId(c.partition))
+            else {
                 continue;
             };
             let lag = p.log.high_watermark().0.saturating_sub(c.offset);

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use strait_protocol::{ErrorCode, TopicName, WireError};
+use strait_protocol::{ErrorCode, NodeId, PartitionId, TopicName, WireError};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -97,7 +97,7 @@ pub struct MirrorOf {
 /// The node's topics.
 pub struct Broker {
     pub cluster: String,
-    pub node_id: u32,
+    pub node_id: NodeId,
     data_dir: PathBuf,
     defaults: LogConfig,
     topics: DashMap<TopicName, Arc<Topic>>,
@@ -116,7 +116,7 @@ impl Broker {
     /// directory's lock first, so a second node on the same directory stops here.
     pub fn open(
         cluster: &str,
-        node_id: u32,
+        node_id: NodeId,
         data_dir: &Path,
         defaults: LogConfig,
     ) -> anyhow::Result<Arc<Broker>> {
@@ -169,7 +169,7 @@ impl Broker {
         }
         info!(
             cluster,
-            node_id,
+            node_id = node_id.0,
             topics = broker.topics.len(),
             "broker opened"
         );
@@ -268,9 +268,13 @@ impl Broker {
         })
     }
 
-    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, WireError> {
+    pub fn partition(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Arc<Partition>, WireError> {
         let t = self.topic(topic)?;
-        t.partitions.get(partition as usize).cloned().ok_or_else(|| {
+        t.partitions.get(partition.0 as usize).cloned().ok_or_else(|| {
             WireError::new(
                 ErrorCode::UNKNOWN_PARTITION,
                 format!("topic {topic:?} has partitions 0..{}; partition {partition} does not exist", t.partitions.len()),
@@ -549,7 +553,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> Arc<Broker> {
-        Broker::open("east", 1, dir, LogConfig::default()).expect("open")
+        Broker::open("east", NodeId(1), dir, LogConfig::default()).expect("open")
     }
 
     /// An alter racing an add-partitions must keep both effects, in memory and in topic.json.
@@ -592,7 +596,7 @@ mod tests {
     fn a_second_broker_on_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _first = open(dir.path());
-        let Err(err) = Broker::open("east", 2, dir.path(), LogConfig::default()) else {
+        let Err(err) = Broker::open("east", NodeId(2), dir.path(), LogConfig::default()) else {
             panic!("a second broker on the directory must be refused");
         };
         assert!(err.to_string().contains("in use by another node"), "{err}");

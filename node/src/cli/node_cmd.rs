@@ -228,8 +228,15 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     info!(limit = descriptors, "open-file limit");
     let broker = {
         let (cluster, data_dir) = (cluster.clone(), data_dir.clone());
-        tokio::task::spawn_blocking(move || Broker::open(&cluster, node_id, &data_dir, defaults))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            Broker::open(
+                &cluster,
+                strait_protocol::NodeId(node_id),
+                &data_dir,
+                defaults,
+            )
+        })
+        .await??
     };
     broker.start_background(Duration::from_millis(limits.retention_check_interval_ms));
     let (ca_path, cert_path) = (ca.clone(), cert.clone());

@@ -118,7 +118,7 @@ impl Server {
         let (endpoint, reload) =
             transport::start(service.clone(), config).context("cannot start the QUIC listener")?;
         let local_addr = endpoint.local_addr()?;
-        info!(listen = %local_addr, cluster = %service.broker().cluster, node = service.broker().node_id, "listening");
+        info!(listen = %local_addr, cluster = %service.broker().cluster, node = %service.broker().node_id, "listening");
         Ok(Server {
             endpoint,
             local_addr,

@@ -341,7 +341,7 @@ impl RequestService {
             Response::Hello {
                 version: version_max.min(VERSION_MAX),
                 cluster: self.broker.cluster.clone(),
-                node_id: self.broker.node_id,
+                node_id: self.broker.node_id.0,
                 principal: session.principal.to_string(),
             },
             Vec::new(),

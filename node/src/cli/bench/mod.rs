@@ -494,7 +494,12 @@ impl Rig {
                 certs
             }
         };
-        let broker = Broker::open(cluster, 1, &root.path().join("data"), LogConfig::default())?;
+        let broker = Broker::open(
+            cluster,
+            strait_protocol::NodeId(1),
+            &root.path().join("data"),
+            LogConfig::default(),
+        )?;
         let config = ListenConfig {
             listen: "127.0.0.1:0".parse()?,
             advertised: "127.0.0.1:0".into(),

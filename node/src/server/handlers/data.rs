@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use strait_protocol::batch::split_batches;
 use strait_protocol::message::OffsetSpec;
-use strait_protocol::{Acks, ErrorCode, Offset, RecordBatch, Request, Response, WireError};
+use strait_protocol::{
+    Acks, ErrorCode, Offset, PartitionId, RecordBatch, Request, Response, WireError,
+};
 use tokio::sync::watch;
 
 use super::{blocking, corrupt, log_error, plain, Answer};
@@ -44,14 +46,14 @@ pub(in crate::server) async fn serve(
         } => {
             let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_WAIT_MS_MAX)));
             let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
-            let p = broker.partition(&topic, partition)?;
+            let p = broker.partition(&topic, PartitionId(partition))?;
             fetch(p, Offset(offset), wait, min_bytes, max_bytes).await
         }
         Request::ListOffsets {
             topic,
             partition,
             spec,
-        } => list_offsets(broker.partition(&topic, partition)?, spec).await,
+        } => list_offsets(broker.partition(&topic, PartitionId(partition))?, spec).await,
         Request::InitProducer {} => {
             let broker = broker.clone();
             let producer_id = blocking(move || broker.allocate_producer_id()).await?;
@@ -82,7 +84,7 @@ async fn produce(
             ),
         ));
     }
-    let p = broker.partition(topic, partition)?;
+    let p = broker.partition(topic, PartitionId(partition))?;
     let batches = decode_batches(&t, topic, partition, payload)?;
     if batches.iter().any(|b| b.provenance().is_some()) {
         return Err(WireError::new(

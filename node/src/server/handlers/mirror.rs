@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use strait_protocol::acl::{Operation, ResourceKind};
-use strait_protocol::{ErrorCode, RecordBatch, Request, Response, WireError};
+use strait_protocol::{ErrorCode, PartitionId, RecordBatch, Request, Response, WireError};
 
 use super::{data, plain, Answer};
 use crate::broker::{Broker, Topic};
@@ -80,7 +80,7 @@ pub(in crate::server) async fn serve(
             source_topic,
         } => {
             let t = broker.topic(&topic)?;
-            let p = broker.partition(&topic, partition)?;
+            let p = broker.partition(&topic, PartitionId(partition))?;
             let next_source_offset = if t.mirror.is_some() {
                 Some(p.log.log_end().0).filter(|end| *end > 0)
             } else {
@@ -105,7 +105,7 @@ pub(in crate::server) async fn mirror_append(
     batches: Vec<RecordBatch>,
 ) -> Result<Answer, WireError> {
     let topic = t.name.as_str();
-    let p = broker.partition(topic, partition)?;
+    let p = broker.partition(topic, PartitionId(partition))?;
     let prefix = t.mirror.is_some();
     if !prefix {
         if let Some(b) = batches.iter().find(|b| {

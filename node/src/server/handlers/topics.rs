@@ -93,10 +93,10 @@ fn metadata(service: &RequestService, session: &Session, filter: Option<Vec<Stri
             partitions: (0..t.partitions.len() as u32)
                 .map(|id| PartitionInfo {
                     id,
-                    leader: broker.node_id,
+                    leader: broker.node_id.0,
                     leader_epoch: 0,
-                    replicas: vec![broker.node_id],
-                    in_sync: vec![broker.node_id],
+                    replicas: vec![broker.node_id.0],
+                    in_sync: vec![broker.node_id.0],
                 })
                 .collect(),
         })
@@ -104,7 +104,7 @@ fn metadata(service: &RequestService, session: &Session, filter: Option<Vec<Stri
     Metadata {
         cluster: broker.cluster.clone(),
         nodes: vec![NodeInfo {
-            id: broker.node_id,
+            id: broker.node_id.0,
             address: service.advertised().to_string(),
         }],
         topics,
@@ -124,7 +124,7 @@ pub(in crate::server) fn describe(
             let s = p.log.stats();
             PartitionStats {
                 id: i as u32,
-                leader: broker.node_id,
+                leader: broker.node_id.0,
                 leader_epoch: 0,
                 start_offset: s.log_start.0,
                 end_offset: s.log_end.0,
