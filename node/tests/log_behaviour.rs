@@ -509,3 +509,101 @@ fn truncation_cuts_at_a_batch_boundary_durably_and_appends_continue() {
     log.append(simple_batch(7, 1), 0).unwrap();
     assert_eq!(read_all(&log, Offset(0)).len(), 1);
 }
+
+/// Detected corruption is never swallowed: a read that meets a damaged batch reports it (log
+/// line and counter) and takes the partition offline, so nothing is served or appended past
+/// it; a reopen that meets damage below the recovery point keeps the partition offline with
+/// the segment named; damage past the recovery point is a torn tail, cut and counted.
+#[test]
+fn detected_corruption_is_counted_and_takes_the_partition_offline() {
+    use strait_node::storage::corruption::{self, Action};
+    let count = |action: Action| {
+        corruption::counts()
+            .into_iter()
+            .find(|(a, _)| *a == action)
+            .map_or(0, |(_, n)| n)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&["segment.bytes=4096", "flush=always"]);
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg.clone(), 0).unwrap();
+    for tag in 0..40 {
+        log.append(padded_batch(tag, 5), 0).unwrap();
+    }
+    log.close(0).unwrap();
+    let path = dir.path().join(format!("{:020}.log", 0));
+    let flip = |at: u64| {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x04], at).unwrap();
+    };
+
+    // At run time: the read that finds it takes the partition offline.
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg.clone(), 0).unwrap();
+    let offline_before = count(Action::Offline);
+    flip(300);
+    let err = (0..10)
+        .find_map(|o| log.read(Offset(o), 1 << 20).err())
+        .expect("the corruption is noticed");
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    assert_eq!(count(Action::Offline), offline_before + 1, "counted");
+    let later = log.read(Offset(150), 1 << 20).unwrap_err();
+    assert!(
+        matches!(later, LogError::Offline { .. }) && later.to_string().contains("segment 0"),
+        "the partition is offline and names the segment: {later}"
+    );
+    let append = log.append(padded_batch(99, 1), 0).unwrap_err();
+    assert!(matches!(append, LogError::Offline { .. }), "{append}");
+    drop(log);
+
+    // At open: the damaged sealed segment is below the recovery point (its index gone, so it
+    // is scanned), so the log stays offline instead of silently dropping or serving it.
+    fs::remove_file(dir.path().join(format!("{:020}.index", 0))).unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
+    let reopened = log.read(Offset(150), 1 << 20).unwrap_err();
+    assert!(matches!(reopened, LogError::Offline { .. }), "{reopened}");
+    assert!(
+        reopened.to_string().contains("restore the segment"),
+        "{reopened}"
+    );
+}
+
+/// Offsets near the top of the range: a copied batch whose offsets would pass `Offset::MAX`
+/// is refused when parsed (before, its next offset wrapped to a small number and the log
+/// skipped it as "already copied"), and an append that would take the log end past the top is
+/// refused with nothing written.
+#[test]
+fn offsets_at_the_top_of_the_range_are_refused_not_wrapped() {
+    use strait_protocol::LeaderEpoch;
+    let parse = |b: RecordBatch, base: u64| {
+        RecordBatch::parse(
+            b.with_position(Offset(base), LeaderEpoch(0)).into_bytes(),
+            &DecodeLimits::default(),
+        )
+    };
+    for base in [u64::MAX - 2, u64::MAX, Offset::MAX.0 - 3, Offset::MAX.0] {
+        let refused = parse(simple_batch(1, 5), base).unwrap_err();
+        assert!(
+            refused.to_string().contains("largest offset"),
+            "{base}: {refused}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", config(&[]), 0).unwrap();
+    let near_top = parse(simple_batch(1, 1), Offset::MAX.0 - 10).unwrap();
+    log.append_copies(vec![near_top], true, 0).unwrap();
+    assert_eq!(log.log_end(), Offset(Offset::MAX.0 - 9));
+    let err = log.append(simple_batch(2, 20), 0).unwrap_err();
+    assert!(matches!(err, LogError::OffsetsExhausted { .. }), "{err}");
+    assert_eq!(
+        log.log_end(),
+        Offset(Offset::MAX.0 - 9),
+        "nothing was written"
+    );
+    log.append(simple_batch(3, 9), 0).unwrap();
+    assert_eq!(log.log_end(), Offset::MAX);
+}
