@@ -62,10 +62,11 @@ fn start_node(dir: &Path) -> (Node, String) {
     (start_node_on(dir, &addr), addr)
 }
 
-/// Starts a node on `dir/data` at `addr` and waits until it answers.
-fn start_node_on(dir: &Path, addr: &str) -> Node {
-    let addr = addr.to_string();
-    let child = Command::new(BIN)
+/// `strait node run` of cluster east, node 1, on `dir/data` at `addr` with `dir/c`'s
+/// certificates.
+fn node_command(dir: &Path, addr: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args([
             "node",
             "run",
@@ -74,11 +75,9 @@ fn start_node_on(dir: &Path, addr: &str) -> Node {
             "--node-id",
             "1",
             "--listen",
-            &addr,
+            addr,
             "--data-dir",
             "data",
-        ])
-        .args([
             "--ca",
             "c/ca.crt",
             "--cert",
@@ -86,7 +85,14 @@ fn start_node_on(dir: &Path, addr: &str) -> Node {
             "--key",
             "c/node-1.key",
         ])
-        .current_dir(dir)
+        .current_dir(dir);
+    command
+}
+
+/// Starts a node on `dir/data` at `addr` and waits until it answers.
+fn start_node_on(dir: &Path, addr: &str) -> Node {
+    let addr = addr.to_string();
+    let child = node_command(dir, &addr)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -310,21 +316,7 @@ fn produce_then_consume_returns_exactly_what_was_produced() {
 fn consume_with_a_group_commits_and_reset_offsets_rewinds_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(strait(d, &["certs", "init", "--dir", "c"], None));
-    ok(strait(
-        d,
-        &[
-            "certs", "issue", "--dir", "c", "--name", "node-1", "--role", "node",
-        ],
-        None,
-    ));
-    ok(strait(
-        d,
-        &[
-            "certs", "issue", "--dir", "c", "--name", "app", "--role", "client",
-        ],
-        None,
-    ));
+    certificates(d);
     let (_node, addr) = start_node(d);
     let b = ["--bootstrap", addr.as_str()];
     ok(strait(
@@ -533,26 +525,7 @@ fn a_node_refuses_a_held_data_directory_and_a_damaged_producer_id_file() {
 
 /// Runs `node run` on `dir/data` expecting it to exit by itself (a refusal); its output.
 fn run_node_once(dir: &Path, addr: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args([
-            "node",
-            "run",
-            "--cluster",
-            "east",
-            "--node-id",
-            "1",
-            "--listen",
-            addr,
-            "--data-dir",
-            "data",
-            "--ca",
-            "c/ca.crt",
-            "--cert",
-            "c/node-1.crt",
-            "--key",
-            "c/node-1.key",
-        ])
-        .current_dir(dir)
+    let mut child = node_command(dir, addr)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -139,6 +139,20 @@ struct Report {
 }
 
 impl Report {
+    /// Starts the node under attack with `config`, reporting from now.
+    fn start(pki: &Pki, dir: &tempfile::TempDir, admin_port: u16, config: &str) -> Report {
+        let node = NodeProcess::start(pki, "east", &dir.path().join("data"), config);
+        Report {
+            node,
+            admin: format!("127.0.0.1:{admin_port}"),
+            started: Instant::now(),
+        }
+    }
+
+    fn address(&self) -> String {
+        self.node.address.clone()
+    }
+
     fn rss(&self) -> (u64, u64) {
         self.node.rss_kib()
     }
@@ -177,13 +191,8 @@ async fn hostile_peers_are_cut_off_and_a_good_client_keeps_going() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let admin_port = free_tcp_port();
-    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), &config(admin_port));
-    let address = node.address.clone();
-    let report = Report {
-        node,
-        admin: format!("127.0.0.1:{admin_port}"),
-        started: Instant::now(),
-    };
+    let report = Report::start(&pki, &dir, admin_port, &config(admin_port));
+    let address = report.address();
     let admin = Admin::new(pki.client(&address));
     admin.create_topic("good", 1, vec![]).await.unwrap();
     admin.create_topic("bombs", 1, vec![]).await.unwrap();
@@ -485,13 +494,8 @@ async fn a_reader_that_never_reads_and_parallel_streams_over_quota_stay_bounded(
         "{}answer_write_stall_ms = 2000\nconnection_memory_bytes_max = 67108864\n[[quotas.principals]]\nprincipal = \"hog\"\nproduce_bytes_per_sec = 1000000\n",
         config(admin_port)
     );
-    let node = NodeProcess::start(&pki, "east", &dir.path().join("data"), &config);
-    let address = node.address.clone();
-    let report = Report {
-        node,
-        admin: format!("127.0.0.1:{admin_port}"),
-        started: Instant::now(),
-    };
+    let report = Report::start(&pki, &dir, admin_port, &config);
+    let address = report.address();
     let admin = Admin::new(pki.client(&address));
     admin.create_topic("good", 1, vec![]).await.unwrap();
     admin.create_topic("big", 1, vec![]).await.unwrap();

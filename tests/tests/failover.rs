@@ -96,11 +96,27 @@ impl Pair {
         )
     }
 
-    /// A file of the operator's identity (`admin`, made on first use): promotion and
-    /// failback travel over QUIC with mutual TLS.
-    fn operator(&self, file: &str) -> String {
+    /// `strait mirror promote` of the flow on west's node, as the operator (`admin`, made on
+    /// first use): promotion travels over QUIC with mutual TLS. Answers its output.
+    fn promote(&self, extra: &[&str]) -> String {
         self.pki.client_tls("admin");
-        self.pki.path(file).display().to_string()
+        let file = |f: &str| self.pki.path(f).display().to_string();
+        let (ca, cert, key) = (file("ca.crt"), file("admin.crt"), file("admin.key"));
+        let args = [
+            "mirror",
+            "promote",
+            "--flow",
+            "east-to-west",
+            "--admin",
+            &self.west_admin,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ];
+        strait(&[&args[..], extra].concat())
     }
 
     /// A topology file naming these two processes, for the operator's commands.
@@ -380,22 +396,7 @@ async fn promote_reports_the_recovery_point_that_was_missing() {
         "a mirror topic refuses writes before promotion"
     );
 
-    let report: Value = serde_json::from_str(&strait(&[
-        "mirror",
-        "promote",
-        "--flow",
-        "east-to-west",
-        "--admin",
-        &pair.west_admin,
-        "--ca",
-        &pair.operator("ca.crt"),
-        "--cert",
-        &pair.operator("admin.crt"),
-        "--key",
-        &pair.operator("admin.key"),
-        "--json",
-    ]))
-    .unwrap();
+    let report: Value = serde_json::from_str(&pair.promote(&["--json"])).unwrap();
     let west_ends = ends(&west_client, "east.orders").await;
     let at_risk_total = report["records_at_risk"].as_u64().unwrap();
     assert!(
@@ -596,22 +597,7 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
     }
     drop(west_client);
     pair.east.kill9();
-    let promoted: Value = serde_json::from_str(&strait(&[
-        "mirror",
-        "promote",
-        "--flow",
-        "east-to-west",
-        "--admin",
-        &pair.west_admin,
-        "--ca",
-        &pair.operator("ca.crt"),
-        "--cert",
-        &pair.operator("admin.crt"),
-        "--key",
-        &pair.operator("admin.key"),
-        "--json",
-    ]))
-    .unwrap();
+    let promoted: Value = serde_json::from_str(&pair.promote(&["--json"])).unwrap();
     let west_client = pair.pki.client(&pair.west.address);
     let common = ends(&west_client, "east.orders").await;
 
@@ -735,20 +721,7 @@ async fn producer_writes_to_the_promoted_topic_after_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pair.east.kill9();
-    strait(&[
-        "mirror",
-        "promote",
-        "--flow",
-        "east-to-west",
-        "--admin",
-        &pair.west_admin,
-        "--ca",
-        &pair.operator("ca.crt"),
-        "--cert",
-        &pair.operator("admin.crt"),
-        "--key",
-        &pair.operator("admin.key"),
-    ]);
+    pair.promote(&[]);
 
     // Writes fail while the probe still trusts east, then go to west's promoted copy.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -850,20 +823,7 @@ async fn consume_with_a_topology_fails_over_from_the_command_line() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     pair.east.kill9();
-    strait(&[
-        "mirror",
-        "promote",
-        "--flow",
-        "east-to-west",
-        "--admin",
-        &pair.west_admin,
-        "--ca",
-        &pair.operator("ca.crt"),
-        "--cert",
-        &pair.operator("admin.crt"),
-        "--key",
-        &pair.operator("admin.key"),
-    ]);
+    pair.promote(&[]);
     produce_tagged(
         &pair.pki.client(&pair.west.address),
         "east.orders",

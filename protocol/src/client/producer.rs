@@ -393,23 +393,17 @@ async fn partition_sender(
     }
 }
 
+/// The producer's id and epoch, asked for once and shared by every partition.
 async fn identity(inner: &Inner) -> Result<(i64, i16), ClientError> {
     inner
         .identity
-        .get_or_try_init(|| async {
-            match inner.client.call(&Request::InitProducer {}, &[]).await?.0 {
-                Response::ProducerInit {
-                    producer_id,
-                    producer_epoch,
-                } => Ok((producer_id, producer_epoch)),
-                other => Err(unexpected("init_producer", other)),
-            }
-        })
+        .get_or_try_init(|| fresh_identity(inner))
         .await
         .copied()
 }
 
-/// A fresh producer id for one partition whose numbering broke (see the module doc).
+/// A fresh producer id: the first one, or one for a partition whose numbering broke (see the
+/// module doc).
 async fn fresh_identity(inner: &Inner) -> Result<(i64, i16), ClientError> {
     match inner.client.call(&Request::InitProducer {}, &[]).await?.0 {
         Response::ProducerInit {
