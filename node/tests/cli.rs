@@ -541,3 +541,28 @@ fn run_node_once(dir: &Path, addr: &str) -> Output {
     let _ = child.wait();
     panic!("the node did not refuse to start");
 }
+
+/// Shell completions for bash, zsh and fish, and man pages for every subcommand.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(strait(d, &["completions", shell], None));
+        for word in ["topology", "produce", "consume", "mirror", "--bootstrap"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let refused = strait(d, &["completions", "tcsh"], None);
+    assert!(!refused.status.success());
+    ok(strait(d, &["man", "--dir", "man"], None));
+    for page in [
+        "strait.1",
+        "strait-topic-create.1",
+        "strait-topology-up.1",
+        "strait-mirror-promote.1",
+    ] {
+        let text = std::fs::read_to_string(d.join("man").join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+}

@@ -620,3 +620,36 @@ acls = [{ principal = "reader", operation = "read", resource = "topic", name = "
     assert!(err.to_string().contains("may not write"), "{err}");
     up.down();
 }
+
+/// The nodes `topology up` starts die with it, even when it is killed with kill -9 (they ask
+/// the kernel for SIGTERM at their parent's death and shut down cleanly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stop_when_topology_up_is_killed() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("topologies/quickstart.toml");
+    let mut up = Up::start(&file);
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(up.state.path().join("up.json")).unwrap()).unwrap();
+    let pids: Vec<u64> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["pid"].as_u64().unwrap())
+        .collect();
+    assert!(!pids.is_empty());
+    up.child.kill().unwrap(); // SIGKILL: `up` runs no shutdown of its own
+    up.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for pid in pids {
+        while Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "node {pid} still runs after its `topology up` was killed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    up.stopped = true;
+}

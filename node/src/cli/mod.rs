@@ -61,6 +61,17 @@ pub enum Command {
     /// Benchmarks with same-run baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script: `strait completions bash > /etc/bash_completion.d/strait`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (strait.1 and one per subcommand, e.g. strait-topic-create.1) to a folder.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
     /// Test helpers for the crash suites.
     #[command(subcommand, hide = true)]
     Debug(debug_cmd::DebugCommand),
@@ -117,6 +128,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(c) => certs_cmd::run(c),
         Command::Acl(c) => acl_cmd::run(c).await,
         Command::Bench(c) => bench::run(c).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "strait", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(command, &dir)
+                .map_err(|e| anyhow::anyhow!("cannot write man pages to {}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Debug(c) => debug_cmd::run(c),
     }
 }

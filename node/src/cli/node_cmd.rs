@@ -163,8 +163,32 @@ impl Default for Limits {
     }
 }
 
+/// Set by `topology up` on the nodes it starts: the pid of the `up` process. Such a node asks
+/// the kernel for SIGTERM when its parent dies (even by kill -9), and so shuts down cleanly
+/// instead of running on unowned.
+pub const PARENT_PID_ENV: &str = "STRAIT_PARENT_PID";
+
+/// Follows the parent named by [`PARENT_PID_ENV`], if any: SIGTERM when it dies, and an exit
+/// now if it died before this node asked.
+fn follow_parent() -> anyhow::Result<()> {
+    let Some(parent) = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .context("cannot ask to be stopped with the `topology up` that started this node")?;
+    let now = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if now != parent {
+        bail!("the `topology up` (pid {parent}) that started this node is gone; not starting");
+    }
+    Ok(())
+}
+
 pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     let NodeCommand::Run(args) = command;
+    follow_parent()?;
     let file: NodeFile = match &args.config {
         Some(path) => {
             let raw = std::fs::read_to_string(path)

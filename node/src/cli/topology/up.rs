@@ -148,6 +148,11 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
             let child = Command::new(&exe)
                 .args(["node", "run", "--config"])
                 .arg(&config_path)
+                // The node stops when `up` dies, however it dies (see `node run`).
+                .env(
+                    super::super::node_cmd::PARENT_PID_ENV,
+                    std::process::id().to_string(),
+                )
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
                 .stderr(out)
