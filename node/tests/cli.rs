@@ -566,3 +566,99 @@ fn completions_and_man_pages_cover_every_subcommand() {
         assert!(text.contains(".TH"), "{page} is a man page");
     }
 }
+
+/// produce: tombstones with --null-value, records across newlines with --delimiter, headers
+/// with -H; consume: keys and headers in the default output, a kcat-like --format, --pattern
+/// alone and with a group, and an unknown topic answered with the fix.
+#[test]
+fn produce_and_consume_options_for_keys_headers_tombstones_and_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let (_node, addr) = start_node(d);
+    let b = ["--bootstrap", addr.as_str()];
+    for topic in ["edge-a.telemetry", "edge-b.telemetry", "other"] {
+        ok(strait(
+            d,
+            &[&["topic", "create", topic, "--partitions", "1"][..], &b].concat(),
+            None,
+        ));
+    }
+    let produce = |topic: &str, extra: &[&str], input: &[u8]| {
+        ok(strait(
+            d,
+            &[&["produce", topic][..], extra, &b].concat(),
+            Some(input),
+        ))
+    };
+    produce(
+        "edge-a.telemetry",
+        &[
+            "--key-separator",
+            "=",
+            "--null-value",
+            "<null>",
+            "-H",
+            "src=a",
+            "-H",
+            "v=1",
+        ],
+        b"k1=one\nk2=<null>\n",
+    );
+    produce(
+        "edge-b.telemetry",
+        &["--delimiter", "\\0"],
+        b"line one\nline two\0second\0",
+    );
+    produce("other", &[], b"not matched\n");
+
+    let consume = |extra: &[&str]| {
+        ok(strait(
+            d,
+            &[
+                &["consume", "--from-beginning", "--idle-exit-ms", "1500"][..],
+                extra,
+                &b,
+            ]
+            .concat(),
+            None,
+        ))
+    };
+    let plain = consume(&["edge-a.telemetry"]);
+    assert_eq!(plain, "k1\tone\tsrc=a,v=1\nk2\t\tsrc=a,v=1\n", "{plain}");
+    let json: Vec<Value> = consume(&["edge-a.telemetry", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json[1]["value"], Value::Null, "a tombstone: {json:?}");
+    assert_eq!(json[0]["headers"][0]["key"], "src");
+    let formatted = consume(&["edge-b.telemetry", "--format", "%t/%p@%o [%v]\\n"]);
+    assert_eq!(
+        formatted,
+        "edge-b.telemetry/0@0 [line one\nline two]\nedge-b.telemetry/0@1 [second]\n"
+    );
+    let mut matched: Vec<String> =
+        consume(&["--pattern", "edge-.*\\.telemetry", "--format", "%t\\n"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+    matched.sort();
+    assert_eq!(
+        matched,
+        [
+            "edge-a.telemetry",
+            "edge-a.telemetry",
+            "edge-b.telemetry",
+            "edge-b.telemetry"
+        ]
+    );
+    let grouped = consume(&["--pattern", "edge-.*", "--group", "g", "--format", "%t\\n"]);
+    assert_eq!(grouped.lines().count(), 4, "{grouped}");
+    let unknown = strait(
+        d,
+        &[&["consume", "nope", "--idle-exit-ms", "500"][..], &b].concat(),
+        None,
+    );
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("strait topic create nope"), "{err}");
+}

@@ -13,7 +13,7 @@ use strait_protocol::client::{
     Admin, Client, ClientError, ClientOptions, Consumer, ConsumerConfig, ConsumerRecord,
     FailoverConfig, FailoverConsumer, GroupConfig, Producer, ProducerConfig,
 };
-use strait_protocol::{Acks, Compression, OffsetSpec};
+use strait_protocol::{Acks, Compression, Header, OffsetSpec};
 
 use super::output::table;
 use super::ConnArgs;
@@ -69,9 +69,20 @@ pub enum TopicCommand {
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
     topic: String,
-    /// Split each line at the first SEP into key and value.
+    /// Split each record at the first SEP into key and value.
     #[arg(long)]
     key_separator: Option<String>,
+    /// A record whose value is exactly MARKER is sent with a null value (a tombstone, which
+    /// compaction uses to delete the key).
+    #[arg(long, value_name = "MARKER")]
+    null_value: Option<String>,
+    /// What ends a record instead of a newline, for values that contain newlines: one byte,
+    /// or one of the escapes \n, \t, \0.
+    #[arg(long, default_value = "\\n")]
+    delimiter: String,
+    /// A header KEY=VALUE on every record; repeatable.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
     #[arg(long)]
     partition: Option<u32>,
     #[arg(long, default_value = "leader")]
@@ -86,7 +97,19 @@ pub struct ProduceArgs {
 
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    topic: String,
+    /// The topic to read (or give --pattern).
+    #[arg(required_unless_present = "pattern")]
+    topic: Option<String>,
+    /// Read every topic whose whole name matches this regular expression (with --group, new
+    /// matching topics join the subscription as they appear).
+    #[arg(long, value_name = "REGEX", conflicts_with_all = ["topic", "partition", "offset", "topology"])]
+    pattern: Option<String>,
+    /// kcat-like output: %t topic, %p partition, %o offset, %T timestamp (ms), %k key, %v value,
+    /// %h headers (k=v,…), %% a percent sign; \n and \t escapes. No newline is added: end the
+    /// format with \n. Default: the value, preceded by the key and a tab when there is one,
+    /// followed by a tab and the headers when there are any.
+    #[arg(long, conflicts_with = "json")]
+    format: Option<String>,
     /// Start at the earliest offset of every partition (default: the latest).
     #[arg(long, conflicts_with = "offset")]
     from_beginning: bool,
@@ -276,6 +299,8 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<()> {
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let delimiter = delimiter_byte(&args.delimiter)?;
+    let headers = parse_headers(&args.headers)?;
     let config = ProducerConfig {
         acks: args.acks,
         compression: args.compression,
@@ -287,21 +312,23 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let mut line = Vec::new();
     let mut deliveries = Vec::new();
     let sep = args.key_separator.as_deref().map(str::as_bytes);
+    let null = args.null_value.as_deref().map(str::as_bytes);
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        if reader.read_until(delimiter, &mut line)? == 0 {
             break;
         }
-        if line.last() == Some(&b'\n') {
+        if line.last() == Some(&delimiter) {
             line.pop();
         }
         let (key, value) = match sep.and_then(|s| find(&line, s).map(|i| (i, s.len()))) {
             Some((i, n)) => (Some(&line[..i]), &line[i + n..]),
             None => (None, &line[..]),
         };
+        let value = (Some(value) != null).then_some(value);
         deliveries.push(
             producer
-                .send(&args.topic, args.partition, key, Some(value), &[])
+                .send(&args.topic, args.partition, key, value, &headers)
                 .await?,
         );
     }
@@ -328,6 +355,35 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         Some(e) => Err(anyhow::anyhow!(e).context("some records were not acknowledged")),
         None => Ok(()),
     }
+}
+
+/// The record delimiter: one byte, or an escape.
+fn delimiter_byte(text: &str) -> anyhow::Result<u8> {
+    match text {
+        "\\n" => Ok(b'\n'),
+        "\\t" => Ok(b'\t'),
+        "\\0" => Ok(0),
+        t if t.len() == 1 => Ok(t.as_bytes()[0]),
+        t => anyhow::bail!(
+            "--delimiter {t:?} is not one byte; give a single character or \\n, \\t, \\0"
+        ),
+    }
+}
+
+/// `KEY=VALUE` headers.
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<Header>> {
+    headers
+        .iter()
+        .map(|h| {
+            let (key, value) = h
+                .split_once('=')
+                .with_context(|| format!("header {h:?} is not KEY=VALUE"))?;
+            Ok(Header {
+                key: key.to_string(),
+                value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
+            })
+        })
+        .collect()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -366,7 +422,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             )?)),
             None => {
                 let mut consumer = Consumer::new(client(&args.conn)?, consumer_config);
-                consumer.subscribe(&[args.topic.as_str()], config);
+                match (&args.pattern, &args.topic) {
+                    (Some(pattern), _) => consumer.subscribe_pattern(pattern, config)?,
+                    (None, Some(topic)) => consumer.subscribe(&[topic.as_str()], config),
+                    (None, None) => anyhow::bail!("name a topic or give --pattern REGEX"),
+                }
                 Source::Plain(Box::new(consumer))
             }
         };
@@ -375,17 +435,41 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         return result;
     }
     let mut consumer = Consumer::new(client(&args.conn)?, ConsumerConfig::default());
+    if let Some(pattern) = &args.pattern {
+        let partitions = matching_partitions(&args.conn, pattern).await?;
+        consumer.assign(&partitions, spec).await?;
+        return print_records(&mut Source::Plain(Box::new(consumer)), &args).await;
+    }
+    let topic = args.topic.clone().unwrap_or_default();
     match (args.partition, args.offset) {
         (Some(p), Some(o)) => {
             consumer
-                .assign(&[(args.topic.clone(), p)], OffsetSpec::Earliest)
+                .assign(&[(topic.clone(), p)], OffsetSpec::Earliest)
                 .await?;
-            consumer.seek(&args.topic, p, o);
+            consumer.seek(&topic, p, o);
         }
-        (Some(p), None) => consumer.assign(&[(args.topic.clone(), p)], spec).await?,
-        _ => consumer.assign_topic(&args.topic, spec).await?,
+        (Some(p), None) => consumer.assign(&[(topic.clone(), p)], spec).await?,
+        _ => consumer.assign_topic(&topic, spec).await?,
     }
     print_records(&mut Source::Plain(Box::new(consumer)), &args).await
+}
+
+/// Every partition of every topic whose whole name matches `pattern`.
+async fn matching_partitions(conn: &ConnArgs, pattern: &str) -> anyhow::Result<Vec<(String, u32)>> {
+    let re = regex::Regex::new(&format!("^(?:{pattern})$"))
+        .with_context(|| format!("--pattern {pattern:?} is not a regular expression"))?;
+    let meta = Admin::new(client(conn)?).metadata(None).await?;
+    let partitions: Vec<(String, u32)> = meta
+        .topics
+        .iter()
+        .filter(|t| re.is_match(&t.name))
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.id)))
+        .collect();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "no topic matches --pattern {pattern:?}; `strait topic list` shows the topics (the pattern must match a whole name)"
+    );
+    Ok(partitions)
 }
 
 /// A group consumer of `args.topic` that fails over between the clusters `file` declares.
@@ -399,7 +483,7 @@ fn failover_consumer(
     let pair = loaded
         .topology
         .failover_pair(
-            &args.topic,
+            args.topic.as_deref().unwrap_or_default(),
             args.primary.as_deref(),
             args.replica.as_deref(),
         )
@@ -414,7 +498,7 @@ fn failover_consumer(
         pair.primary,
         pair.replica,
         tls,
-        &[args.topic.as_str()],
+        &[args.topic.as_deref().unwrap_or_default()],
         group,
         consumer_config,
         failover,
@@ -441,14 +525,24 @@ async fn print_records(source: &mut Source, args: &ConsumeArgs) -> anyhow::Resul
                 obj.insert("timestamp_ms".into(), json!(r.timestamp_ms));
                 put_bytes(&mut obj, "key", r.key.as_deref());
                 put_bytes(&mut obj, "value", r.value.as_deref());
+                if !r.headers.is_empty() {
+                    let headers: Vec<Value> = r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            let mut o = serde_json::Map::new();
+                            o.insert("key".into(), json!(h.key));
+                            put_bytes(&mut o, "value", h.value.as_deref());
+                            Value::Object(o)
+                        })
+                        .collect();
+                    obj.insert("headers".into(), Value::Array(headers));
+                }
                 writeln!(out, "{}", Value::Object(obj))?;
+            } else if let Some(format) = &args.format {
+                out.write_all(&formatted(format, &r))?;
             } else {
-                let value = r
-                    .value
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default();
-                writeln!(out, "{value}")?;
+                out.write_all(&formatted(default_format(&r), &r))?;
             }
             seen += 1;
             if args.max_records.is_some_and(|m| seen >= m) {
@@ -475,6 +569,67 @@ async fn print_records(source: &mut Source, args: &ConsumeArgs) -> anyhow::Resul
             return Ok(());
         }
     }
+}
+
+/// The default human line: the value, after the key and a tab when there is a key, before a
+/// tab and the headers when there are any.
+fn default_format(r: &ConsumerRecord) -> &'static str {
+    match (r.key.is_some(), r.headers.is_empty()) {
+        (false, true) => "%v\\n",
+        (true, true) => "%k\\t%v\\n",
+        (false, false) => "%v\\t%h\\n",
+        (true, false) => "%k\\t%v\\t%h\\n",
+    }
+}
+
+/// Renders one record with a kcat-like format (see `--format`).
+fn formatted(format: &str, r: &ConsumerRecord) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('t') => out.extend_from_slice(r.topic.as_bytes()),
+                Some('p') => out.extend_from_slice(r.partition.to_string().as_bytes()),
+                Some('o') => out.extend_from_slice(r.offset.to_string().as_bytes()),
+                Some('T') => out.extend_from_slice(r.timestamp_ms.to_string().as_bytes()),
+                Some('k') => out.extend_from_slice(r.key.as_deref().unwrap_or_default()),
+                Some('v') => out.extend_from_slice(r.value.as_deref().unwrap_or_default()),
+                Some('h') => {
+                    let headers: Vec<String> = r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            let v = h.value.as_deref().map(String::from_utf8_lossy);
+                            format!("{}={}", h.key, v.unwrap_or_default())
+                        })
+                        .collect();
+                    out.extend_from_slice(headers.join(",").as_bytes());
+                }
+                Some('%') => out.push(b'%'),
+                Some(other) => {
+                    out.push(b'%');
+                    out.extend_from_slice(other.to_string().as_bytes());
+                }
+                None => out.push(b'%'),
+            },
+            '\\' => match chars.next() {
+                Some('n') => out.push(b'\n'),
+                Some('t') => out.push(b'\t'),
+                Some('\\') => out.push(b'\\'),
+                Some(other) => {
+                    out.push(b'\\');
+                    out.extend_from_slice(other.to_string().as_bytes());
+                }
+                None => out.push(b'\\'),
+            },
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out
 }
 
 /// `key`/`value` as a UTF-8 string, `key_base64`/`value_base64` when not UTF-8, null when absent.

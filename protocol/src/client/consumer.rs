@@ -133,7 +133,7 @@ impl Consumer {
             .ok_or_else(|| {
                 ClientError::Wire(crate::error::WireError::new(
                     ErrorCode::UNKNOWN_TOPIC,
-                    format!("topic {topic:?} does not exist"),
+                    format!("topic {topic:?} does not exist; create it with `strait topic create {topic} --partitions N`, or see what exists with `strait topic list`"),
                 ))
             })?;
         let parts: Vec<(String, u32)> = t
