@@ -50,7 +50,7 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 pub fn init_ca(dir: &Path) -> Result<(), CertError> {
     fs::create_dir_all(dir).map_err(|source| CertError::Write {
         path: dir.into(),
-        source,
+        cause: source,
     })?;
     let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     for path in [&crt, &key] {
@@ -75,7 +75,10 @@ pub fn init_ca(dir: &Path) -> Result<(), CertError> {
     params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
     let cert = params.self_signed(&key_pair)?;
     write_private(&key, key_pair.serialize_pem().as_bytes())?;
-    fs::write(&crt, cert.pem()).map_err(|source| CertError::Write { path: crt, source })
+    fs::write(&crt, cert.pem()).map_err(|source| CertError::Write {
+        path: crt,
+        cause: source,
+    })
 }
 
 /// Issues `DIR/NAME.crt` and `DIR/NAME.key` for a role, valid for a year from now.
@@ -109,11 +112,11 @@ pub fn issue_with_validity(
     let ca_key = dir.join("ca.key");
     let ca_pem = fs::read_to_string(&ca_crt).map_err(|source| CertError::Read {
         path: ca_crt.clone(),
-        source,
+        cause: source,
     })?;
     let key_pem = fs::read_to_string(&ca_key).map_err(|source| CertError::Read {
         path: ca_key.clone(),
-        source,
+        cause: source,
     })?;
     let ca_pair = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&ca_key, "CA key", e))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_pair)
@@ -197,6 +200,6 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     };
     write().map_err(|source| CertError::Write {
         path: path.into(),
-        source,
+        cause: source,
     })
 }

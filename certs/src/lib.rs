@@ -26,15 +26,17 @@ pub use tls::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertError {
-    #[error("cannot read {path}: {source}; check the path and permissions")]
+    // The I/O error is named in the message and is deliberately not the error's `source`:
+    // callers print the chain, and it would appear twice.
+    #[error("cannot read {path}: {cause}; check the path and permissions")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} already exists; remove it or use another --dir to make a new CA")]
     Exists { path: PathBuf },
@@ -49,9 +51,17 @@ pub enum CertError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS setup failed: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
+    #[error("the key {key} does not belong to the certificate {cert}: pass the key made with that certificate (--key with --cert, or STRAIT_KEY with STRAIT_CERT)")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("the client certificate verifier could not be built: {0}")]
     Verifier(String),
     #[error("{0:?} is not a valid host: use a DNS name or an IP address")]
     BadHost(String),
+}
+
+impl From<rustls::Error> for CertError {
+    fn from(e: rustls::Error) -> Self {
+        CertError::Tls(e)
+    }
 }

@@ -113,7 +113,10 @@ pub fn revoked_list(dir: &Path) -> Result<Vec<Revoked>, CertError> {
             reason: e.to_string(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(CertError::Read { path, source }),
+        Err(source) => Err(CertError::Read {
+            path,
+            cause: source,
+        }),
     }
 }
 
@@ -131,7 +134,7 @@ pub fn write_crl_valid(dir: &Path, next_update: OffsetDateTime) -> Result<PathBu
     let read = |p: &Path| {
         fs::read_to_string(p).map_err(|source| CertError::Read {
             path: p.into(),
-            source,
+            cause: source,
         })
     };
     let (ca_pem, key_pem) = (read(&ca_crt)?, read(&ca_key)?);
@@ -178,7 +181,7 @@ pub(crate) fn write_atomically(path: &Path, raw: &[u8]) -> Result<(), CertError>
         .and_then(|_| fs::rename(&tmp, path))
         .map_err(|source| CertError::Write {
             path: path.into(),
-            source,
+            cause: source,
         })
 }
 

@@ -28,7 +28,7 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let raw = std::fs::read(path).map_err(|source| CertError::Read {
         path: path.into(),
-        source,
+        cause: source,
     })?;
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&raw).collect();
     let certs = certs.map_err(|e| CertError::Invalid {
@@ -49,7 +49,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let raw = std::fs::read(path).map_err(|source| CertError::Read {
         path: path.into(),
-        source,
+        cause: source,
     })?;
     PrivateKeyDer::from_pem_slice(&raw).map_err(|_| CertError::NoPem {
         path: path.into(),
@@ -73,7 +73,7 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, CertError> {
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, CertError> {
     let raw = std::fs::read(path).map_err(|source| CertError::Read {
         path: path.into(),
-        source,
+        cause: source,
     })?;
     let crls: Result<Vec<_>, _> = CertificateRevocationListDer::pem_slice_iter(&raw).collect();
     let crls = crls.map_err(|e| CertError::Invalid {
@@ -118,7 +118,8 @@ pub fn server_config_with_crl(
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| identity_error(e, cert, key))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.max_early_data_size = 0;
     Ok(config)
@@ -129,7 +130,8 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<ClientConfig,
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?)
-        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| identity_error(e, cert, key))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.enable_early_data = false;
     Ok(config)
@@ -283,5 +285,17 @@ impl ServerCertVerifier for ReloadingIdentity {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.current().1.supported_verify_schemes()
+    }
+}
+
+/// A key that does not match its certificate is named as such, with both files; other TLS
+/// errors pass through.
+fn identity_error(e: rustls::Error, cert: &Path, key: &Path) -> CertError {
+    match e {
+        rustls::Error::InconsistentKeys(_) => CertError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
+        other => CertError::Tls(other),
     }
 }

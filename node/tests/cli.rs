@@ -662,3 +662,71 @@ fn produce_and_consume_options_for_keys_headers_tombstones_and_patterns() {
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(err.contains("strait topic create nope"), "{err}");
 }
+
+/// Errors that name the cause and the fix: a missing identity names the flags and variables,
+/// a missing file is named once, a key that is not the certificate's says so, and a client
+/// pointed at a node's admin HTTP port is told so at once.
+#[test]
+fn client_errors_name_the_cause_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let run = |args: &[&str], env: bool| {
+        let mut c = Command::new(BIN);
+        c.args(args).current_dir(d);
+        if !env {
+            c.env_remove("STRAIT_CA")
+                .env_remove("STRAIT_CERT")
+                .env_remove("STRAIT_KEY");
+        } else {
+            c.env("STRAIT_CA", "c/ca.crt")
+                .env("STRAIT_CERT", "c/app.crt")
+                .env("STRAIT_KEY", "c/app.key");
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let none = run(&["topic", "list", "--bootstrap", "127.0.0.1:1"], false);
+    assert!(
+        none.contains("STRAIT_CERT") && none.contains("--key"),
+        "{none}"
+    );
+    let missing = run(
+        &[
+            "topic",
+            "list",
+            "--bootstrap",
+            "127.0.0.1:1",
+            "--cert",
+            "c/nope.crt",
+        ],
+        true,
+    );
+    assert_eq!(missing.matches("No such file").count(), 1, "{missing}");
+    let mismatch = run(
+        &[
+            "topic",
+            "list",
+            "--bootstrap",
+            "127.0.0.1:1",
+            "--key",
+            "c/node-1.key",
+        ],
+        true,
+    );
+    assert!(
+        mismatch.contains("does not belong to the certificate")
+            && !mismatch.contains("KeyMismatch"),
+        "{mismatch}"
+    );
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = http.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let wrong = run(&["topic", "list", "--bootstrap", &addr], true);
+    assert!(wrong.contains("admin HTTP port"), "{wrong}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not retried: {wrong}"
+    );
+}

@@ -131,16 +131,29 @@ async fn peers_without_a_valid_certificate_are_refused_and_others_are_served() {
         .await
         .err()
         .expect("anonymous client refused");
-    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    // A refusal, not a failure to reach: retrying cannot help, and the message says why.
+    assert!(matches!(err, ClientError::Refused { .. }), "{err}");
+    assert!(!err.is_retriable(), "{err}");
+    assert!(
+        !err.to_string().contains("check that a node listens"),
+        "{err}"
+    );
 
     // A certificate from another CA.
     let other = Pki::new();
     let foreign =
         strait_certs::client_config(&pki.ca(), &other.path("app.crt"), &other.path("app.key"))
             .unwrap();
+    let foreign = connect_with(&pki, &node.address, foreign)
+        .await
+        .err()
+        .expect("foreign CA refused");
     assert!(
-        connect_with(&pki, &node.address, foreign).await.is_err(),
-        "foreign CA refused"
+        matches!(foreign, ClientError::Refused { .. })
+            && foreign
+                .to_string()
+                .contains("not signed by a CA the node trusts"),
+        "{foreign}"
     );
 
     // An expired certificate from the right CA.

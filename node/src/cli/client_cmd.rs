@@ -180,8 +180,7 @@ impl Source {
 }
 
 pub fn client(conn: &ConnArgs) -> anyhow::Result<Arc<Client>> {
-    let tls = strait_certs::client_config(&conn.ca, &conn.cert, &conn.key)
-        .context("cannot load the client certificate; check --ca, --cert and --key")?;
+    let tls = conn.tls()?;
     Ok(Client::new(ClientOptions::new(conn.bootstrap.clone(), tls)))
 }
 
@@ -488,8 +487,7 @@ fn failover_consumer(
             args.replica.as_deref(),
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let tls = strait_certs::client_config(&args.conn.ca, &args.conn.cert, &args.conn.key)
-        .context("cannot load the client certificate; check --ca, --cert and --key")?;
+    let tls = args.conn.tls()?;
     let failover = FailoverConfig {
         mapping: pair.mapping,
         ..FailoverConfig::default()

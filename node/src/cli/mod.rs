@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 mod acl_cmd;
@@ -85,13 +86,35 @@ pub struct ConnArgs {
     pub bootstrap: Vec<String>,
     /// CA certificate that signed the nodes' certificates.
     #[arg(long, env = "STRAIT_CA")]
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
     /// This client's certificate.
     #[arg(long, env = "STRAIT_CERT")]
-    pub cert: PathBuf,
+    pub cert: Option<PathBuf>,
     /// This client's private key.
     #[arg(long, env = "STRAIT_KEY")]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// The client's TLS identity; a missing file flag says every way to give it.
+    pub fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let missing: Vec<&str> = [
+            ("--ca (or STRAIT_CA)", self.ca.is_none()),
+            ("--cert (or STRAIT_CERT)", self.cert.is_none()),
+            ("--key (or STRAIT_KEY)", self.key.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(what, gone)| gone.then_some(what))
+        .collect();
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            anyhow::bail!(
+                "no client identity: missing {}. A client needs the CA that signed the nodes' certificates (--ca), its own certificate (--cert) and its key (--key); `strait certs issue --dir CA_DIR --name NAME --role client` makes one",
+                missing.join(", ")
+            );
+        };
+        strait_certs::client_config(ca, cert, key)
+            .context("cannot load the client certificate; check --ca, --cert and --key")
+    }
 }
 
 pub fn init_logging(cli: &Cli) {

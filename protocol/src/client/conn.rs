@@ -25,6 +25,10 @@ use crate::wire;
 pub enum ClientError {
     #[error("cannot connect to {address}: {reason}; check that a node listens there and that its certificate is for that host")]
     Connect { address: String, reason: String },
+    /// The peer answered but will never accept this client as it is (a certificate refused
+    /// either way, or no Strait node at that address): retrying cannot help.
+    #[error("cannot connect to {address}: {reason}")]
+    Refused { address: String, reason: String },
     #[error("no bootstrap address given; pass --bootstrap HOST:PORT or set STRAIT_BOOTSTRAP")]
     NoBootstrap,
     #[error("connection lost: {0}")]
@@ -155,10 +159,17 @@ impl Connection {
         let connecting = endpoint
             .connect(addr, &host)
             .map_err(|e| fail(e.to_string()))?;
-        let conn = tokio::time::timeout(opts.connect_timeout, connecting)
-            .await
-            .map_err(|_| fail(format!("no answer within {:?}", opts.connect_timeout)))?
-            .map_err(|e| fail(explain_handshake(&e)))?;
+        let conn = match tokio::time::timeout(opts.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) if is_refusal(&e) => {
+                return Err(ClientError::Refused {
+                    address: address.into(),
+                    reason: explain_handshake(&e),
+                })
+            }
+            Ok(Err(e)) => return Err(fail(explain_handshake(&e))),
+            Err(_) => return Err(silent(address, addr, opts.connect_timeout).await),
+        };
         let mut c = Connection {
             conn,
             _endpoint: endpoint,
@@ -183,11 +194,14 @@ impl Connection {
         let (resp, _) = match c.request(&hello, &[]).await {
             Ok(answer) => answer,
             Err(e) => {
-                let why = match c.conn.close_reason() {
-                    Some(closed) => explain_handshake(&closed),
-                    None => e.to_string(),
-                };
-                return Err(fail(why));
+                return Err(match c.conn.close_reason() {
+                    Some(closed) if is_refusal(&closed) => ClientError::Refused {
+                        address: address.into(),
+                        reason: explain_handshake(&closed),
+                    },
+                    Some(closed) => fail(explain_handshake(&closed)),
+                    None => fail(e.to_string()),
+                });
             }
         };
         match resp {
@@ -270,6 +284,38 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     limits: &FrameLimits,
 ) -> Result<(T, Bytes), ClientError> {
     Ok(wire::read_frame(recv, limits, None).await?)
+}
+
+/// Whether a failed handshake was a certificate refused by either side (a TLS alert from the
+/// node, or this client's verifier): the same certificates will be refused again.
+fn is_refusal(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            (0x100..0x200).contains(&u64::from(close.error_code))
+        }
+        quinn::ConnectionError::TransportError(t) => t.reason.contains("certificate"),
+        _ => false,
+    }
+}
+
+/// Nothing answered QUIC at `addr`: when a TCP service answers at the same address, this is
+/// most likely a node's admin HTTP port (or another service), which no retry will fix.
+async fn silent(address: &str, addr: SocketAddr, waited: Duration) -> ClientError {
+    let tcp = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    if matches!(tcp, Ok(Ok(_))) {
+        return ClientError::Refused {
+            address: address.into(),
+            reason: format!("no Strait node answered over QUIC (UDP) within {waited:?}, but a TCP service listens at {addr}: is this a node's admin HTTP port (--admin-listen)? Clients dial the node's QUIC address (its --listen, e.g. 127.0.0.1:7400)"),
+        };
+    }
+    ClientError::Connect {
+        address: address.into(),
+        reason: format!("no answer within {waited:?}"),
+    }
 }
 
 /// Turns a refused handshake into what went wrong and what to do: which side refused which

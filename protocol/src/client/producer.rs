@@ -344,6 +344,8 @@ async fn partition_sender(
     let mut in_flight: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
     let mut numbering: Option<Numbering> = None;
     let mut previous: Option<Arc<BatchOutcome>> = None;
+    // The identity the last batch was sealed under.
+    let mut sealed_under: Option<(i64, i16)> = None;
     while let Some(pending) = rx.recv().await {
         let mut builder = pending.builder;
         let mut sequencing = None;
@@ -364,7 +366,18 @@ async fn partition_sender(
             }
             if let Some(numbering) = &numbering {
                 let mut n = numbering.lock().await;
+                if sealed_under.is_some_and(|last| last != n.identity) {
+                    // The partition moved to a fresh producer id: every batch still in flight
+                    // under the old one is renumbered first, in order, so this one (sealed
+                    // after them) is numbered after them too.
+                    drop(n);
+                    while let Some(h) = in_flight.pop_front() {
+                        let _ = h.await;
+                    }
+                    n = numbering.lock().await;
+                }
                 let (id, epoch) = n.identity;
+                sealed_under = Some(n.identity);
                 builder = builder.producer(id, epoch, n.next);
                 n.next = n.next.wrapping_add(builder.record_count() as i32);
                 sequencing = Some((numbering.clone(), previous.take()));
