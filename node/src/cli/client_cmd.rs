@@ -538,9 +538,9 @@ async fn print_records(source: &mut Source, args: &ConsumeArgs) -> anyhow::Resul
                 }
                 writeln!(out, "{}", Value::Object(obj))?;
             } else if let Some(format) = &args.format {
-                out.write_all(&formatted(format, &r))?;
+                write_formatted(&mut out, format, &r)?;
             } else {
-                out.write_all(&formatted(default_format(&r), &r))?;
+                write_formatted(&mut out, default_format(&r), &r)?;
             }
             seen += 1;
             if args.max_records.is_some_and(|m| seen >= m) {
@@ -580,54 +580,33 @@ fn default_format(r: &ConsumerRecord) -> &'static str {
     }
 }
 
-/// Renders one record with a kcat-like format (see `--format`).
-fn formatted(format: &str, r: &ConsumerRecord) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Writes one record with a kcat-like format (see `--format`) straight to `out`.
+fn write_formatted(out: &mut impl Write, format: &str, r: &ConsumerRecord) -> std::io::Result<()> {
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
-        match c {
-            '%' => match chars.next() {
-                Some('t') => out.extend_from_slice(r.topic.as_bytes()),
-                Some('p') => out.extend_from_slice(r.partition.to_string().as_bytes()),
-                Some('o') => out.extend_from_slice(r.offset.to_string().as_bytes()),
-                Some('T') => out.extend_from_slice(r.timestamp_ms.to_string().as_bytes()),
-                Some('k') => out.extend_from_slice(r.key.as_deref().unwrap_or_default()),
-                Some('v') => out.extend_from_slice(r.value.as_deref().unwrap_or_default()),
-                Some('h') => {
-                    let headers: Vec<String> = r
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            let v = h.value.as_deref().map(String::from_utf8_lossy);
-                            format!("{}={}", h.key, v.unwrap_or_default())
-                        })
-                        .collect();
-                    out.extend_from_slice(headers.join(",").as_bytes());
+        match (c, (c == '%' || c == '\\').then(|| chars.next()).flatten()) {
+            ('%', Some('t')) => out.write_all(r.topic.as_bytes())?,
+            ('%', Some('p')) => write!(out, "{}", r.partition)?,
+            ('%', Some('o')) => write!(out, "{}", r.offset)?,
+            ('%', Some('T')) => write!(out, "{}", r.timestamp_ms)?,
+            ('%', Some('k')) => out.write_all(r.key.as_deref().unwrap_or_default())?,
+            ('%', Some('v')) => out.write_all(r.value.as_deref().unwrap_or_default())?,
+            ('%', Some('h')) => {
+                for (i, h) in r.headers.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    let value = String::from_utf8_lossy(h.value.as_deref().unwrap_or_default());
+                    write!(out, "{sep}{}={value}", h.key)?;
                 }
-                Some('%') => out.push(b'%'),
-                Some(other) => {
-                    out.push(b'%');
-                    out.extend_from_slice(other.to_string().as_bytes());
-                }
-                None => out.push(b'%'),
-            },
-            '\\' => match chars.next() {
-                Some('n') => out.push(b'\n'),
-                Some('t') => out.push(b'\t'),
-                Some('\\') => out.push(b'\\'),
-                Some(other) => {
-                    out.push(b'\\');
-                    out.extend_from_slice(other.to_string().as_bytes());
-                }
-                None => out.push(b'\\'),
-            },
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             }
+            ('%', Some('%')) => out.write_all(b"%")?,
+            ('\\', Some('n')) => out.write_all(b"\n")?,
+            ('\\', Some('t')) => out.write_all(b"\t")?,
+            ('\\', Some('\\')) => out.write_all(b"\\")?,
+            (c, Some(other)) => write!(out, "{c}{other}")?,
+            (c, None) => write!(out, "{c}")?,
         }
     }
-    out
+    Ok(())
 }
 
 /// `key`/`value` as a UTF-8 string, `key_base64`/`value_base64` when not UTF-8, null when absent.

@@ -40,8 +40,10 @@ pub enum MirrorCommand {
         spec: PathBuf,
         #[arg(long)]
         replace: bool,
+        /// The operator's identity: changes travel over QUIC with mutual TLS and are checked
+        /// against the node's ACLs, never over the admin HTTP listener.
         #[command(flatten)]
-        access: NodeAccess,
+        access: super::Identity,
     },
     /// Stop and forget a flow in a running node; what it copied stays. Sent over QUIC with
     /// mutual TLS (`alter` on the cluster).
@@ -51,8 +53,10 @@ pub enum MirrorCommand {
         admin: String,
         #[arg(long)]
         flow: String,
+        /// The operator's identity: changes travel over QUIC with mutual TLS and are checked
+        /// against the node's ACLs, never over the admin HTTP listener.
         #[command(flatten)]
-        access: NodeAccess,
+        access: super::Identity,
     },
     /// Failover: stop a flow (for some topics, or all), make its mirror topics writable, and
     /// report per partition the recovery point and the records at risk.
@@ -71,8 +75,10 @@ pub enum MirrorCommand {
         topology: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// The operator's identity: changes travel over QUIC with mutual TLS and are checked
+        /// against the node's ACLs, never over the admin HTTP listener.
         #[command(flatten)]
-        access: NodeAccess,
+        access: super::Identity,
     },
     /// Failback after a promote: the old primary's topics become mirrors of the promoted
     /// copies. Its divergent tail (accepted, never mirrored) is quarantined in
@@ -101,35 +107,6 @@ pub enum MirrorCommand {
         #[command(flatten)]
         conn: super::ConnArgs,
     },
-}
-
-/// The identity a change to a node is sent with: changes travel over QUIC with mutual TLS and
-/// are checked against the node's ACLs, never over the admin HTTP listener.
-#[derive(Args, Debug, Default)]
-pub struct NodeAccess {
-    /// CA certificate that signed the node's certificate.
-    #[arg(long, env = "STRAIT_CA")]
-    ca: Option<PathBuf>,
-    /// The operator's client certificate.
-    #[arg(long, env = "STRAIT_CERT")]
-    cert: Option<PathBuf>,
-    /// The operator's private key.
-    #[arg(long, env = "STRAIT_KEY")]
-    key: Option<PathBuf>,
-}
-
-impl NodeAccess {
-    fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
-        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
-            anyhow::bail!("changes to a node travel over QUIC with mutual TLS: pass --ca, --cert and --key (or STRAIT_CA, STRAIT_CERT and STRAIT_KEY) with a certificate allowed to alter the cluster");
-        };
-        strait_certs::client_config(ca, cert, key)
-            .context("cannot load the client certificate; check --ca, --cert and --key")
-    }
-
-    fn given(&self) -> bool {
-        self.ca.is_some() && self.cert.is_some() && self.key.is_some()
-    }
 }
 
 /// A client for the node whose admin listener is at `admin`: its QUIC address is read from the
@@ -490,7 +467,7 @@ fn topology_flow(
 async fn gateway_client(
     file: &Path,
     flow: &str,
-    access: &NodeAccess,
+    access: &super::Identity,
 ) -> anyhow::Result<Arc<Client>> {
     let (t, f) = topology_flow(file, flow)?;
     let gateway = f

@@ -84,6 +84,21 @@ pub struct ConnArgs {
     /// Node addresses, HOST:PORT[,HOST:PORT…].
     #[arg(long, env = "STRAIT_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<String>,
+    #[command(flatten)]
+    pub identity: Identity,
+}
+
+impl ConnArgs {
+    /// The client's TLS identity (see [`Identity::tls`]).
+    pub fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        self.identity.tls()
+    }
+}
+
+/// A client's certificate files: the CA that signed the nodes' certificates, its own
+/// certificate and its key. Every command that talks to a node over QUIC takes them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Identity {
     /// CA certificate that signed the nodes' certificates.
     #[arg(long, env = "STRAIT_CA")]
     pub ca: Option<PathBuf>,
@@ -95,8 +110,8 @@ pub struct ConnArgs {
     pub key: Option<PathBuf>,
 }
 
-impl ConnArgs {
-    /// The client's TLS identity; a missing file flag says every way to give it.
+impl Identity {
+    /// The client's TLS config; a missing file flag says every way to give it.
     pub fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
         let missing: Vec<&str> = [
             ("--ca (or STRAIT_CA)", self.ca.is_none()),
@@ -114,6 +129,11 @@ impl ConnArgs {
         };
         strait_certs::client_config(ca, cert, key)
             .context("cannot load the client certificate; check --ca, --cert and --key")
+    }
+
+    /// Whether all three files were given.
+    pub fn given(&self) -> bool {
+        self.ca.is_some() && self.cert.is_some() && self.key.is_some()
     }
 }
 

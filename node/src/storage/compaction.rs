@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 
 use bytes::Bytes;
-use strait_protocol::batch::{self, DecodeLimits};
+use strait_protocol::batch::DecodeLimits;
 use strait_protocol::{BatchBuilder, Offset, RecordBatch};
 
 use super::log::{LogError, PartitionLog};
@@ -144,19 +144,9 @@ fn latest_offsets(
     Ok(latest)
 }
 
+/// Every batch of a segment in order, with its position; damage the cleaner meets takes the
+/// partition offline, as a read's does (`PartitionLog::batch_at`).
 fn for_each_batch(
-    log: &PartitionLog,
-    base: Offset,
-    file: &File,
-    size: u64,
-    limits: &DecodeLimits,
-    visit: impl FnMut(&RecordBatch, u64) -> Result<(), LogError>,
-) -> Result<(), LogError> {
-    // Damage the cleaner meets is reported and takes the partition offline, as a read's does.
-    log.checked(walk_batches(log, base, file, size, limits, visit))
-}
-
-fn walk_batches(
     log: &PartitionLog,
     base: Offset,
     file: &File,
@@ -167,24 +157,9 @@ fn walk_batches(
     let mut reader = ChunkReader::new(file, size);
     let mut at = 0u64;
     while at < size {
-        let torn = || LogError::Corrupt {
-            log: log.name().into(),
-            segment: base,
-            position: at,
-            reason: "torn batch".into(),
-        };
-        let head = reader
-            .read(at, batch::LENGTH_PREFIX_LEN)
-            .map_err(|s| log.io("reading for the cleaner", s))?
-            .ok_or_else(torn)?;
-        let len = batch::total_len(&head, limits).map_err(|e| corrupt(log, base, at, e))?;
-        let bytes = reader
-            .read(at, len)
-            .map_err(|s| log.io("reading for the cleaner", s))?
-            .ok_or_else(torn)?;
-        let parsed = RecordBatch::parse(bytes, limits).map_err(|e| corrupt(log, base, at, e))?;
+        let parsed = log.batch_at(&mut reader, base, at, limits)?;
         visit(&parsed, at)?;
-        at += len as u64;
+        at += parsed.size_bytes() as u64;
     }
     Ok(())
 }
@@ -215,16 +190,12 @@ fn rebuild(original: &RecordBatch, keep: &[&strait_protocol::Record]) -> Bytes {
         .into_bytes()
 }
 
+/// A batch whose records do not decode: the partition goes offline, as for any damage.
 fn corrupt(
     log: &PartitionLog,
     segment: Offset,
     position: u64,
     e: strait_protocol::DecodeError,
 ) -> LogError {
-    LogError::Corrupt {
-        log: log.name().into(),
-        segment,
-        position,
-        reason: e.to_string(),
-    }
+    log.damaged(segment, position, e.to_string())
 }

@@ -69,10 +69,11 @@ pub fn sync_all(file: &File) -> std::io::Result<()> {
 pub fn file_written(path: &std::path::Path, data: &[u8]) {
     let Some(j) = journal() else { return };
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut hex = String::with_capacity(data.len() * 2);
+    let mut line = String::with_capacity(data.len() * 2 + 64);
+    line.push_str("file ");
     for b in data {
-        hex.push_str(&format!("{b:02x}"));
+        let _ = std::fmt::Write::write_fmt(&mut line, format_args!("{b:02x}"));
     }
     let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = writeln!(j, "file {hex} {}", path.display());
+    let _ = writeln!(j, "{line} {}", path.display());
 }

@@ -181,24 +181,32 @@ impl Consumer {
     fn hand_out(&mut self) -> Vec<ConsumerRecord> {
         let n = self.buffered.len().min(self.config.max_poll_records.max(1));
         let out: Vec<ConsumerRecord> = self.buffered.drain(..n).collect();
-        let mut touched: Vec<(String, u32)> = Vec::new();
-        for r in &out {
-            let key = (r.topic.to_string(), r.partition);
-            self.positions.insert(key.clone(), r.offset + 1);
-            if let Some(count) = self.buffered_per_partition.get_mut(&key) {
-                *count = count.saturating_sub(1);
-            }
-            if touched.last() != Some(&key) {
-                touched.push(key);
-            }
-        }
-        for key in touched {
-            if self.buffered_per_partition.get(&key) == Some(&0) {
-                self.buffered_per_partition.remove(&key);
-                if let Some(&fetch) = self.fetch_offsets.get(&key) {
-                    self.positions.insert(key, fetch);
+        // Records of a partition arrive in runs (one fetch answer each): settle the
+        // bookkeeping once per run, not once per record.
+        let mut i = 0;
+        while i < out.len() {
+            let (topic, partition) = (&out[i].topic, out[i].partition);
+            let run = out[i..]
+                .iter()
+                .take_while(|r| r.partition == partition && Arc::ptr_eq(&r.topic, topic))
+                .count();
+            let key = (topic.to_string(), partition);
+            let last = out[i + run - 1].offset;
+            i += run;
+            let left = self.buffered_per_partition.get_mut(&key).map(|count| {
+                *count = count.saturating_sub(run);
+                *count
+            });
+            let position = match left {
+                Some(0) => {
+                    // Nothing of the partition waits any more: move on to its fetch offset,
+                    // past any gap at the end of its last batch.
+                    self.buffered_per_partition.remove(&key);
+                    self.fetch_offsets.get(&key).copied().unwrap_or(last + 1)
                 }
-            }
+                _ => last + 1,
+            };
+            self.positions.insert(key, position);
         }
         out
     }

@@ -19,12 +19,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::admin::Admin;
 use super::conn::{unexpected, Client, ClientError};
-use crate::batch::{BatchBuilder, Compression, DecodeLimits, Header, RecordBatch};
+use crate::batch::{BatchBuilder, Compression, Header, RecordBatch};
 use crate::error::ErrorCode;
 use crate::message::{Acks, Request, Response};
 use crate::partitioner::partition_for_key;
@@ -141,7 +140,7 @@ struct Pending {
 }
 
 struct Ready {
-    batch: Bytes,
+    batch: RecordBatch,
     outcome: Completer,
     _permit: Option<OwnedSemaphorePermit>,
     /// Idempotence: the partition's numbering, and the batch sealed just before this one.
@@ -385,7 +384,7 @@ async fn partition_sender(
             }
         }
         let ready = Ready {
-            batch: builder.finish().into_bytes(),
+            batch: builder.finish(),
             outcome: pending.outcome,
             _permit: pending.permit,
             sequencing,
@@ -433,14 +432,14 @@ async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
         partition: key.1,
         acks: inner.config.acks,
     };
-    let mut batch = ready.batch.clone();
+    let mut batch = ready.batch;
     let mut resent = 0;
     let result = loop {
         let result = inner
             .client
             .call_with_retries(
                 &request,
-                std::slice::from_ref(&batch),
+                std::slice::from_ref(batch.as_bytes()),
                 inner.config.attempts,
             )
             .await;
@@ -453,8 +452,7 @@ async fn send_batch(inner: &Inner, key: &PartitionKey, ready: Ready) {
                     && resent < SEQUENCE_RETRIES_MAX =>
             {
                 resent += 1;
-                match renumber_if_needed(inner, numbering, previous.as_deref(), batch.clone()).await
-                {
+                match renumber_if_needed(inner, numbering, previous.as_deref(), &batch).await {
                     Ok(next) => batch = next,
                     Err(e) => break Err(e),
                 }
@@ -480,17 +478,16 @@ async fn renumber_if_needed(
     inner: &Inner,
     numbering: &tokio::sync::Mutex<Sequencing>,
     previous: Option<&BatchOutcome>,
-    batch: Bytes,
-) -> Result<Bytes, ClientError> {
+    batch: &RecordBatch,
+) -> Result<RecordBatch, ClientError> {
     let previous_written = match previous {
         Some(p) => p.settled().await,
         None => false,
     };
-    let parsed = RecordBatch::parse(batch.clone(), &DecodeLimits::default())?;
     let mut n = numbering.lock().await;
-    let same_identity = n.identity == (parsed.producer_id(), parsed.producer_epoch());
+    let same_identity = n.identity == (batch.producer_id(), batch.producer_epoch());
     if previous_written && same_identity {
-        return Ok(batch);
+        return Ok(batch.clone());
     }
     if same_identity {
         // This batch is the first after a range that will never be written.
@@ -499,9 +496,9 @@ async fn renumber_if_needed(
         tracing::warn!(producer_id = n.identity.0, "an earlier batch failed for good; later batches of the partition continue under a fresh producer id");
     }
     let (id, epoch) = n.identity;
-    let renumbered = parsed.with_producer(id, epoch, n.next);
+    let renumbered = batch.clone().with_producer(id, epoch, n.next);
     n.next = n.next.wrapping_add(renumbered.record_count() as i32);
-    Ok(renumbered.into_bytes())
+    Ok(renumbered)
 }
 
 /// Sends batches that have waited `linger_ms`; ends when the producer is dropped.

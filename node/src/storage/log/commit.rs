@@ -58,14 +58,7 @@ impl PartitionLog {
             let next_offset = st.next_offset;
             let active = last_segment(&mut st.segments);
             files.push(active.file.clone());
-            (
-                files,
-                RecoveryPoint {
-                    segment_base: active.base,
-                    position: active.size,
-                    offset: next_offset,
-                },
-            )
+            (files, RecoveryPoint::end_of(active, next_offset))
         };
         for f in &files {
             crate::storage::durability_journal::sync_data(f)?;

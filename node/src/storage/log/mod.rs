@@ -132,6 +132,17 @@ struct RecoveryPoint {
     offset: Offset,
 }
 
+impl RecoveryPoint {
+    /// The end of `segment` (the log's last), where the log's next offset is `offset`.
+    fn end_of(segment: &Segment, offset: Offset) -> RecoveryPoint {
+        RecoveryPoint {
+            segment_base: segment.base,
+            position: segment.size,
+            offset,
+        }
+    }
+}
+
 struct LogState {
     config: LogConfig,
     segments: BTreeMap<Offset, Segment>,

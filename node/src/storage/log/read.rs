@@ -59,7 +59,7 @@ impl PartitionLog {
             if base >= high_watermark {
                 break;
             }
-            let found = self.checked(self.read_segment(
+            let found = self.read_segment(
                 base,
                 &file,
                 position,
@@ -68,7 +68,7 @@ impl PartitionLog {
                 high_watermark,
                 max_bytes,
                 &limits,
-            ))?;
+            )?;
             if !found.is_empty() {
                 return Ok(LogRead {
                     batches: found,
@@ -138,20 +138,17 @@ impl PartitionLog {
             .map_err(|source| self.io("reading a segment", source))
     }
 
-    /// Reads and validates the whole batch at `at` of segment `base`; any damage is `Corrupt`.
-    fn batch_at(
+    /// Reads and validates the whole batch at `at` of segment `base`. Any damage is `Corrupt`
+    /// and takes the partition offline (reads, timestamp searches and the cleaner all come
+    /// through here).
+    pub(crate) fn batch_at(
         &self,
         reader: &mut ChunkReader<'_>,
         base: Offset,
         at: u64,
         limits: &DecodeLimits,
     ) -> Result<RecordBatch, LogError> {
-        let corrupt = |reason: String| LogError::Corrupt {
-            log: self.name.clone(),
-            segment: base,
-            position: at,
-            reason,
-        };
+        let corrupt = |reason: String| self.damaged(base, at, reason);
         let head = reader
             .read(at, batch::LENGTH_PREFIX_LEN)
             .map_err(|source| self.io("reading a segment", source))?
@@ -184,7 +181,7 @@ impl PartitionLog {
             let mut reader = ChunkReader::new(&file, size);
             let mut at = position;
             while at < size {
-                let parsed = self.checked(self.batch_at(&mut reader, base, at, &limits))?;
+                let parsed = self.batch_at(&mut reader, base, at, &limits)?;
                 let len = parsed.size_bytes();
                 let corrupt = |reason: String| LogError::Corrupt {
                     log: self.name.clone(),

@@ -96,11 +96,7 @@ impl PartitionLog {
         let next_offset = last.next_offset;
         crate::storage::durability_journal::sync_data(&last.file)
             .map_err(io_err("syncing the recovered tail"))?;
-        let durable = RecoveryPoint {
-            segment_base: last.base,
-            position: last.size,
-            offset: next_offset,
-        };
+        let durable = RecoveryPoint::end_of(last, next_offset);
         // An empty log needs no checkpoint, and an unchanged one need not be rewritten: each
         // durable write costs fsyncs, and a node opens thousands of partitions at start.
         let empty = segments.len() == 1 && last.size == 0;
@@ -256,11 +252,7 @@ impl PartitionLog {
         let active = last_segment(&mut st.segments);
         crate::storage::durability_journal::sync_all(&active.file)
             .map_err(io("syncing the cut"))?;
-        let point = RecoveryPoint {
-            segment_base: active.base,
-            position: active.size,
-            offset: end,
-        };
+        let point = RecoveryPoint::end_of(active, end);
         write_checkpoint(&self.dir, point).map_err(io("writing the recovery checkpoint"))?;
         lock(&self.sync).durable = point;
         warn!(log = %self.name, end = end.0, "log truncated");
@@ -284,22 +276,11 @@ impl PartitionLog {
         }
     }
 
-    /// Passes errors through; a `Corrupt` one found by a read takes the partition offline.
-    pub(crate) fn checked<T>(&self, result: Result<T, LogError>) -> Result<T, LogError> {
-        if let Err(LogError::Corrupt {
-            segment,
-            position,
-            reason,
-            ..
-        }) = &result
-        {
-            let stop = ScanStop {
-                position: *position,
-                reason: reason.clone(),
-            };
-            self.mark_damaged(&mut lock(&self.state), *segment, &stop);
-        }
-        result
+    /// Damage found by a read or the cleaner in a batch the log holds: reported, the partition
+    /// taken offline, and answered as `Corrupt`.
+    pub(crate) fn damaged(&self, segment: Offset, position: u64, reason: String) -> LogError {
+        let stop = ScanStop { position, reason };
+        self.take_offline(&mut lock(&self.state), segment, stop)
     }
 
     fn mark_damaged(&self, st: &mut LogState, segment: Offset, stop: &ScanStop) {
