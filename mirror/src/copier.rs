@@ -13,7 +13,7 @@ use std::time::Duration;
 use strait_protocol::batch::{split_batches, DecodeLimits};
 use strait_protocol::client::{Admin, Client, ClientError};
 use strait_protocol::message::{OffsetSpec, Request, Response};
-use strait_protocol::{ErrorCode, Hop, RecordBatch};
+use strait_protocol::{ErrorCode, Hop, Provenance, RecordBatch};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
@@ -42,7 +42,8 @@ pub(crate) struct Copier {
 
 /// One fetch's worth of batches on its way to the target.
 struct Chunk {
-    batches: Vec<RecordBatch>,
+    /// Each batch with the provenance the target keeps for it.
+    batches: Vec<(RecordBatch, Provenance)>,
     /// The source offset after this chunk.
     next: u64,
     high_watermark: u64,
@@ -180,21 +181,33 @@ impl Copier {
                 .acquire_many_owned(self.fetch_bytes_max)
                 .await
                 .map_err(|_| ClientError::Invalid("flow stopped".into()))?;
-            let (high_watermark, payload) = match self.source.call(&fetch, &[]).await {
-                Ok((Response::Fetched { high_watermark, .. }, payload)) => {
-                    (high_watermark, payload)
-                }
-                Ok((other, _)) => {
-                    return Err(ClientError::Invalid(format!(
-                        "unexpected fetch answer {other:?}"
-                    )))
-                }
-                Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
-                    *position = self.skip_deleted(*position).await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let (high_watermark, mut provenance, payload) =
+                match self.source.call(&fetch, &[]).await {
+                    Ok((
+                        Response::Fetched {
+                            high_watermark,
+                            provenance,
+                            ..
+                        },
+                        payload,
+                    )) => (
+                        high_watermark,
+                        provenance
+                            .into_iter()
+                            .collect::<std::collections::HashMap<_, _>>(),
+                        payload,
+                    ),
+                    Ok((other, _)) => {
+                        return Err(ClientError::Invalid(format!(
+                            "unexpected fetch answer {other:?}"
+                        )))
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
+                        *position = self.skip_deleted(*position).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
             if self.naming.keeps_offsets() && high_watermark < *position {
                 return Err(ClientError::Invalid(format!(
                     "the source ends at {high_watermark} but the mirror already holds offsets up to {position}: \
@@ -217,10 +230,10 @@ impl Copier {
                 .filter(|b| b.next_offset().0 > *position)
             {
                 chunk.next = chunk.next.max(b.next_offset().0);
-                if self.naming == Naming::Identity
-                    && b.provenance()
-                        .is_some_and(|p| p.includes(&self.target_cluster))
-                {
+                // What the source knows of where the batch came from (nothing when it was
+                // produced there).
+                let chain = provenance.remove(&b.base_offset().0).unwrap_or_default();
+                if self.naming == Naming::Identity && chain.includes(&self.target_cluster) {
                     chunk.skipped += 1;
                     continue;
                 }
@@ -234,9 +247,12 @@ impl Copier {
                         partition: self.partition,
                         base_offset: b.base_offset().0,
                     };
-                    chunk.batches.push(b.with_hop(hop)?);
+                    let chain = chain
+                        .with_hop(hop)
+                        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                    chunk.batches.push((b, chain));
                 } else {
-                    chunk.batches.push(b);
+                    chunk.batches.push((b, chain));
                 }
             }
             *position = chunk.next;

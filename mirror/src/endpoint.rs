@@ -8,7 +8,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use strait_protocol::client::{Client, ClientError};
 use strait_protocol::message::{Request, Response, TopicInfo};
-use strait_protocol::RecordBatch;
+use strait_protocol::{Provenance, RecordBatch};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -31,12 +31,14 @@ pub trait Endpoint: Send + Sync {
         &'a self,
         topic: &'a str,
         partition: u32,
-        batches: Vec<RecordBatch>,
+        batches: Vec<(RecordBatch, Provenance)>,
     ) -> BoxFuture<'a, Result<Response, ClientError>> {
         Box::pin(async move {
+            let (batches, provenance): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
             let request = Request::MirrorAppend {
                 topic: topic.into(),
                 partition,
+                provenance,
             };
             let payload: Vec<Bytes> = batches.into_iter().map(RecordBatch::into_bytes).collect();
             Ok(self.call(&request, &payload).await?.0)

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod authz;
 pub mod broker;
 pub mod data_dir_lock;
+pub mod data_format;
 pub mod durable_file;
 pub mod fd_budget;
 pub mod groups;

@@ -521,6 +521,18 @@ fn a_node_refuses_a_held_data_directory_and_a_damaged_producer_id_file() {
     let err = String::from_utf8_lossy(&damaged.stderr);
     assert!(err.contains("producer-ids"), "{err}");
     assert!(err.contains("never be reused"), "{err}");
+
+    // A data directory of the old format (before Kafka's RecordBatch v2) is refused by name,
+    // never read as if it were the new one.
+    std::fs::remove_file(d.join("data/producer-ids")).unwrap();
+    std::fs::write(d.join("data/format"), b"1\n").unwrap();
+    let old = run_node_once(d, &format!("127.0.0.1:{port}"));
+    assert!(!old.status.success());
+    let err = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        err.contains("format 1") && err.contains("empty --data-dir"),
+        "{err}"
+    );
 }
 
 /// Runs `node run` on `dir/data` expecting it to exit by itself (a refusal); its output.

@@ -595,7 +595,8 @@ fn offsets_at_the_top_of_the_range_are_refused_not_wrapped() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), "t/0", config(&[]), 0).unwrap();
     let near_top = parse(simple_batch(1, 1), Offset::MAX.0 - 10).unwrap();
-    log.append_copies(vec![near_top], true, 0).unwrap();
+    log.append_copies(vec![(near_top, Default::default())], true, 0)
+        .unwrap();
     assert_eq!(log.log_end(), Offset(Offset::MAX.0 - 9));
     let err = log.append(simple_batch(2, 20), 0).unwrap_err();
     assert!(matches!(err, LogError::OffsetsExhausted { .. }), "{err}");
@@ -606,4 +607,126 @@ fn offsets_at_the_top_of_the_range_are_refused_not_wrapped() {
     );
     log.append(simple_batch(3, 9), 0).unwrap();
     assert_eq!(log.log_end(), Offset::MAX);
+}
+
+/// Provenance travels beside the batches: copies into an identity-mode topic keep their chain
+/// in the partition's provenance log, so after a restart the mirror map still skips what was
+/// copied and a fetch by a mirror still learns each batch's origin. A crash that lost batches
+/// after their provenance was written leaves no entry describing offsets that are not there.
+#[test]
+fn provenance_survives_reopen_and_never_outlives_its_batches() {
+    use strait_node::storage::mirror_map::SourceKey;
+    use strait_protocol::{Hop, Provenance};
+    let chain = |base_offset| Provenance {
+        hops: vec![
+            Hop {
+                cluster: "origin".into(),
+                topic: "t".into(),
+                partition: 0,
+                base_offset: 1000 + base_offset,
+            },
+            Hop {
+                cluster: "east".into(),
+                topic: "t".into(),
+                partition: 0,
+                base_offset,
+            },
+        ],
+    };
+    let key = SourceKey {
+        cluster: "east".into(),
+        topic: "t".into(),
+        partition: 0,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&[]);
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg.clone(), 0).unwrap();
+    log.append(simple_batch(0, 2), 0).unwrap(); // a local write: offsets 0..=1
+    let copies = vec![
+        (simple_batch(1, 3), chain(0)),
+        (simple_batch(2, 3), chain(3)),
+    ];
+    assert_eq!(
+        log.append_copies(copies.clone(), false, 0).unwrap(),
+        Some((Offset(2), Offset(7)))
+    );
+    // A resumed copy of the same source offsets is skipped.
+    assert_eq!(log.append_copies(copies, false, 0).unwrap(), None);
+    // A copy without a chain naming its source is refused.
+    let err = log
+        .append_copies(vec![(simple_batch(3, 1), Provenance::default())], false, 0)
+        .unwrap_err();
+    assert!(matches!(err, LogError::NoProvenance { .. }), "{err}");
+    let read = log.read(Offset(0), 1 << 20).unwrap();
+    let served = log.provenance_of(&read.batches).unwrap();
+    assert_eq!(served, vec![(2, chain(0)), (5, chain(3))]);
+    drop(log);
+
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg.clone(), 0).unwrap();
+    assert_eq!(log.mirrored_next(&key), Some(6));
+    let read = log.read(Offset(0), 1 << 20).unwrap();
+    assert_eq!(
+        log.provenance_of(&read.batches).unwrap(),
+        vec![(2, chain(0)), (5, chain(3))]
+    );
+    drop(log);
+
+    // A crash that kept the provenance entry but not the last batch (its bytes cut off).
+    let segment = dir.path().join(format!("{:020}.log", 0));
+    let size = fs::metadata(&segment).unwrap().len();
+    let last_len = simple_batch(2, 3).size_bytes() as u64;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(size - last_len)
+        .unwrap();
+    let _ = fs::remove_file(dir.path().join("recovery-point"));
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
+    assert_eq!(log.log_end(), Offset(5));
+    assert_eq!(
+        log.mirrored_next(&key),
+        Some(3),
+        "the lost batch is copied again"
+    );
+    // The next batch at offset 5 is a local one: no stale chain may describe it.
+    log.append(simple_batch(4, 1), 0).unwrap();
+    let read = log.read(Offset(0), 1 << 20).unwrap();
+    assert_eq!(
+        log.provenance_of(&read.batches).unwrap(),
+        vec![(2, chain(0))]
+    );
+}
+
+/// The node never decompresses on produce, so a compacted topic may hold a batch that expands
+/// past `max.batch.decompressed.bytes` (a gzip bomb). Its CRC is good: it is what a producer
+/// sent, not damage. The cleaner keeps it untouched and cleans around it; the partition stays
+/// online.
+#[test]
+fn the_cleaner_keeps_a_bomb_as_it_came_and_stays_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&[
+        "segment.bytes=4096",
+        "cleanup.policy=compact",
+        "max.batch.decompressed.bytes=65536",
+    ]);
+    let (log, _) = PartitionLog::open(dir.path(), "t/0", cfg, 0).unwrap();
+    let mut b = BatchBuilder::new(Compression::Gzip);
+    b.push(0, Some(b"bomb"), Some(&vec![0u8; 1 << 20]), &[]);
+    let bomb = b.finish();
+    log.append(bomb.clone(), 0).unwrap();
+    for tag in 0..40 {
+        log.append(simple_batch(tag, 4), 0).unwrap();
+    }
+    let stats = compaction::clean(&log, 0).unwrap();
+    assert!(stats.segments_cleaned > 0, "{stats:?}");
+    let read = log.read(Offset(0), 1 << 20).unwrap();
+    let first = split_batches(read.batches, &DecodeLimits::default()).unwrap();
+    // Byte for byte from the magic on (base offset and epoch are the node's).
+    assert!(
+        first[0].as_bytes()[16..] == bomb.as_bytes()[16..],
+        "kept byte for byte"
+    );
+    // The batches around it were cleaned (160 records of three keys before).
+    assert!(read_all(&log, Offset(1)).len() < 160);
 }

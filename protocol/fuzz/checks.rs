@@ -65,16 +65,14 @@ pub fn batch(data: &[u8]) {
     }
 }
 
-/// Decompression of a hostile records section: `data[0]` picks the codec, `data[1..5]` the
-/// declared size, the rest is the section. It is framed as a batch with a valid CRC, so every
-/// input reaches the decompressors.
+/// Decompression of a hostile records section: `data[0]` picks the codec (Kafka's ids 0-4),
+/// the rest is the section. It is framed as a batch with a valid CRC, so every input reaches
+/// the decompressors.
 pub fn decompress(data: &[u8]) {
-    if data.len() < 5 {
+    let Some((codec, section)) = data.split_first() else {
         return;
-    }
-    let codec = u16::from(data[0] % 3);
-    let declared = u32::from_le_bytes([data[1], data[2], data[3], data[4]]);
-    let raw = batch_around(codec, declared, &data[5..]);
+    };
+    let raw = batch_around(u16::from(*codec % 5), section);
     if let Ok(b) = RecordBatch::parse(Bytes::from(raw), &LIMITS) {
         inspect(&b);
     }
@@ -82,7 +80,6 @@ pub fn decompress(data: &[u8]) {
 
 fn inspect(b: &RecordBatch) {
     let _ = b.check_decompressed_size(MAX);
-    let _ = b.provenance();
     if let Ok(records) = b.records(MAX) {
         assert!(records.len() <= b.record_count() as usize);
         let bytes: usize = records
@@ -98,25 +95,25 @@ fn inspect(b: &RecordBatch) {
     }
 }
 
-/// A one-record batch header (the layout in `batch.rs`) around an arbitrary records section.
-pub fn batch_around(codec: u16, declared: u32, section: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(65 + section.len());
-    b.extend_from_slice(&0u64.to_le_bytes()); // base offset
-    b.extend_from_slice(&((65 - 12 + section.len()) as u32).to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes()); // leader epoch
-    b.push(1); // magic
-    b.extend_from_slice(&0u32.to_le_bytes()); // CRC, below
-    b.extend_from_slice(&codec.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes()); // last offset delta
-    b.extend_from_slice(&0i64.to_le_bytes());
-    b.extend_from_slice(&0i64.to_le_bytes());
-    b.extend_from_slice(&(-1i64).to_le_bytes());
-    b.extend_from_slice(&(-1i16).to_le_bytes());
-    b.extend_from_slice(&(-1i32).to_le_bytes());
-    b.extend_from_slice(&1u32.to_le_bytes()); // record count
-    b.extend_from_slice(&declared.to_le_bytes());
+/// A one-record Kafka RecordBatch v2 header (big-endian, see `batch/mod.rs`) around an
+/// arbitrary records section.
+pub fn batch_around(codec: u16, section: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(61 + section.len());
+    b.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    b.extend_from_slice(&((61 - 12 + section.len()) as u32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
+    b.push(2); // magic
+    b.extend_from_slice(&0u32.to_be_bytes()); // CRC, below
+    b.extend_from_slice(&codec.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes()); // record count
     b.extend_from_slice(section);
     let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_le_bytes());
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
 }

@@ -17,14 +17,15 @@ pub mod ids;
 pub mod message;
 pub mod partitioner;
 pub mod pool;
+pub mod provenance;
 pub mod transport;
 pub mod varint;
 pub mod wire;
 
 pub use batch::{
-    BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Hop, Provenance, Record,
-    RecordBatch,
+    BatchBuilder, Compression, DecodeError, DecodeLimits, Header, Record, RecordBatch,
 };
 pub use error::{ErrorCode, WireError};
 pub use ids::{LeaderEpoch, NodeId, Offset, PartitionId, TopicName};
 pub use message::{Acks, OffsetSpec, Request, Response};
+pub use provenance::{Hop, Provenance, ProvenanceError};

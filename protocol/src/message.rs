@@ -140,12 +140,15 @@ pub enum Request {
     },
     /// Appends batches copied by a mirror flow. Into a prefix-mode mirror topic they land at
     /// the offsets they carry (batches wholly below the log end were copied before and are
-    /// skipped); into any other topic (identity mode) at the log end, each carrying provenance
-    /// whose last hop is the source partition (batches whose source offsets were copied before
-    /// are skipped). Either way a retried request never duplicates.
+    /// skipped); into any other topic (identity mode) at the log end, where each batch's
+    /// provenance must end with a hop naming its source partition (batches whose source offsets
+    /// were copied before are skipped). Either way a retried request never duplicates.
     MirrorAppend {
         topic: String,
         partition: u32,
+        /// One chain per batch of the payload, in order (empty for a batch produced on the
+        /// source): provenance travels beside the batch, never inside it.
+        provenance: Vec<crate::provenance::Provenance>,
     },
     /// Where a source record lives on this (target) cluster. With `position` set, the answer is
     /// where a consumer that committed `offset` on the source resumes here (the first record at
@@ -428,6 +431,10 @@ pub enum Response {
     Fetched {
         high_watermark: u64,
         log_start: u64,
+        /// For mirror principals only: the provenance of each mirrored batch in the payload,
+        /// by base offset (batches produced here have none), so a flow copying them on keeps
+        /// the whole chain.
+        provenance: Vec<(u64, crate::provenance::Provenance)>,
     },
     Offsets {
         offset: u64,

@@ -70,6 +70,14 @@ fn requests() -> Vec<Request> {
         Request::MirrorAppend {
             topic: "east.t".into(),
             partition: 2,
+            provenance: vec![strait_protocol::Provenance {
+                hops: vec![strait_protocol::Hop {
+                    cluster: "east".into(),
+                    topic: "t".into(),
+                    partition: 2,
+                    base_offset: 40,
+                }],
+            }],
         },
         Request::AddAcl { rule: rule.clone() },
         Request::RemoveAcl { rule },
@@ -78,7 +86,7 @@ fn requests() -> Vec<Request> {
 }
 
 fn batches() -> Vec<Vec<u8>> {
-    [Compression::None, Compression::Lz4, Compression::Zstd]
+    Compression::ALL
         .into_iter()
         .map(|c| {
             let mut b = BatchBuilder::new(c);
@@ -146,35 +154,49 @@ fn seeds_pass_every_check() {
             checks::batch(&b[..cut]);
         }
     }
-    // A zstd bomb: 64 MiB of zeros in a few KiB, declared small, declared honestly, and
-    // split across two frames; none may expand past the 1 MiB limit of the checks.
-    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
-    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
-    for declared in [100u32, 64 << 20, 1 << 20] {
-        let mut input = vec![2u8];
-        input.extend_from_slice(&declared.to_le_bytes());
-        input.extend_from_slice(&bomb);
-        checks::decompress(&input);
-        let raw = checks::batch_around(2, declared, &bomb);
-        checks::batch(&raw);
-        assert_refused(&raw);
-    }
+    // A zstd bomb: 64 MiB of zeros in a few KiB, once declaring its size (refused before
+    // storing) and once as a stream that declares nothing, alone and behind a small honest
+    // frame (stored, but never expanded past the 1 MiB limit of the checks when read).
+    let declared = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    assert!(declared.len() < 64 << 10, "{}", declared.len());
+    let undeclared = {
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![0u8; 64 << 20]).unwrap();
+        enc.finish().unwrap()
+    };
     let small = zstd::bulk::compress(&[1u8; 100], 3).unwrap();
-    let two = [small.as_slice(), bomb.as_slice()].concat();
-    let raw = checks::batch_around(2, 100, &two);
-    checks::batch(&raw);
-    assert_refused(&raw);
+    let behind = [small.as_slice(), declared.as_slice()].concat();
+    for (bomb, refused_on_produce) in [(&declared, true), (&undeclared, false), (&behind, false)] {
+        let mut input = vec![4u8];
+        input.extend_from_slice(bomb);
+        checks::decompress(&input);
+        let raw = checks::batch_around(4, bomb);
+        checks::batch(&raw);
+        assert_refused(&raw, refused_on_produce);
+    }
+    // Every other codec's bomb is stored as it came and refused when read.
+    for codec in [1u16, 2, 3] {
+        let mut b = BatchBuilder::new(Compression::from_code(codec).unwrap());
+        b.push(0, None, Some(&vec![0u8; 8 << 20]), &[]);
+        let raw = b.finish().into_bytes().to_vec();
+        checks::batch(&raw);
+        assert_refused(&raw, false);
+    }
 }
 
-/// The node's pre-store check refuses a bomb, however its size is declared.
-fn assert_refused(raw: &[u8]) {
+/// The node's pre-store check refuses a bomb that declares its size; a consumer reading any
+/// bomb stops at the bound and names it.
+fn assert_refused(raw: &[u8], on_produce: bool) {
     let limits = strait_protocol::DecodeLimits {
         batch_bytes_max: 1 << 20,
         batch_bytes_decompressed_max: 1 << 20,
     };
     let b =
         strait_protocol::RecordBatch::parse(bytes::Bytes::copy_from_slice(raw), &limits).unwrap();
-    let err = b.check_decompressed_size(1 << 20).unwrap_err();
+    let checked = b.check_decompressed_size(1 << 20);
+    assert_eq!(checked.is_err(), on_produce, "{checked:?}");
+    let err = b.records(1 << 20).unwrap_err();
     assert!(err.to_string().contains("decompress"), "{err}");
 }
 
@@ -182,8 +204,8 @@ fn assert_refused(raw: &[u8]) {
 const SEEDS: [(&str, usize); 4] = [
     ("frame", 11),
     ("request", 11),
-    ("batch", 3),
-    ("decompress", 4),
+    ("batch", 5),
+    ("decompress", 6),
 ];
 
 type Check = fn(&[u8]);
@@ -204,9 +226,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         out.push(("frame", f));
     }
     for (codec, b) in batches().into_iter().enumerate() {
-        // The decompress target reads [codec][declared size u32 LE][records section].
+        // The decompress target reads [Kafka codec id][records section].
         let mut input = vec![codec as u8];
-        input.extend_from_slice(&(1u32 << 20).to_le_bytes());
         input.extend_from_slice(&b[strait_protocol::batch::HEADER_LEN..]);
         out.push(("decompress", input));
         out.push(("batch", b));

@@ -160,6 +160,7 @@ fn every_operation(topic: &str, group: &str) -> Vec<(Request, Vec<Bytes>)> {
             Request::MirrorAppend {
                 topic: t.clone(),
                 partition: 0,
+                provenance: vec![Default::default()],
             },
             vec![batch("x")],
         ),
@@ -373,6 +374,7 @@ async fn each_operation_needs_its_acl_and_refusals_reveal_nothing() {
             Request::MirrorAppend {
                 topic: "east.x".into(),
                 partition: 0,
+                provenance: vec![Default::default()],
             },
             &[batch("m")],
         )
@@ -384,6 +386,7 @@ async fn each_operation_needs_its_acl_and_refusals_reveal_nothing() {
         Request::MirrorAppend {
             topic: "east.x".into(),
             partition: 0,
+            provenance: vec![Default::default()],
         },
         &[batch("m")],
     )

@@ -197,6 +197,7 @@ async fn flows_are_managed_at_run_time_and_follow_the_source() {
     let forged = Request::MirrorAppend {
         topic: "east.orders".into(),
         partition: 0,
+        provenance: vec![Default::default()],
     };
     let err = target
         .call(&forged, &[b.finish().into_bytes()])

@@ -121,6 +121,7 @@ impl Broker {
         defaults: LogConfig,
     ) -> anyhow::Result<Arc<Broker>> {
         let lock = DataDirLock::acquire(data_dir)?;
+        crate::data_format::check_or_stamp(data_dir)?;
         let topics_dir = data_dir.join("topics");
         durable_file::create_dir(&topics_dir).map_err(|e| {
             anyhow::anyhow!(

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use strait_protocol::batch;
 use strait_protocol::client::ClientError;
-use strait_protocol::{RecordBatch, Request, Response, WireError};
+use strait_protocol::{Provenance, RecordBatch, Request, Response, WireError};
 
-use super::handlers::{corrupt, mirror::mirror_append, Answer};
+use super::handlers::mirror::{mirror_append, with_provenance};
+use super::handlers::{corrupt, Answer};
 use super::service::{RequestService, Session};
 
 /// The node as seen by a flow it runs; see `Server::local_endpoint`.
@@ -32,6 +33,7 @@ impl LocalEndpoint {
         topic: &str,
         partition: u32,
         payload: &[Bytes],
+        provenance: Vec<Provenance>,
     ) -> Result<Answer, WireError> {
         let limits = self.service.broker().topic(topic)?.config.decode_limits();
         let batches = payload
@@ -39,6 +41,7 @@ impl LocalEndpoint {
             .map(|b| RecordBatch::parse(b.clone(), &limits))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| corrupt(topic, partition, e))?;
+        let batches = with_provenance(topic, partition, batches, provenance)?;
         self.append_checked(topic, partition, batches).await
     }
 
@@ -48,14 +51,17 @@ impl LocalEndpoint {
         &self,
         topic: &str,
         partition: u32,
-        batches: Vec<RecordBatch>,
+        batches: Vec<(RecordBatch, Provenance)>,
     ) -> Result<Answer, WireError> {
         let started = std::time::Instant::now();
         let broker = self.service.broker();
         let t = broker.topic(topic)?;
         let limits = t.config.decode_limits();
-        let bytes: u64 = batches.iter().map(|b| b.size_bytes() as u64).sum();
-        for b in &batches {
+        let bytes: u64 = batches.iter().map(|(b, _)| b.size_bytes() as u64).sum();
+        for (b, p) in &batches {
+            p.check(u64::from(b.last_offset_delta())).map_err(|e| {
+                WireError::new(strait_protocol::ErrorCode::INVALID_REQUEST, e.to_string())
+            })?;
             batch::total_len(b.as_bytes(), &limits)
                 .and_then(|_| b.check_decompressed_size(limits.batch_bytes_decompressed_max))
                 .map_err(|e| corrupt(topic, partition, e))?;
@@ -81,8 +87,13 @@ impl strait_mirror::Endpoint for LocalEndpoint {
     ) -> strait_mirror::BoxFuture<'a, Result<(Response, Bytes), ClientError>> {
         Box::pin(async move {
             let answer = match request {
-                Request::MirrorAppend { topic, partition } => {
-                    self.append_payload(topic, *partition, payload).await
+                Request::MirrorAppend {
+                    topic,
+                    partition,
+                    provenance,
+                } => {
+                    self.append_payload(topic, *partition, payload, provenance.clone())
+                        .await
                 }
                 other => {
                     let joined = join(payload.to_vec());
@@ -106,7 +117,7 @@ impl strait_mirror::Endpoint for LocalEndpoint {
         &'a self,
         topic: &'a str,
         partition: u32,
-        batches: Vec<RecordBatch>,
+        batches: Vec<(RecordBatch, Provenance)>,
     ) -> strait_mirror::BoxFuture<'a, Result<Response, ClientError>> {
         Box::pin(async move {
             match self.append_checked(topic, partition, batches).await {

@@ -69,6 +69,16 @@ impl Session {
 
     /// Mirror flows (and nodes running flows as gateways) may create mirror topics and append
     /// copied batches; clients may not, whatever else they are allowed.
+    /// Whether the peer runs mirror flows (or is the node itself): it is told where mirrored
+    /// batches came from when it fetches them.
+    pub(super) fn is_mirror(&self) -> bool {
+        self.trusted
+            || matches!(
+                self.role,
+                Some(strait_certs::Role::Mirror | strait_certs::Role::Node)
+            )
+    }
+
     pub(super) fn require_mirror(&self, what: &str) -> Result<(), WireError> {
         match self.role {
             Some(strait_certs::Role::Mirror | strait_certs::Role::Node) => Ok(()),
@@ -285,7 +295,9 @@ impl RequestService {
             Request::Produce { .. }
             | Request::Fetch { .. }
             | Request::ListOffsets { .. }
-            | Request::InitProducer {} => handlers::data::serve(self, request, payload).await,
+            | Request::InitProducer {} => {
+                handlers::data::serve(self, request, payload, session.is_mirror()).await
+            }
             Request::Metadata { .. }
             | Request::CreateTopic { .. }
             | Request::DeleteTopic { .. }

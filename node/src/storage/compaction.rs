@@ -13,6 +13,7 @@ use std::io::{BufWriter, Write};
 use bytes::Bytes;
 use strait_protocol::batch::DecodeLimits;
 use strait_protocol::{BatchBuilder, Offset, RecordBatch};
+use tracing::warn;
 
 use super::log::{LogError, PartitionLog};
 use super::segment::{self, ChunkReader};
@@ -58,9 +59,13 @@ pub fn clean(log: &PartitionLog, now_ms: i64) -> Result<CleanStats, LogError> {
         let mut changed = false;
         let mut written = 0u64;
         for_each_batch(log, base, &file, size, &limits, |b, at| {
-            let records = b
-                .records(limits.batch_bytes_decompressed_max)
-                .map_err(|e| corrupt(log, base, at, e))?;
+            let Some(records) = cleanable(log, b, base, at, &limits) else {
+                // Kept exactly as it came: it cannot be cleaned, and is not damage.
+                written += b.size_bytes() as u64;
+                return writer
+                    .write_all(b.as_bytes())
+                    .map_err(|s| log.io("writing a cleaned segment", s));
+            };
             stats.records_before += records.len() as u64;
             let keep: Vec<_> = records
                 .iter()
@@ -128,10 +133,7 @@ fn latest_offsets(
         .chain([(active_base, active_file, active_size)]);
     for (base, file, size) in all {
         for_each_batch(log, base, &file, size, limits, |b, at| {
-            for r in b
-                .records(limits.batch_bytes_decompressed_max)
-                .map_err(|e| corrupt(log, base, at, e))?
-            {
+            for r in cleanable(log, b, base, at, limits).unwrap_or_default() {
                 if let Some(k) = r.key {
                     if latest.len() < CLEANER_KEYS_MAX || latest.contains_key(&k) {
                         latest.insert(k, r.offset.0);
@@ -172,9 +174,6 @@ fn rebuild(original: &RecordBatch, keep: &[&strait_protocol::Record]) -> Bytes {
         original.producer_epoch(),
         original.base_sequence(),
     );
-    if let Some(p) = original.provenance() {
-        builder = builder.provenance(p);
-    }
     for r in keep {
         builder.push_at(
             (r.offset.0 - base.0) as u32,
@@ -191,11 +190,24 @@ fn rebuild(original: &RecordBatch, keep: &[&strait_protocol::Record]) -> Bytes {
 }
 
 /// A batch whose records do not decode: the partition goes offline, as for any damage.
-fn corrupt(
+/// The records of a stored batch, or None when they cannot be read within the topic's
+/// limits. Its CRC was checked as it was read, so such a batch is what a producer sent (a
+/// records section that decompresses past `max.batch.decompressed.bytes`, or malformed
+/// records under a valid CRC: the node never decompresses on produce), not damage: the
+/// cleaner keeps it untouched instead of taking the partition offline.
+fn cleanable(
     log: &PartitionLog,
+    b: &RecordBatch,
     segment: Offset,
     position: u64,
-    e: strait_protocol::DecodeError,
-) -> LogError {
-    log.damaged(segment, position, e.to_string())
+    limits: &DecodeLimits,
+) -> Option<Vec<strait_protocol::Record>> {
+    match b.records(limits.batch_bytes_decompressed_max) {
+        Ok(records) => Some(records),
+        Err(e) => {
+            warn!(log = %log.name(), segment = segment.0, position, base_offset = b.base_offset().0, error = %e,
+                "the cleaner keeps a batch it cannot read as it is");
+            None
+        }
+    }
 }

@@ -3,18 +3,16 @@
 //!
 //! A mirrored batch keeps its records and their relative offsets, so one entry per batch (its
 //! source base and last offset, and the base offset it got here) maps every record. The map is
-//! derived data: every entry comes from the provenance carried inside the stored batch, so it is
-//! snapshotted beside the producer state and rebuilt from the batch headers after the snapshot
-//! on open, and a crash can never leave it disagreeing with the log.
+//! derived data: every entry comes from the partition's provenance log (the chain each mirrored
+//! batch was sent with, written before the batch), rebuilt from it on open, so a crash can never
+//! leave it disagreeing with the log.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use strait_protocol::{Offset, RecordBatch};
+use strait_protocol::Provenance;
 
-pub(crate) const SNAPSHOT_FILE: &str = "mirror-map.snapshot";
+use super::provenance_log::Stored;
 
 /// A source partition of another cluster.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -53,17 +51,21 @@ pub struct MirrorMap {
     sources: BTreeMap<SourceKey, Vec<Span>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    offset: u64,
-    map: MirrorMap,
-}
-
 impl MirrorMap {
-    /// The source partition a batch was copied from, if it carries provenance.
-    pub fn key_of(batch: &RecordBatch) -> Option<(SourceKey, u64)> {
-        let p = batch.provenance()?;
-        let hop = p.source()?;
+    /// Rebuilt from a partition's provenance log.
+    pub fn from_stored(entries: &[Stored]) -> MirrorMap {
+        let mut map = MirrorMap::default();
+        for e in entries {
+            if let Some((key, source_base)) = MirrorMap::key_of(&e.provenance) {
+                map.record(key, source_base, e.last - e.base, e.base);
+            }
+        }
+        map
+    }
+
+    /// The source partition a batch was copied from (its chain's last hop), if it was.
+    pub fn key_of(provenance: &Provenance) -> Option<(SourceKey, u64)> {
+        let hop = provenance.source()?;
         Some((
             SourceKey {
                 cluster: hop.cluster.clone(),
@@ -82,17 +84,12 @@ impl MirrorMap {
             .map(|s| s.source_last + 1)
     }
 
-    /// Records that `batch`, copied from `key` at `source_base`, now starts at `target_base`.
-    pub fn record(
-        &mut self,
-        key: SourceKey,
-        source_base: u64,
-        batch: &RecordBatch,
-        target_base: u64,
-    ) {
+    /// Records that a batch spanning `last_delta` offsets past its base, copied from `key` at
+    /// `source_base`, now starts at `target_base`.
+    pub fn record(&mut self, key: SourceKey, source_base: u64, last_delta: u64, target_base: u64) {
         let span = Span {
             source_base,
-            source_last: source_base + u64::from(batch.last_offset_delta()),
+            source_last: source_base + last_delta,
             target_base,
         };
         let spans = self.sources.entry(key).or_default();
@@ -172,39 +169,15 @@ impl MirrorMap {
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
-
-    /// Writes the map as of `offset` (every batch below it is covered).
-    pub fn write_snapshot(&self, dir: &Path, offset: Offset) -> io::Result<()> {
-        if self.is_empty() && !dir.join(SNAPSHOT_FILE).exists() {
-            return Ok(());
-        }
-        let snapshot = Snapshot {
-            offset: offset.0,
-            map: self.clone(),
-        };
-        super::log::write_snapshot_file(&dir.join(SNAPSHOT_FILE), &snapshot)
-    }
-
-    /// Reads a valid snapshot with the offset it covers up to; a missing or damaged one is
-    /// None (the map is then rebuilt from the whole log).
-    pub fn read_snapshot(dir: &Path) -> Option<(MirrorMap, Offset)> {
-        let snapshot: Snapshot = super::log::read_snapshot_file(&dir.join(SNAPSHOT_FILE))?;
-        Some((snapshot.map, Offset(snapshot.offset)))
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use strait_protocol::{BatchBuilder, Compression};
-
     use super::*;
 
-    fn batch(n: usize) -> RecordBatch {
-        let mut b = BatchBuilder::new(Compression::None);
-        for _ in 0..n {
-            b.push(0, None, Some(b"v"), &[]);
-        }
-        b.finish()
+    /// The last offset delta of a batch of `n` records.
+    fn batch(n: u64) -> u64 {
+        n - 1
     }
 
     #[test]
@@ -216,9 +189,9 @@ mod tests {
         };
         let mut m = MirrorMap::default();
         // Source 0..=9 at target 100.., source 20..=24 at target 130.. (10..20 skipped).
-        m.record(key.clone(), 0, &batch(10), 100);
-        m.record(key.clone(), 20, &batch(5), 130);
-        m.record(key.clone(), 5, &batch(1), 200); // a replay below the end is ignored
+        m.record(key.clone(), 0, batch(10), 100);
+        m.record(key.clone(), 20, batch(5), 130);
+        m.record(key.clone(), 5, batch(1), 200); // a replay below the end is ignored
         assert_eq!(m.translate(&key, 3, 0), Translation::Exact(103));
         assert_eq!(m.translate(&key, 24, 0), Translation::Exact(134));
         assert_eq!(
@@ -240,9 +213,7 @@ mod tests {
         assert_eq!(m.sources().next().unwrap().1.len(), 1);
         m.truncate(130);
         assert_eq!(m.next_source_offset(&key), None);
-        let dir = tempfile::tempdir().unwrap();
-        m.record(key.clone(), 30, &batch(2), 140);
-        m.write_snapshot(dir.path(), Offset(142)).unwrap();
-        assert_eq!(MirrorMap::read_snapshot(dir.path()), Some((m, Offset(142))));
+        m.record(key.clone(), 30, batch(2), 140);
+        assert_eq!(m.next_source_offset(&key), Some(32));
     }
 }

@@ -10,6 +10,7 @@ pub mod durability_journal;
 pub mod log;
 pub mod mirror_map;
 pub mod producer_state;
+pub mod provenance_log;
 pub mod segment;
 
 pub use config::{CleanupPolicy, ConfigError, FlushPolicy, LogConfig};

@@ -166,10 +166,11 @@ impl Segment {
     ) -> io::Result<()> {
         let position = self.size;
         let bytes = batch.as_bytes();
+        // Big-endian, as Kafka lays the header out.
         let mut head = [0u8; ASSIGNED_PREFIX_LEN];
-        head[..8].copy_from_slice(&base.0.to_le_bytes());
+        head[..8].copy_from_slice(&base.0.to_be_bytes());
         head[8..12].copy_from_slice(&bytes[8..12]);
-        head[12..16].copy_from_slice(&epoch.0.to_le_bytes());
+        head[12..16].copy_from_slice(&epoch.0.to_be_bytes());
         self.file.write_all_at(&head, position)?;
         self.file.write_all_at(
             &bytes[ASSIGNED_PREFIX_LEN..],

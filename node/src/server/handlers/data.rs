@@ -28,6 +28,7 @@ pub(in crate::server) async fn serve(
     service: &RequestService,
     request: Request,
     payload: Bytes,
+    mirror_principal: bool,
 ) -> Result<Answer, WireError> {
     let broker = service.broker();
     match request {
@@ -47,7 +48,15 @@ pub(in crate::server) async fn serve(
             let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_WAIT_MS_MAX)));
             let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
             let p = broker.partition(&topic, PartitionId(partition))?;
-            fetch(p, Offset(offset), wait, min_bytes, max_bytes).await
+            fetch(
+                p,
+                Offset(offset),
+                wait,
+                min_bytes,
+                max_bytes,
+                mirror_principal,
+            )
+            .await
         }
         Request::ListOffsets {
             topic,
@@ -86,12 +95,6 @@ async fn produce(
     }
     let p = broker.partition(topic, PartitionId(partition))?;
     let batches = decode_batches(&t, topic, partition, payload)?;
-    if batches.iter().any(|b| b.provenance().is_some()) {
-        return Err(WireError::new(
-            ErrorCode::INVALID_REQUEST,
-            format!("{topic}/{partition}: a produced batch carries mirror provenance; only mirror flows set it (through MirrorAppend)"),
-        ));
-    }
     if batches.is_empty() {
         return Err(WireError::new(
             ErrorCode::INVALID_REQUEST,
@@ -123,13 +126,15 @@ async fn produce(
 }
 
 /// Answers whole batches from `offset` on, long-polling up to `wait` until `min_bytes` are
-/// there. Each read runs on a blocking thread.
+/// there. Each read runs on a blocking thread. A mirror principal is also told the provenance
+/// of the mirrored batches among them.
 pub(in crate::server) async fn fetch(
     p: Arc<Partition>,
     offset: Offset,
     wait: Duration,
     min_bytes: u32,
     max_bytes: usize,
+    with_provenance: bool,
 ) -> Result<Answer, WireError> {
     let deadline = Instant::now() + wait;
     let mut grown: watch::Receiver<u64> = p.grown.subscribe();
@@ -139,9 +144,16 @@ pub(in crate::server) async fn fetch(
         let read = blocking(move || reader.log.read(offset, max_bytes).map_err(log_error)).await?;
         let enough = read.batches.len() >= min_bytes.max(1) as usize;
         if enough || Instant::now() >= deadline {
+            let provenance = if with_provenance && !read.batches.is_empty() {
+                let (reader, batches) = (p.clone(), read.batches.clone());
+                blocking(move || reader.log.provenance_of(&batches).map_err(log_error)).await?
+            } else {
+                Vec::new()
+            };
             let response = Response::Fetched {
                 high_watermark: read.high_watermark.0,
                 log_start: read.log_start.0,
+                provenance,
             };
             return Ok((response, vec![read.batches]));
         }

@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use strait_protocol::acl::{Operation, ResourceKind};
-use strait_protocol::{ErrorCode, PartitionId, RecordBatch, Request, Response, WireError};
+use strait_protocol::{
+    ErrorCode, PartitionId, Provenance, RecordBatch, Request, Response, WireError,
+};
 
 use super::{data, plain, Answer};
 use crate::broker::{Broker, Topic};
@@ -67,10 +69,15 @@ pub(in crate::server) async fn serve(
                 offset,
             })
         }
-        Request::MirrorAppend { topic, partition } => {
+        Request::MirrorAppend {
+            topic,
+            partition,
+            provenance,
+        } => {
             session.require_mirror("appending copied batches")?;
             let t = broker.topic(&topic)?;
             let batches = data::decode_batches(&t, &topic, partition, payload)?;
+            let batches = with_provenance(&topic, partition, batches, provenance)?;
             mirror_append(broker, &t, partition, batches).await
         }
         Request::MirrorResume {
@@ -96,21 +103,53 @@ pub(in crate::server) async fn serve(
     }
 }
 
+/// Pairs each batch of a `MirrorAppend` with its provenance chain, which must be one per batch
+/// and within bounds.
+pub(in crate::server) fn with_provenance(
+    topic: &str,
+    partition: u32,
+    batches: Vec<RecordBatch>,
+    provenance: Vec<Provenance>,
+) -> Result<Vec<(RecordBatch, Provenance)>, WireError> {
+    if provenance.len() != batches.len() {
+        return Err(WireError::new(
+            ErrorCode::INVALID_REQUEST,
+            format!(
+                "{topic}/{partition}: {} batches came with {} provenance chains; a flow sends one per batch",
+                batches.len(),
+                provenance.len()
+            ),
+        ));
+    }
+    for (b, p) in batches.iter().zip(&provenance) {
+        p.check(u64::from(b.last_offset_delta())).map_err(|e| {
+            WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!(
+                    "{topic}/{partition}: batch at offset {}: {e}",
+                    b.base_offset()
+                ),
+            )
+        })?;
+    }
+    Ok(batches.into_iter().zip(provenance).collect())
+}
+
 /// Appends copied batches: at their own offsets into a prefix-mode mirror topic, at the log
 /// end (with their provenance mapped) into an identity-mode topic.
 pub(in crate::server) async fn mirror_append(
     broker: &Broker,
     t: &Topic,
     partition: u32,
-    batches: Vec<RecordBatch>,
+    batches: Vec<(RecordBatch, Provenance)>,
 ) -> Result<Answer, WireError> {
     let topic = t.name.as_str();
     let p = broker.partition(topic, PartitionId(partition))?;
     let prefix = t.mirror.is_some();
     if !prefix {
-        if let Some(b) = batches.iter().find(|b| {
-            b.provenance()
-                .and_then(|pr| pr.source().map(|h| h.cluster == broker.cluster))
+        if let Some((b, _)) = batches.iter().find(|(_, pr)| {
+            pr.source()
+                .map(|h| h.cluster == broker.cluster)
                 .unwrap_or(true)
         }) {
             return Err(WireError::new(

@@ -116,9 +116,6 @@ impl PartitionLog {
         st.producers
             .write_snapshot(&self.dir, st.next_offset)
             .map_err(|source| self.io("writing the producer snapshot", source))?;
-        st.mirrors
-            .write_snapshot(&self.dir, st.next_offset)
-            .map_err(|source| self.io("writing the mirror map snapshot", source))?;
         for seg in st.segments.values() {
             seg.write_indexes()
                 .map_err(|source| self.io("writing indexes", source))?;

@@ -14,13 +14,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use strait_protocol::batch::{self, DecodeLimits};
-use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
+use strait_protocol::{LeaderEpoch, Offset, Provenance, RecordBatch};
 use tracing::{error, info, warn};
 
 use super::config::{FlushPolicy, LogConfig};
 use super::corruption::{self, Action};
 use super::mirror_map::{MirrorMap, SourceKey, Translation};
 use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
+use super::provenance_log::{ProvenanceLog, Stored};
 use super::segment::{self, ChunkReader, ScanStop, Segment};
 
 mod commit;
@@ -154,6 +155,8 @@ struct LogState {
     unsynced_sealed: Vec<Arc<File>>,
     producers: ProducerStates,
     mirrors: MirrorMap,
+    /// Where each mirrored batch came from; the mirror map is derived from it.
+    provenance: ProvenanceLog,
 }
 
 /// How an append chooses the offsets of a batch.
@@ -161,11 +164,8 @@ struct LogState {
 enum AppendMode {
     /// Next offsets of the log; idempotent producers are checked.
     Assign,
-    /// The offsets the batch carries (prefix mirrors, followers).
+    /// The offsets the batch carries (followers).
     Explicit,
-    /// Next offsets of the log, for a batch copied from another cluster: its provenance is
-    /// recorded in the mirror map and a batch copied before is skipped.
-    Mirrored,
 }
 
 struct SyncState {
@@ -246,39 +246,145 @@ impl PartitionLog {
             .collect()
     }
 
-    /// Appends one chunk of a mirror flow: at the batches' own offsets into a prefix mirror
-    /// (`at_source_offsets`; batches already here are a retry and skipped), or at the end of
-    /// an identity-mode topic, where each batch's last provenance hop names its source
-    /// partition and offsets and a batch whose source offsets were copied before is skipped
-    /// (the check and the append happen under one lock, so a resumed copy never duplicates).
-    /// Under `flush = always` one fsync covers the whole chunk, not one per batch. Answers the
-    /// first and last offsets appended, None when every batch was here already.
+    /// Appends one chunk of a mirror flow, each batch with the provenance it was sent with:
+    /// at the batches' own offsets into a prefix mirror (`at_source_offsets`; batches already
+    /// here are a retry and skipped), or at the end of an identity-mode topic, where each
+    /// chain's last hop names the batch's source partition and offsets and a batch whose
+    /// source offsets were copied before is skipped. The check and the append happen under one
+    /// lock, so a resumed copy never duplicates. The chunk's provenance entries are durable
+    /// before its batches are written (a batch never lacks its provenance, see
+    /// `provenance_log`); under `flush = always` one fsync then covers the whole chunk. Answers
+    /// the first and last offsets appended, None when every batch was here already.
     pub fn append_copies(
         &self,
-        batches: Vec<RecordBatch>,
+        batches: Vec<(RecordBatch, Provenance)>,
         at_source_offsets: bool,
         now_ms: i64,
     ) -> Result<Option<(Offset, Offset)>, LogError> {
         let mut range: Option<(Offset, Offset)> = None;
-        for batch in batches {
-            let appended = if at_source_offsets {
-                if batch.next_offset() <= self.log_end() {
-                    continue;
-                }
-                self.append_inner(batch, AppendMode::Explicit, now_ms, false)?
-            } else {
-                self.append_inner(batch, AppendMode::Mirrored, now_ms, false)?
-            };
-            if let Some(a) = appended {
-                let first = range.map_or(a.base_offset, |(first, _)| first);
-                range = Some((first, a.last_offset));
+        let flush = {
+            let mut st = lock(&self.state);
+            if let Some(reason) = &st.offline {
+                return Err(LogError::Offline {
+                    log: self.name.clone(),
+                    reason: reason.clone(),
+                });
             }
-        }
+            // Where each batch goes, decided before anything is written.
+            let mut planned = Vec::with_capacity(batches.len());
+            let mut next = st.next_offset;
+            let mut copied_through = std::collections::HashMap::new();
+            for (batch, provenance) in batches {
+                let span = u64::from(batch.last_offset_delta()) + 1;
+                let mirrored = MirrorMap::key_of(&provenance);
+                let base = if at_source_offsets {
+                    if batch.next_offset() <= next {
+                        continue;
+                    }
+                    if batch.base_offset() < next {
+                        return Err(LogError::OffsetNotMonotonic {
+                            log: self.name.clone(),
+                            expected: next,
+                            got: batch.base_offset(),
+                        });
+                    }
+                    batch.base_offset()
+                } else {
+                    let Some((key, source_base)) = &mirrored else {
+                        return Err(LogError::NoProvenance {
+                            log: self.name.clone(),
+                        });
+                    };
+                    let through = copied_through
+                        .get(key)
+                        .copied()
+                        .or_else(|| st.mirrors.next_source_offset(key));
+                    if through.is_some_and(|next| *source_base < next) {
+                        continue;
+                    }
+                    copied_through.insert(key.clone(), source_base + span);
+                    next
+                };
+                if base.checked_plus(span).is_none() {
+                    return Err(LogError::OffsetsExhausted {
+                        log: self.name.clone(),
+                        end: base,
+                    });
+                }
+                next = base.plus(span);
+                planned.push((batch, base, provenance, mirrored));
+            }
+            let entries: Vec<Stored> = planned
+                .iter()
+                .filter(|(_, _, p, _)| !p.is_empty())
+                .map(|(b, base, p, _)| Stored {
+                    base: base.0,
+                    last: base.0 + u64::from(b.last_offset_delta()),
+                    provenance: p.clone(),
+                })
+                .collect();
+            st.provenance
+                .append(&entries)
+                .map_err(|source| self.io("writing provenance", source))?;
+            for (batch, base, _, mirrored) in planned {
+                let delta = u64::from(batch.last_offset_delta());
+                if let Err(e) = self.write_batch(&mut st, &batch, base, now_ms) {
+                    // Entries for batches that never landed must not describe later ones.
+                    let end = st.next_offset;
+                    if let Err(cut) = st.provenance.truncate_from(end) {
+                        warn!(log = %self.name, error = %cut, "could not cut provenance past a failed write");
+                    }
+                    return Err(e);
+                }
+                if let Some((key, source_base)) = mirrored {
+                    st.mirrors.record(key, source_base, delta, base.0);
+                }
+                let last = base.plus(delta);
+                range = Some((range.map_or(base, |(first, _)| first), last));
+            }
+            st.config.flush
+        };
         // Also when everything was skipped: a retry's batches may not be durable yet.
-        if lock(&self.state).config.flush == FlushPolicy::Always {
+        if flush == FlushPolicy::Always {
             self.sync_through(self.log_end(), now_ms)?;
         }
         Ok(range)
+    }
+
+    /// The provenance of the mirrored batches in `batches` (whole stored batches, as a read
+    /// answers them), by base offset: what a fetch by a mirror principal carries.
+    pub fn provenance_of(&self, batches: &Bytes) -> Result<Vec<(u64, Provenance)>, LogError> {
+        let mut bases = Vec::new();
+        let mut rest = &batches[..];
+        while let Some((base, len)) = batch::peek_header(rest) {
+            bases.push(base.0);
+            rest = rest.get(len..).unwrap_or_default();
+        }
+        lock(&self.state)
+            .provenance
+            .lookup(&bases)
+            .map_err(|source| self.io("reading provenance", source))
+    }
+
+    /// Writes one batch at `base` (rolling first if due) and moves the end past it; a failed
+    /// write is cut off again.
+    fn write_batch(
+        &self,
+        st: &mut LogState,
+        batch: &RecordBatch,
+        base: Offset,
+        now_ms: i64,
+    ) -> Result<Offset, LogError> {
+        let last_offset = base.plus(u64::from(batch.last_offset_delta()));
+        self.roll_if_needed(st, base, batch.size_bytes() as u64, now_ms)?;
+        let epoch = st.epoch;
+        let active = last_segment(&mut st.segments);
+        let before = active.size;
+        if let Err(source) = active.append(batch, base, epoch) {
+            return Err(self.undo_failed_write(st, before, source));
+        }
+        st.next_offset = last_offset.plus(1);
+        Ok(last_offset)
     }
 
     fn append_inner(
@@ -296,23 +402,7 @@ impl PartitionLog {
                     reason: reason.clone(),
                 });
             }
-            let mut mirrored = None;
-            let base = if mode == AppendMode::Mirrored {
-                let Some((key, source_base)) = MirrorMap::key_of(&batch) else {
-                    return Err(LogError::NoProvenance {
-                        log: self.name.clone(),
-                    });
-                };
-                if st
-                    .mirrors
-                    .next_source_offset(&key)
-                    .is_some_and(|next| source_base < next)
-                {
-                    return Ok(None);
-                }
-                mirrored = Some((key, source_base));
-                st.next_offset
-            } else if mode == AppendMode::Explicit {
+            let base = if mode == AppendMode::Explicit {
                 if batch.base_offset() < st.next_offset {
                     return Err(LogError::OffsetNotMonotonic {
                         log: self.name.clone(),
@@ -355,24 +445,9 @@ impl PartitionLog {
                     end: base,
                 });
             }
-            let last_offset = base.plus(span - 1);
-            self.roll_if_needed(&mut st, base, batch.size_bytes() as u64, now_ms)?;
-            let epoch = st.epoch;
-            let active = last_segment(&mut st.segments);
-            let before = active.size;
-            if let Err(source) = active.append(&batch, base, epoch) {
-                return Err(self.undo_failed_write(&mut st, before, source));
-            }
-            st.next_offset = last_offset.plus(1);
-            match mode {
-                AppendMode::Assign => st.producers.record(&batch, base, now_ms),
-                // As the replay on open does: any stored provenance is mapped.
-                AppendMode::Explicit | AppendMode::Mirrored => {
-                    if let Some((key, source_base)) = mirrored.or_else(|| MirrorMap::key_of(&batch))
-                    {
-                        st.mirrors.record(key, source_base, &batch, base.0);
-                    }
-                }
+            let last_offset = self.write_batch(&mut st, &batch, base, now_ms)?;
+            if mode == AppendMode::Assign {
+                st.producers.record(&batch, base, now_ms);
             }
             (
                 Appended {
@@ -462,9 +537,6 @@ impl PartitionLog {
         st.segments.insert(seg.base, seg);
         if let Err(e) = st.producers.write_snapshot(&self.dir, base) {
             warn!(log = %self.name, error = %e, "could not snapshot producer state; the next open replays more");
-        }
-        if let Err(e) = st.mirrors.write_snapshot(&self.dir, base) {
-            warn!(log = %self.name, error = %e, "could not snapshot the mirror map; the next open replays more");
         }
         Ok(())
     }

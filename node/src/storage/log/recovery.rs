@@ -1,6 +1,7 @@
 //! Opening a log after a crash, and damage: segments past the recovery point are scanned and
-//! a torn tail is cut; sealed segments before it are trusted; producer state and the mirror
-//! map are replayed from their snapshots and the batch headers after them. Damage in data the
+//! a torn tail is cut; sealed segments before it are trusted; producer state is replayed from
+//! its snapshot and the batch headers after it, and the mirror map is rebuilt from the
+//! provenance log (cut back to the log end). Damage in data the
 //! log had promised durable takes the partition offline (`corruption`). Also the deliberate
 //! cut of a failback (`truncate_to`).
 
@@ -103,8 +104,11 @@ impl PartitionLog {
         if checkpoint != Some(durable) && !empty {
             write_checkpoint(dir, durable).map_err(io_err("writing the recovery checkpoint"))?;
         }
-        let (producers, mirrors, damage) = replay_headers(dir, &segments, next_offset, &limits)
-            .map_err(io_err("replaying producer state and the mirror map"))?;
+        let (producers, damage) = replay_headers(dir, &segments, next_offset, &limits)
+            .map_err(io_err("replaying producer state"))?;
+        let (provenance, stored) =
+            ProvenanceLog::open(dir, next_offset).map_err(io_err("reading the provenance log"))?;
+        let mirrors = MirrorMap::from_stored(&stored);
         if let Some((base, stop)) = damage {
             corruption::report(name, base, stop.position, &stop.reason, Action::Offline);
             offline.get_or_insert(damaged_reason(base, stop.position, &stop.reason));
@@ -135,6 +139,7 @@ impl PartitionLog {
             unsynced_sealed: Vec::new(),
             producers,
             mirrors,
+            provenance,
         };
         let sync = SyncState {
             syncing: false,
@@ -241,11 +246,13 @@ impl PartitionLog {
         st.unsynced_sealed.clear();
         // Snapshots may describe batches that are gone: rebuild from the batches themselves.
         let _ = fs::remove_file(self.dir.join(crate::storage::producer_state::SNAPSHOT_FILE));
-        let _ = fs::remove_file(self.dir.join(crate::storage::mirror_map::SNAPSHOT_FILE));
-        let (producers, mirrors, damage) = replay_headers(&self.dir, &st.segments, end, &limits)
-            .map_err(io("rebuilding producer state and the mirror map"))?;
+        let (producers, damage) = replay_headers(&self.dir, &st.segments, end, &limits)
+            .map_err(io("rebuilding producer state"))?;
         st.producers = producers;
-        st.mirrors = mirrors;
+        st.mirrors.truncate(end.0);
+        st.provenance
+            .truncate_from(end)
+            .map_err(io("cutting the provenance log"))?;
         if let Some((base, stop)) = damage {
             return Err(self.take_offline(&mut st, base, stop));
         }
@@ -297,25 +304,20 @@ impl PartitionLog {
     }
 }
 
-/// Rebuilds producer state and the mirror map from their snapshots and the batch headers after
-/// them (from the start when a snapshot is missing, damaged or ahead of a truncated log).
+/// Rebuilds producer state from its snapshot and the batch headers after it (from the start
+/// when the snapshot is missing, damaged or ahead of a truncated log).
 /// Also answers the first damaged batch met, if any (the caller reports it).
-#[allow(clippy::type_complexity)]
 fn replay_headers(
     dir: &Path,
     segments: &BTreeMap<Offset, Segment>,
     next_offset: Offset,
     limits: &DecodeLimits,
-) -> io::Result<(ProducerStates, MirrorMap, Option<(Offset, ScanStop)>)> {
+) -> io::Result<(ProducerStates, Option<(Offset, ScanStop)>)> {
     let (mut states, from_producers) = match ProducerStates::read_snapshot(dir) {
         Some((s, at)) if at <= next_offset => (s, at),
         _ => (ProducerStates::default(), Offset(0)),
     };
-    let (mut mirrors, from_mirrors) = match MirrorMap::read_snapshot(dir) {
-        Some((m, at)) if at <= next_offset => (m, at),
-        _ => (MirrorMap::default(), Offset(0)),
-    };
-    let from = from_producers.min(from_mirrors);
+    let from = from_producers;
     let mut damage = None;
     for seg in segments.values().filter(|s| s.next_offset > from) {
         let start = if seg.base <= from {
@@ -325,26 +327,18 @@ fn replay_headers(
         };
         let mut found = Vec::new();
         let scanned = seg.scan(start, Offset(0), limits, |b, batch| {
-            let producer = b.base_offset >= from_producers && batch.producer_id() >= 0;
-            let mirrored = b.base_offset >= from_mirrors && batch.provenance().is_some();
-            if producer || mirrored {
-                found.push((batch.clone(), producer, mirrored));
+            if b.base_offset >= from && batch.producer_id() >= 0 {
+                found.push(batch.clone());
             }
         })?;
         if let Err(stop) = scanned {
             damage.get_or_insert((seg.base, stop));
         }
-        for (batch, producer, mirrored) in found {
-            let base = batch.base_offset();
-            if producer {
-                states.record(&batch, base, 0);
-            }
-            if let Some((key, source_base)) = MirrorMap::key_of(&batch).filter(|_| mirrored) {
-                mirrors.record(key, source_base, &batch, base.0);
-            }
+        for batch in found {
+            states.record(&batch, batch.base_offset(), 0);
         }
     }
-    Ok((states, mirrors, damage))
+    Ok((states, damage))
 }
 
 fn truncate_after_corruption(

@@ -42,6 +42,9 @@ impl PartitionLog {
             if first > st.log_start {
                 st.log_start = first;
                 st.mirrors.prune(first.0);
+                st.provenance
+                    .forget_below(first)
+                    .map_err(|source| self.io("rewriting the provenance log", source))?;
                 write_offset_file(&self.dir.join(LOG_START_FILE), first)
                     .map_err(|source| self.io("writing the log start offset", source))?;
                 info!(log = %self.name, log_start = first.0, deleted = doomed.len(), "retention advanced the log start");
