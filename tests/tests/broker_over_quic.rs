@@ -564,3 +564,112 @@ async fn an_idempotent_producer_keeps_going_after_a_batch_fails_for_good() {
         .collect();
     assert_eq!(values, expected, "each record once, in order");
 }
+
+/// Batches written by another Kafka implementation (the `kafka-protocol` crate), under every
+/// codec, with headers, null keys and values and an idempotent producer, go through produce,
+/// storage and fetch and come back byte for byte; a transactional batch is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_written_batches_come_back_byte_for_byte() {
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression as K, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&pki, &dir);
+    let client = pki.client(&node.address);
+    let admin = Admin::new(client.clone());
+    let encode = |codec: K, transactional: bool| {
+        let records: Vec<Record> = (0..50i64)
+            .map(|i| {
+                let mut headers = IndexMap::new();
+                headers.insert(
+                    StrBytes::from_static_str("n"),
+                    Some(Bytes::from(i.to_string())),
+                );
+                headers.insert(StrBytes::from_static_str("empty"), None);
+                Record {
+                    transactional,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: 0,
+                    producer_id: 31,
+                    producer_epoch: 0,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i,
+                    sequence: i as i32,
+                    timestamp: 1_700_000_000_000 + i,
+                    key: (i % 3 != 0).then(|| Bytes::from(format!("key-{}", i % 7))),
+                    value: (i % 5 != 0).then(|| Bytes::from(vec![i as u8; 200])),
+                    headers,
+                }
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: codec,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    };
+    for (name, codec) in [
+        ("none", K::None),
+        ("gzip", K::Gzip),
+        ("snappy", K::Snappy),
+        ("lz4", K::Lz4),
+        ("zstd", K::Zstd),
+    ] {
+        admin.create_topic(name, 1, vec![]).await.unwrap();
+        let batch = encode(codec, false);
+        let produce = Request::Produce {
+            topic: name.into(),
+            partition: 0,
+            acks: strait_protocol::Acks::All,
+        };
+        let (answer, _) = client.call(&produce, &[batch.clone()]).await.unwrap();
+        assert!(
+            matches!(
+                answer,
+                Response::Produced {
+                    base_offset: 0,
+                    last_offset: 49,
+                    ..
+                }
+            ),
+            "{name}: {answer:?}"
+        );
+        let fetch = Request::Fetch {
+            topic: name.into(),
+            partition: 0,
+            offset: 0,
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+        };
+        let (_, payload) = client.call(&fetch, &[]).await.unwrap();
+        assert!(
+            payload == batch,
+            "{name}: the fetched batch is the produced one, byte for byte"
+        );
+        // Strait's own consumer reads what the other implementation wrote.
+        let seen = strait_tests::read_partition(&client, name, 0).await;
+        assert_eq!(seen.len(), 50, "{name}");
+    }
+    let produce = Request::Produce {
+        topic: "none".into(),
+        partition: 0,
+        acks: strait_protocol::Acks::All,
+    };
+    let err = client
+        .call(&produce, &[encode(K::None, true)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CORRUPT_BATCH), "{err}");
+    assert!(err.to_string().contains("transactional id"), "{err}");
+}
