@@ -632,7 +632,10 @@ async fn kafka_written_batches_come_back_byte_for_byte() {
             partition: 0,
             acks: strait_protocol::Acks::All,
         };
-        let (answer, _) = client.call(&produce, &[batch.clone()]).await.unwrap();
+        let (answer, _) = client
+            .call(&produce, std::slice::from_ref(&batch))
+            .await
+            .unwrap();
         assert!(
             matches!(
                 answer,
