@@ -20,12 +20,28 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// Replaces `path` with `data`, durably (see the module doc).
 pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_with_mode(path, data, None)
+}
+
+/// [`write`] for a file only its owner may read or write (mode 0600 from its creation on, so
+/// it is never readable by others, not even for a moment).
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_with_mode(path, data, Some(0o600))
+}
+
+fn write_with_mode(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = temp_path(path);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if let Some(mode) = mode {
+        options.mode(mode);
+    }
+    let mut f = options.open(&tmp)?;
+    if let Some(mode) = mode {
+        // A leftover temporary file keeps its old mode: set it, whatever it was.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
     f.write_all(data)?;
     f.sync_all()?;
     drop(f);

@@ -20,6 +20,9 @@ fn strait(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .env("STRAIT_CA", "c/ca.crt")
         .env("STRAIT_CERT", "c/app.crt")
         .env("STRAIT_KEY", "c/app.key")
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("STRAIT_PROFILE")
+        .env_remove("STRAIT_BOOTSTRAP")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -740,5 +743,143 @@ fn client_errors_name_the_cause_and_the_fix() {
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "not retried: {wrong}"
+    );
+}
+
+/// Runs strait in `dir` with no identity in the environment, profiles kept in `dir/config`,
+/// plus the variables in `env`.
+fn bare(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("STRAIT_CA")
+        .env_remove("STRAIT_CERT")
+        .env_remove("STRAIT_KEY")
+        .env_remove("STRAIT_BOOTSTRAP")
+        .env_remove("STRAIT_PROFILE")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Profiles name a cluster and an identity once; commands then need no flags. Flags beat the
+/// environment, which beats the profile; a named profile that does not exist is an error
+/// naming the way to create it; the file is readable by its owner only.
+#[test]
+fn profiles_replace_connection_flags_with_flags_and_environment_taking_precedence() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let (_node, addr) = start_node(d);
+    let none = String::from_utf8(bare(d, &["profile", "list"], &[]).stdout).unwrap();
+    assert!(none.contains("no profiles"), "{none}");
+    ok(bare(
+        d,
+        &[
+            "profile",
+            "create",
+            "east",
+            "--bootstrap",
+            &addr,
+            "--ca",
+            "c/ca.crt",
+            "--cert",
+            "c/app.crt",
+            "--key",
+            "c/app.key",
+        ],
+        &[],
+    ));
+    ok(bare(
+        d,
+        &[
+            "profile",
+            "create",
+            "west",
+            "--bootstrap",
+            "127.0.0.1:9",
+            "--use",
+        ],
+        &[],
+    ));
+    let file = d.join("config/strait/profiles.toml");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the profiles file names key files: owner only");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(bare(d, &["profile", "list", "--json"], &[]))).unwrap();
+    let current: Vec<&str> = list["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["current"] == true)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(current, vec!["west"]);
+    let ca = list["profiles"][0]["ca"].as_str().unwrap();
+    assert!(
+        Path::new(ca).is_absolute(),
+        "paths work from any directory: {ca}"
+    );
+
+    ok(bare(d, &["profile", "use", "east"], &[]));
+    // No flags, no environment: the current profile connects.
+    ok(bare(
+        d,
+        &["topic", "create", "orders", "--partitions", "1"],
+        &[],
+    ));
+    let out = ok(bare(d, &["topic", "list", "--profile", "east"], &[]));
+    assert!(out.contains("orders"), "{out}");
+    let out = ok(bare(d, &["topic", "list"], &[("STRAIT_PROFILE", "east")]));
+    assert!(out.contains("orders"), "{out}");
+    // A flag beats the environment, which beats the profile.
+    let flag = bare(
+        d,
+        &["topic", "list", "--ca", "c/flag.crt"],
+        &[("STRAIT_CA", "c/env.crt")],
+    );
+    let err = String::from_utf8_lossy(&flag.stderr);
+    assert!(!flag.status.success() && err.contains("flag.crt"), "{err}");
+    let env = bare(d, &["topic", "list"], &[("STRAIT_CA", "c/env.crt")]);
+    let err = String::from_utf8_lossy(&env.stderr);
+    assert!(!env.status.success() && err.contains("env.crt"), "{err}");
+    // An unknown profile is named, with the way to create it.
+    let unknown = bare(d, &["topic", "list", "--profile", "north"], &[]);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success(), "{err}");
+    assert!(
+        err.contains("no profile \"north\"") && err.contains("profile create"),
+        "{err}"
+    );
+    ok(bare(d, &["profile", "delete", "east"], &[]));
+    let gone = bare(d, &["topic", "list"], &[]);
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        !gone.status.success() && err.contains("--profile NAME"),
+        "{err}"
+    );
+    // Without a current profile and identity, the missing address names every way to give it.
+    let no_addr = bare(
+        d,
+        &[
+            "topic",
+            "list",
+            "--ca",
+            "c/ca.crt",
+            "--cert",
+            "c/app.crt",
+            "--key",
+            "c/app.key",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&no_addr.stderr);
+    assert!(
+        err.contains("--bootstrap") && err.contains("STRAIT_BOOTSTRAP"),
+        "{err}"
     );
 }

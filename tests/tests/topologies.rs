@@ -33,6 +33,7 @@ impl Up {
             .arg(file)
             .arg("--state-dir")
             .arg(state.path())
+            .env("XDG_CONFIG_HOME", state.path().join("config"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -230,9 +231,27 @@ async fn smoke(file: &str, produce_on: &[(&str, &str, &str)], expect: &[(&str, &
     assert!(out.contains("valid"), "{out}");
     let up = Up::start(&path);
     assert!(
-        up.output.lock().unwrap().contains("export STRAIT_CA="),
-        "up prints a ready-to-paste client command"
+        up.output.lock().unwrap().contains(" --profile "),
+        "up prints ready-to-paste client commands naming its profiles"
     );
+    // One profile per cluster, `<topology>-<cluster>`, which reaches that cluster as is.
+    let declared: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if let Some((cluster, topic, _)) = produce_on.first() {
+        let profile = format!("{}-{cluster}", declared["name"].as_str().unwrap());
+        let out = Command::new(strait_bin())
+            .args(["topic", "list", "--profile", &profile])
+            .env("XDG_CONFIG_HOME", up.state.path().join("config"))
+            .env_remove("STRAIT_CA")
+            .env_remove("STRAIT_BOOTSTRAP")
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && listed.contains(topic),
+            "{listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     for (cluster, topic, tag) in produce_on {
         produce(&up.client(&address(&path, cluster)), topic, tag, N).await;
     }
@@ -257,7 +276,6 @@ async fn smoke(file: &str, produce_on: &[(&str, &str, &str)], expect: &[(&str, &
         .flat_map(|c| c["nodes"].as_array().unwrap())
         .map(|n| n["flows"].as_array().map_or(0, Vec::len))
         .sum();
-    let declared: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(
         flows,
         declared["flows"].as_array().unwrap().len(),

@@ -87,6 +87,8 @@ pub struct ProduceArgs {
     partition: Option<u32>,
     #[arg(long, default_value = "leader")]
     acks: Acks,
+    /// Codec of the batches: none, gzip, snappy, lz4 or zstd (Kafka's five; any Kafka
+    /// consumer reads them).
     #[arg(long, default_value = "none")]
     compression: Compression,
     #[arg(long)]
@@ -181,7 +183,7 @@ impl Source {
 
 pub fn client(conn: &ConnArgs) -> anyhow::Result<Arc<Client>> {
     let tls = conn.tls()?;
-    Ok(Client::new(ClientOptions::new(conn.bootstrap.clone(), tls)))
+    Ok(Client::new(ClientOptions::new(conn.bootstrap()?, tls)))
 }
 
 fn parse_configs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {

@@ -16,6 +16,7 @@ mod http;
 mod mirror_cmd;
 mod node_cmd;
 mod output;
+pub mod profile;
 mod topology;
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,10 @@ pub struct Cli {
     /// Log format: human or json.
     #[arg(long, global = true, default_value = "human")]
     pub log_format: String,
+    /// The profile giving the cluster's addresses and the client identity where flags and
+    /// environment do not (default: the current profile; see `strait profile`).
+    #[arg(long, global = true, env = "STRAIT_PROFILE")]
+    pub profile: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +61,9 @@ pub enum Command {
     /// Make and inspect certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Named clusters and identities, so commands need no --bootstrap, --ca, --cert, --key.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
     /// List, add and remove a node's access rules (ACLs).
     #[command(subcommand)]
     Acl(acl_cmd::AclCommand),
@@ -93,6 +101,19 @@ impl ConnArgs {
     pub fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
         self.identity.tls()
     }
+
+    /// The node addresses: from --bootstrap or STRAIT_BOOTSTRAP, else the profile's.
+    pub fn bootstrap(&self) -> anyhow::Result<Vec<String>> {
+        if !self.bootstrap.is_empty() {
+            return Ok(self.bootstrap.clone());
+        }
+        match profile::selected() {
+            Some((_, p)) if !p.bootstrap.is_empty() => Ok(p.bootstrap.clone()),
+            _ => anyhow::bail!(
+                "no node address: give --bootstrap HOST:PORT, set STRAIT_BOOTSTRAP, or choose a profile (--profile NAME, STRAIT_PROFILE, `strait profile use NAME`)"
+            ),
+        }
+    }
 }
 
 /// A client's certificate files: the CA that signed the nodes' certificates, its own
@@ -111,8 +132,24 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The client's TLS config; a missing file flag says every way to give it.
+    /// The client's TLS config; a missing file flag says every way to give it. Files not given
+    /// by flag or environment come from the chosen profile.
     pub fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        self.with_profile().files()
+    }
+
+    /// These files, completed from the chosen profile.
+    fn with_profile(&self) -> Identity {
+        let mut out = self.clone();
+        if let Some((_, p)) = profile::selected() {
+            out.ca = out.ca.or_else(|| p.ca.clone());
+            out.cert = out.cert.or_else(|| p.cert.clone());
+            out.key = out.key.or_else(|| p.key.clone());
+        }
+        out
+    }
+
+    fn files(&self) -> anyhow::Result<rustls::ClientConfig> {
         let missing: Vec<&str> = [
             ("--ca (or STRAIT_CA)", self.ca.is_none()),
             ("--cert (or STRAIT_CERT)", self.cert.is_none()),
@@ -123,7 +160,7 @@ impl Identity {
         .collect();
         let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
             anyhow::bail!(
-                "no client identity: missing {}. A client needs the CA that signed the nodes' certificates (--ca), its own certificate (--cert) and its key (--key); `strait certs issue --dir CA_DIR --name NAME --role client` makes one",
+                "no client identity: missing {}. A client needs the CA that signed the nodes' certificates (--ca), its own certificate (--cert) and its key (--key), by flag, environment or profile (--profile NAME, STRAIT_PROFILE); `strait certs issue --dir CA_DIR --name NAME --role client` makes one",
                 missing.join(", ")
             );
         };
@@ -131,9 +168,10 @@ impl Identity {
             .context("cannot load the client certificate; check --ca, --cert and --key")
     }
 
-    /// Whether all three files were given.
+    /// Whether all three files were given (by flag, environment or profile).
     pub fn given(&self) -> bool {
-        self.ca.is_some() && self.cert.is_some() && self.key.is_some()
+        let i = self.with_profile();
+        i.ca.is_some() && i.cert.is_some() && i.key.is_some()
     }
 }
 
@@ -160,6 +198,9 @@ fn default_level(command: &Command) -> &'static str {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Profile(_) | Command::Node(_)) {
+        profile::select(cli.profile.as_deref())?;
+    }
     match cli.command {
         Command::Node(c) => node_cmd::run(c).await,
         Command::Topic(c) => client_cmd::topic(c).await,
@@ -169,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(c) => mirror_cmd::run(c).await,
         Command::Topology(c) => topology::run(c).await,
         Command::Certs(c) => certs_cmd::run(c),
+        Command::Profile(c) => profile::run(c),
         Command::Acl(c) => acl_cmd::run(c).await,
         Command::Bench(c) => bench::run(c).await,
         Command::Completions { shell } => {

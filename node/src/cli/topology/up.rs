@@ -4,6 +4,7 @@
 //! the topology, prints the endpoints and a ready-to-paste client command, and stops every node
 //! cleanly on Ctrl-C, SIGTERM or `strait topology down`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use strait_certs::Role;
 use strait_mirror::naming::target_topic;
 use strait_mirror::topology::{node_identity, Topology};
 use tokio::process::{Child, Command};
+use tracing::warn;
 
 use super::live::Federation;
 use crate::cli::http;
@@ -188,7 +190,8 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
         nodes: children.iter().map(|r| r.node.clone()).collect(),
     };
     write_file(&state.join(UP_FILE), &serde_json::to_vec_pretty(&up)?)?;
-    print_endpoints(fed, &up);
+    let profiles = write_profiles(fed, &up);
+    print_endpoints(fed, &up, &profiles);
     Ok(())
 }
 
@@ -390,7 +393,50 @@ fn signal(p: u32, sig: rustix::process::Signal) {
     }
 }
 
-fn print_endpoints(fed: &Federation, up: &UpState) {
+/// The client principal of the federation (its certificate is in the certificate folder).
+fn client_identity(t: &Topology) -> &str {
+    t.security
+        .principals
+        .iter()
+        .find(|p| p.role == "client")
+        .map_or("admin", |p| p.name.as_str())
+}
+
+/// Saves one profile per cluster, `<topology>-<cluster>`, so the operator's commands need no
+/// addresses or certificate flags. Answers the profile of each cluster; a failure to write is
+/// reported and the commands printed with flags instead.
+fn write_profiles(fed: &Federation, up: &UpState) -> BTreeMap<String, String> {
+    let t = &fed.topology;
+    let certs = std::path::absolute(&fed.certs_dir).unwrap_or_else(|_| fed.certs_dir.clone());
+    let identity = client_identity(t);
+    let mut written = BTreeMap::new();
+    for c in &t.clusters {
+        let bootstrap: Vec<String> = up
+            .nodes
+            .iter()
+            .filter(|n| n.cluster == c.name)
+            .map(|n| n.address.clone())
+            .collect();
+        let name = format!("{}-{}", t.name, c.name);
+        let profile = crate::cli::profile::Profile {
+            bootstrap,
+            ca: Some(certs.join("ca.crt")),
+            cert: Some(certs.join(format!("{identity}.crt"))),
+            key: Some(certs.join(format!("{identity}.key"))),
+        };
+        match crate::cli::profile::save(&name, profile, false) {
+            Ok(_) => {
+                written.insert(c.name.clone(), name);
+            }
+            Err(e) => {
+                warn!(profile = %name, error = %format!("{e:#}"), "could not save the cluster's profile")
+            }
+        }
+    }
+    written
+}
+
+fn print_endpoints(fed: &Federation, up: &UpState, profiles: &BTreeMap<String, String>) {
     let t = &fed.topology;
     println!(
         "\nfederation {} is up (state and logs in {})\n",
@@ -422,31 +468,38 @@ fn print_endpoints(fed: &Federation, up: &UpState) {
         );
     }
     let certs = std::path::absolute(&fed.certs_dir).unwrap_or_else(|_| fed.certs_dir.clone());
-    let identity = t
-        .security
-        .principals
-        .iter()
-        .find(|p| p.role == "client")
-        .map_or("admin", |p| p.name.as_str());
+    let identity = client_identity(t);
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "strait".into());
+    if !profiles.is_empty() {
+        println!(
+            "\nprofiles: {} (`{exe} profile list`)",
+            profiles.values().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     println!("\nin another terminal:\n");
-    println!(
-        "  export STRAIT_CA={0}/ca.crt STRAIT_CERT={0}/{1}.crt STRAIT_KEY={0}/{1}.key",
-        certs.display(),
-        identity
-    );
-    if let Some((topic, source, target, copy)) = example(t) {
-        let addr = |c: &str| {
+    // Each cluster is named by its profile, or by address and certificate flags when its
+    // profile could not be written.
+    let target = |c: &str| match profiles.get(c) {
+        Some(p) => format!("--profile {p}"),
+        None => format!(
+            "--bootstrap {} --ca {1}/ca.crt --cert {1}/{2}.crt --key {1}/{2}.key",
             t.cluster(c)
                 .map(|c| c.nodes[0].address.clone())
-                .unwrap_or_default()
-        };
-        println!("  printf 'alice=1\\nbob=2\\n' | {exe} produce {topic} --bootstrap {} --key-separator =", addr(&source));
+                .unwrap_or_default(),
+            certs.display(),
+            identity
+        ),
+    };
+    if let Some((topic, source, dest, copy)) = example(t) {
         println!(
-            "  {exe} consume {copy} --bootstrap {} --from-beginning --idle-exit-ms 3000",
-            addr(&target)
+            "  printf 'alice=1\\nbob=2\\n' | {exe} produce {topic} {} --key-separator =",
+            target(&source)
+        );
+        println!(
+            "  {exe} consume {copy} {} --from-beginning --idle-exit-ms 3000",
+            target(&dest)
         );
     }
     println!("  {exe} topology status {}", fed.path.display());
