@@ -15,6 +15,7 @@ use super::ConnArgs;
 pub enum AclCommand {
     /// Show the node's rules, superusers and whether it enforces them.
     List {
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -24,6 +25,7 @@ pub enum AclCommand {
     Add {
         #[command(flatten)]
         rule: RuleArgs,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -33,6 +35,7 @@ pub enum AclCommand {
     Remove {
         #[command(flatten)]
         rule: RuleArgs,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

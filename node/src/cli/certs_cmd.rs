@@ -10,13 +10,16 @@ use strait_certs::Role;
 pub enum CertsCommand {
     /// Make a CA: DIR/ca.crt and DIR/ca.key.
     Init {
+        /// Folder of the CA (ca.crt, ca.key) and the certificates it issued.
         #[arg(long)]
         dir: PathBuf,
     },
     /// Issue DIR/NAME.crt and DIR/NAME.key signed by the CA in DIR.
     Issue {
+        /// Folder of the CA (ca.crt, ca.key) and the certificates it issued.
         #[arg(long)]
         dir: PathBuf,
+        /// Name of the certificate (its common name: the principal ACLs name).
         #[arg(long)]
         name: String,
         /// node, client or mirror.
@@ -29,8 +32,10 @@ pub enum CertsCommand {
     /// Issue a fresh key and certificate for NAME with the same role and hosts, replacing its
     /// files atomically; nodes and flows using them pick them up without a restart.
     Rotate {
+        /// Folder of the CA (ca.crt, ca.key) and the certificates it issued.
         #[arg(long)]
         dir: PathBuf,
+        /// Name of the certificate (its common name: the principal ACLs name).
         #[arg(long)]
         name: String,
         /// Validity of the new certificate.
@@ -39,14 +44,17 @@ pub enum CertsCommand {
         /// Also revoke the old certificate (re-signs DIR/ca.crl).
         #[arg(long)]
         revoke_old: bool,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
     /// Revoke NAME's certificate (or a serial) and re-sign DIR/ca.crl; point nodes at it with
     /// `[security] crl`.
     Revoke {
+        /// Folder of the CA (ca.crt, ca.key) and the certificates it issued.
         #[arg(long)]
         dir: PathBuf,
+        /// Name of the certificate (its common name: the principal ACLs name).
         #[arg(long)]
         name: String,
         /// Revoke this serial (hex) instead of the one in DIR/NAME.crt.
@@ -58,14 +66,18 @@ pub enum CertsCommand {
     },
     /// Re-sign DIR/ca.crl with a new next update (nodes refuse everyone once it is stale).
     Crl {
+        /// Folder of the CA (ca.crt, ca.key) and the certificates it issued.
         #[arg(long)]
         dir: PathBuf,
+        /// Days until the CRL must be refreshed (nodes refuse a stale CRL).
         #[arg(long, default_value_t = 7)]
         days: i64,
     },
     /// Show a certificate's subject, SANs, role and expiry.
     Inspect {
+        /// Certificate file (PEM) to describe.
         file: PathBuf,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },

@@ -22,7 +22,9 @@ use super::ConnArgs;
 pub enum TopicCommand {
     /// Create a topic.
     Create {
+        /// Name of the topic.
         name: String,
+        /// Number of partitions (they can grow later, never shrink).
         #[arg(long)]
         partitions: u32,
         /// KEY=VALUE (retention.ms, retention.bytes, segment.bytes, cleanup.policy, flush …).
@@ -33,6 +35,7 @@ pub enum TopicCommand {
     },
     /// List topics.
     List {
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -40,7 +43,9 @@ pub enum TopicCommand {
     },
     /// Show a topic's settings and per-partition offsets and sizes.
     Describe {
+        /// Name of the topic.
         name: String,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -49,7 +54,9 @@ pub enum TopicCommand {
     /// Grow a topic to more partitions (partitions are never removed) and/or change its
     /// settings; settings not named keep their values.
     Alter {
+        /// Name of the topic.
         name: String,
+        /// New partition count, larger than today's.
         #[arg(long, required_unless_present = "configs")]
         partitions: Option<u32>,
         /// KEY=VALUE, as for create.
@@ -60,6 +67,7 @@ pub enum TopicCommand {
     },
     /// Delete a topic and its data.
     Delete {
+        /// Name of the topic.
         name: String,
         #[command(flatten)]
         conn: ConnArgs,
@@ -68,6 +76,7 @@ pub enum TopicCommand {
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
+    /// Topic to produce to.
     topic: String,
     /// Split each record at the first SEP into key and value.
     #[arg(long)]
@@ -83,14 +92,17 @@ pub struct ProduceArgs {
     /// A header KEY=VALUE on every record; repeatable.
     #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
     headers: Vec<String>,
+    /// Send every record to this partition (default: by key, as Kafka's murmur2; sticky without a key).
     #[arg(long)]
     partition: Option<u32>,
+    /// When the node answers: none (not at all), leader (once written) or all (once durable under the topic's flush policy).
     #[arg(long, default_value = "leader")]
     acks: Acks,
     /// Codec of the batches: none, gzip, snappy, lz4 or zstd (Kafka's five; any Kafka
     /// consumer reads them).
     #[arg(long, default_value = "none")]
     compression: Compression,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

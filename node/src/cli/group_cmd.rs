@@ -16,6 +16,7 @@ use super::ConnArgs;
 pub enum GroupCommand {
     /// List consumer groups.
     List {
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -24,7 +25,9 @@ pub enum GroupCommand {
     /// State, protocol, members and their assignments, and per partition committed offset,
     /// end offset and lag.
     Describe {
+        /// Name of the consumer group.
         group: String,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -36,7 +39,9 @@ pub enum GroupCommand {
     /// Move a group to another cluster of a topology: apply the offsets its flows
     /// checkpointed there (translated, clamped to what that cluster holds) and print them.
     Failover {
+        /// Name of the consumer group.
         group: String,
+        /// Topology that declares the flow carrying the group's offsets (primary and replica).
         #[arg(long)]
         topology: std::path::PathBuf,
         /// The cluster the group moves to.
@@ -44,6 +49,7 @@ pub enum GroupCommand {
         to: String,
         #[command(flatten)]
         state: super::topology::StateArgs,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
@@ -51,7 +57,9 @@ pub enum GroupCommand {
 
 #[derive(Args, Debug)]
 pub struct ResetArgs {
+    /// Name of the consumer group.
     group: String,
+    /// Topic whose offsets move (every partition).
     #[arg(long)]
     topic: String,
     #[command(flatten)]
@@ -59,6 +67,7 @@ pub struct ResetArgs {
     /// Apply the change; without it only the preview is printed.
     #[arg(long)]
     execute: bool,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -68,12 +77,16 @@ pub struct ResetArgs {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct ResetTarget {
+    /// To the first offset still in the log.
     #[arg(long)]
     to_earliest: bool,
+    /// To the log end (skip everything produced so far).
     #[arg(long)]
     to_latest: bool,
+    /// To this offset on every partition.
     #[arg(long)]
     to_offset: Option<u64>,
+    /// To the first record at or after this time (ms since the Unix epoch).
     #[arg(long)]
     to_timestamp: Option<i64>,
 }

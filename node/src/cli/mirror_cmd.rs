@@ -25,6 +25,7 @@ pub enum MirrorCommand {
         /// Only this flow.
         #[arg(long)]
         flow: Option<String>,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
@@ -38,6 +39,7 @@ pub enum MirrorCommand {
         /// TOML with the fields of one [[flows]] entry (name, source_bootstrap, topics, …).
         #[arg(long)]
         spec: PathBuf,
+        /// Reconfigure the flow if one of that name runs (otherwise adding it again is refused).
         #[arg(long)]
         replace: bool,
         /// The operator's identity: changes travel over QUIC with mutual TLS and are checked
@@ -51,6 +53,7 @@ pub enum MirrorCommand {
         /// Admin address of the node that runs the flow (its QUIC address is read there).
         #[arg(long, env = "STRAIT_ADMIN")]
         admin: String,
+        /// Name of the flow.
         #[arg(long)]
         flow: String,
         /// The operator's identity: changes travel over QUIC with mutual TLS and are checked
@@ -61,6 +64,7 @@ pub enum MirrorCommand {
     /// Failover: stop a flow (for some topics, or all), make its mirror topics writable, and
     /// report per partition the recovery point and the records at risk.
     Promote {
+        /// Name of the flow.
         #[arg(long)]
         flow: String,
         /// Source topic (or its mirror topic) to promote; repeatable. Default: every topic.
@@ -73,6 +77,7 @@ pub enum MirrorCommand {
         /// --ca/--cert/--key, use the topology's operator certificate).
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         /// The operator's identity: changes travel over QUIC with mutual TLS and are checked
@@ -84,24 +89,31 @@ pub enum MirrorCommand {
     /// copies. Its divergent tail (accepted, never mirrored) is quarantined in
     /// `<topic>.diverged` at the same offsets and reported; then only what it lacks is copied.
     Reverse {
+        /// Name of the flow.
         #[arg(long)]
         flow: String,
         /// The topology that declares the flow (for both clusters' nodes).
         #[arg(long)]
         topology: PathBuf,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
     /// Where a source record is on the target cluster (ask the target's bootstrap).
     Translate {
+        /// Cluster the record was produced on (the flow's source).
         #[arg(long)]
         source_cluster: String,
+        /// Topic on the source cluster.
         #[arg(long)]
         topic: String,
+        /// Partition on the source cluster.
         #[arg(long)]
         partition: u32,
+        /// Offset on the source cluster.
         #[arg(long)]
         offset: u64,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -128,8 +140,10 @@ pub struct RunArgs {
     /// The flow's name (mirror topics record it).
     #[arg(long)]
     name: Option<String>,
+    /// Addresses of the source cluster's nodes, HOST:PORT[,HOST:PORT…].
     #[arg(long, value_delimiter = ',')]
     source_bootstrap: Vec<String>,
+    /// Addresses of the target cluster's nodes, HOST:PORT[,HOST:PORT…].
     #[arg(long, value_delimiter = ',')]
     target_bootstrap: Vec<String>,
     /// Source topics to copy: a regular expression matched against the whole name.
@@ -138,6 +152,7 @@ pub struct RunArgs {
     /// Consumer groups whose committed offsets are carried to the target (checkpoints).
     #[arg(long)]
     groups: Option<String>,
+    /// Consumer groups whose offsets are not carried, matched against the whole name.
     #[arg(long)]
     groups_exclude: Option<String>,
     /// Source topics to leave out, matched against the whole name.
@@ -159,11 +174,13 @@ pub struct RunArgs {
     /// TCP address for /health and /flows (what `mirror status` reads).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// CA certificate that signed both clusters' node certificates.
     #[arg(long, env = "STRAIT_CA")]
     ca: Option<PathBuf>,
     /// The flow's certificate (role mirror).
     #[arg(long, env = "STRAIT_CERT")]
     cert: Option<PathBuf>,
+    /// The flow's private key.
     #[arg(long, env = "STRAIT_KEY")]
     key: Option<PathBuf>,
 }

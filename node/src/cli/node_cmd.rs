@@ -26,11 +26,19 @@ pub enum NodeCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// TOML file with the same settings, plus [topic_defaults] and [limits].
+    /// TOML file with the same settings (cluster, node_id, listen, advertise, data_dir, ca,
+    /// cert, key, admin_listen) and the sections [topic_defaults] (settings every new topic
+    /// starts from), [limits] (frames, streams, windows, timeouts, connections, congestion),
+    /// [security] (authorization, superusers, ACLs, CRL, certificate reloads), [quotas]
+    /// (per-principal byte rates), [groups]
+    /// (offset retention, rebalance timeout cap) and [[flows]] (mirror flows this node runs);
+    /// docs/deploy.md has a commented example. Flags override the file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Name of the cluster this node belongs to (clients and flows see it).
     #[arg(long)]
     cluster: Option<String>,
+    /// This node's id within its cluster.
     #[arg(long)]
     node_id: Option<u32>,
     /// UDP address to listen on, e.g. 127.0.0.1:7400.
@@ -39,18 +47,33 @@ pub struct RunArgs {
     /// Address clients are told to use; defaults to --listen.
     #[arg(long)]
     advertise: Option<String>,
+    /// Directory for topics, offsets and state; one node per directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// CA certificate that signs the cluster's certificates (peers must chain to it).
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// This node's certificate (role node; `strait certs issue --role node`).
     #[arg(long)]
     cert: Option<PathBuf>,
+    /// This node's private key.
     #[arg(long)]
     key: Option<PathBuf>,
     /// TCP address of the admin HTTP listener (/health, /ready, /status), e.g. 127.0.0.1:9400.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
 }
+
+/// The sections a node config file may hold beside its top-level settings (named in
+/// `node run --help`; a test checks that the file accepts each and that the help names it).
+pub const CONFIG_SECTIONS: [&str; 6] = [
+    "[topic_defaults]",
+    "[limits]",
+    "[security]",
+    "[quotas]",
+    "[groups]",
+    "[[flows]]",
+];
 
 /// The node config file.
 #[derive(Debug, Default, Deserialize)]
@@ -380,5 +403,29 @@ pub async fn wait_for_shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every section in [`CONFIG_SECTIONS`] is one the file accepts (an unknown one is refused),
+    /// so the list in `--help` cannot name a section that does not exist.
+    #[test]
+    fn the_documented_sections_are_the_accepted_ones() {
+        for section in CONFIG_SECTIONS {
+            let text = format!("{section}\n");
+            let text = if section == "[[flows]]" {
+                "[[flows]]\nname = \"f\"\nsource_bootstrap = [\"127.0.0.1:1\"]\ntopics = \".*\"\n"
+                    .to_string()
+            } else {
+                text
+            };
+            if let Err(e) = toml::from_str::<NodeFile>(&text) {
+                panic!("{section}: {e}");
+            }
+        }
+        assert!(toml::from_str::<NodeFile>("[nonsense]\n").is_err());
     }
 }

@@ -40,6 +40,7 @@ pub struct Profiles {
 pub enum ProfileCommand {
     /// Save a cluster's addresses and a client identity under NAME (replacing one of that name).
     Create {
+        /// Name of the profile.
         name: String,
         /// Node addresses, HOST:PORT[,HOST:PORT…].
         #[arg(long, value_delimiter = ',', required = true)]
@@ -58,14 +59,21 @@ pub enum ProfileCommand {
         make_current: bool,
     },
     /// Make NAME the profile used when none is named.
-    Use { name: String },
+    Use {
+        /// Name of the profile.
+        name: String,
+    },
     /// List the profiles; the current one is marked.
     List {
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
     /// Delete a profile.
-    Delete { name: String },
+    Delete {
+        /// Name of the profile.
+        name: String,
+    },
 }
 
 /// Where profiles live.

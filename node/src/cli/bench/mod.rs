@@ -60,6 +60,7 @@ pub struct BaselineArgs {
     /// MiB written by each disk run and sent over the QUIC stream.
     #[arg(long, default_value_t = 256)]
     mib: u64,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
 }
@@ -73,6 +74,7 @@ pub struct WanArgs {
     /// Longest a copy runs; the rate is then what was copied so far.
     #[arg(long, default_value_t = 60)]
     seconds_max: u64,
+    /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
     /// Round-trip time of the impaired link.
@@ -105,6 +107,7 @@ pub struct WanArgs {
     /// Directory for the nodes' data and certificates (a temporary subdirectory).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
 }
@@ -123,18 +126,23 @@ pub struct LogArgs {
     /// MiB of unflushed tail for the recovery run.
     #[arg(long, default_value_t = 1024)]
     recovery_mib: u64,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct NetArgs {
+    /// Records produced (and consumed or mirrored).
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
+    /// Bytes of each record's value.
     #[arg(long, default_value_t = 1024)]
     record_size: usize,
+    /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    /// Acknowledgement of the measured producer: none, leader or all.
     #[arg(long, default_value = "leader")]
     acks: Acks,
     /// Directory for the node's data and certificates (a temporary subdirectory).
@@ -163,6 +171,7 @@ pub struct NetArgs {
     /// Single-record round trips measured for latency.
     #[arg(long, default_value_t = 2000)]
     round_trips: u32,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
 }

@@ -36,6 +36,7 @@ pub struct StormArgs {
     /// Directory for the node's data and certificates (a temporary subdirectory).
     #[arg(long, default_value = ".")]
     dir: std::path::PathBuf,
+    /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     pub json: bool,
 }

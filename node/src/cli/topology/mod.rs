@@ -20,45 +20,55 @@ pub enum TopologyCommand {
     /// Check a topology file: syntax (with line and column) and meaning (clusters, addresses,
     /// cycles, name collisions, certificates).
     Validate {
+        /// The topology file (TOML; docs/topologies.md).
         file: PathBuf,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
     /// Compare the file with the live clusters and print what `apply` would change.
     Plan {
+        /// The topology file (TOML; docs/topologies.md).
         file: PathBuf,
         #[command(flatten)]
         state: StateArgs,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
     /// Make the live clusters match the file: create and grow topics, set their settings,
     /// start, reconfigure and stop flows in running nodes. A second apply changes nothing.
     Apply {
+        /// The topology file (TOML; docs/topologies.md).
         file: PathBuf,
         #[command(flatten)]
         state: StateArgs,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
     /// Run the whole federation on this machine: certificates, every node, the topology
     /// applied; Ctrl-C stops it.
     Up {
+        /// The topology file (TOML; docs/topologies.md).
         file: PathBuf,
         #[command(flatten)]
         state: StateArgs,
     },
     /// Stop a federation started by `up` (from another terminal).
     Down {
+        /// The topology file (TOML; docs/topologies.md).
         file: PathBuf,
         #[command(flatten)]
         state: StateArgs,
     },
     /// Clusters, nodes, flows and their lag.
     Status {
+        /// The topology file (TOML; docs/topologies.md).
         file: PathBuf,
         #[command(flatten)]
         state: StateArgs,
+        /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
     },
