@@ -66,6 +66,7 @@ pub struct RunArgs {
 
 /// The sections a node config file may hold beside its top-level settings (named in
 /// `node run --help`; a test checks that the file accepts each and that the help names it).
+#[cfg(test)]
 pub const CONFIG_SECTIONS: [&str; 6] = [
     "[topic_defaults]",
     "[limits]",
