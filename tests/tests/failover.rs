@@ -680,6 +680,24 @@ async fn failback_quarantines_the_divergent_tail_and_remirrors_only_the_differen
     }
     let write = write_one(&east_client, "orders", b"x").await;
     assert!(write.is_err(), "east's orders is a mirror now");
+    // The topology file still declares east → west: planning it names the failback it would
+    // undo, and applying it is refused unless asked for on purpose.
+    let plan = std::process::Command::new(strait_tests::strait_bin())
+        .args(["topology", "plan", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let warned = String::from_utf8_lossy(&plan.stderr);
+    assert!(
+        plan.status.success()
+            && warned.contains("east-to-west-reverse")
+            && warned.contains("undoing the failback"),
+        "{warned}"
+    );
+    let refused = strait_tests::strait_fails(&["topology", "apply", file.to_str().unwrap()]);
+    assert!(
+        refused.contains("nothing applied") && refused.contains("--undo-reverse"),
+        "{refused}"
+    );
     let quarantined: usize = tails.iter().map(Vec::len).sum();
     println!(
         "failback: {quarantined} divergent records quarantined, {} records at risk reported by promote, east matches west",

@@ -671,3 +671,69 @@ async fn nodes_stop_when_topology_up_is_killed() {
     }
     up.stopped = true;
 }
+
+/// The failback walkthrough inside `up`: one node is killed as a disaster drill and `up`
+/// keeps running; `restart-node` brings it back as `up` runs it (same config, same data, the
+/// log appended), `up.json` names the new process, and `down` stops it with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_inside_up_comes_back_with_restart_node_and_down_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.toml");
+    let (mut up, ports) = up_two_regions(&file);
+    let east = format!("127.0.0.1:{}", ports[0]);
+    produce(&up.client(&east), "orders", "before", 50).await;
+    let pid_of = |up: &Up| -> u64 {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(up.state.path().join("up.json")).unwrap())
+                .unwrap();
+        state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["cluster"] == "east")
+            .unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    let old = pid_of(&up);
+    let out = up.cli("stop-node", &["--cluster", "east", "--node", "1", "--kill"]);
+    assert!(
+        out.contains("killed") && out.contains("restart-node"),
+        "{out}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{old}")).exists() || zombie(old),
+        "the node was killed"
+    );
+    assert!(
+        matches!(up.child.try_wait(), Ok(None)),
+        "up keeps running without one node"
+    );
+    let err = strait_tests::strait_fails(&[
+        "topology",
+        "stop-node",
+        file.to_str().unwrap(),
+        "--state-dir",
+        &up.state_arg(),
+        "--cluster",
+        "north",
+        "--node",
+        "1",
+    ]);
+    assert!(err.contains("no node 1 in cluster \"north\""), "{err}");
+
+    let out = up.cli("restart-node", &["--cluster", "east", "--node", "1"]);
+    assert!(out.contains("running again"), "{out}");
+    let new = pid_of(&up);
+    assert_ne!(new, old);
+    assert!(Path::new(&format!("/proc/{new}")).exists());
+    // Same data: what was produced before the crash is there, and the node takes more.
+    produce(&up.client(&east), "orders", "after", 50).await;
+    let ends = strait_tests::end_offsets(&up.client(&east), "orders", 2).await;
+    assert_eq!(ends.iter().sum::<u64>(), 100);
+    up.down();
+    assert!(
+        !Path::new(&format!("/proc/{new}")).exists() || zombie(new),
+        "down stops the restarted node"
+    );
+}

@@ -159,6 +159,15 @@ pub struct ConsumeArgs {
     /// With --topology: the cluster to fail over to (default: where a flow copies the topic).
     #[arg(long, requires = "topology")]
     replica: Option<String>,
+    /// With --topology: how long every probe of the active cluster must fail before the group
+    /// moves to the other one.
+    #[arg(long, requires = "topology", default_value_t = 2000)]
+    failover_after_ms: u64,
+    /// With --topology: move back to the primary once it has answered every probe for this
+    /// long (after a failback: `mirror reverse`, then the restored primary). Without it the
+    /// consumer stays on the replica.
+    #[arg(long, requires = "topology")]
+    failback_after_ms: Option<u64>,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -504,6 +513,8 @@ fn failover_consumer(
     let tls = args.conn.tls()?;
     let failover = FailoverConfig {
         mapping: pair.mapping,
+        failover_after: Duration::from_millis(args.failover_after_ms),
+        failback_after: args.failback_after_ms.map(Duration::from_millis),
         ..FailoverConfig::default()
     };
     Ok(FailoverConsumer::new(

@@ -575,7 +575,7 @@ async fn reverse(flow: &str, file: &Path, json: bool) -> anyhow::Result<()> {
         "no topic of flow {flow} was promoted on {}; promote first (`strait mirror promote --flow {flow}`)",
         f.target
     );
-    let reverse_name = format!("{flow}-reverse");
+    let reverse_name = format!("{flow}{}", super::topology::plan::REVERSE_SUFFIX);
     let mut fed = super::topology::federation(file, &Default::default())?;
     let old_node = fed.node_client(&f.source, old.id)?;
     let mut reconciled = Vec::new();

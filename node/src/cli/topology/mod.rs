@@ -10,7 +10,7 @@ use strait_mirror::topology::{self, LoadedTopology, TopologyError};
 
 pub mod failover;
 pub(crate) mod live;
-mod plan;
+pub(crate) mod plan;
 mod up;
 
 pub use live::Federation;
@@ -46,6 +46,9 @@ pub enum TopologyCommand {
         /// Print JSON for scripts instead of the human format.
         #[arg(long)]
         json: bool,
+        /// Apply even where it stops a failback in progress (a flow `mirror reverse` started).
+        #[arg(long)]
+        undo_reverse: bool,
     },
     /// Run the whole federation on this machine: certificates, every node, the topology
     /// applied; Ctrl-C stops it.
@@ -54,6 +57,38 @@ pub enum TopologyCommand {
         file: PathBuf,
         #[command(flatten)]
         state: StateArgs,
+    },
+    /// Stop one node of a federation started by `up` (SIGTERM; with --kill, SIGKILL, as a
+    /// disaster drill); `up` keeps it stopped until `restart-node`, and `down` still stops
+    /// everything.
+    StopNode {
+        /// The topology file (TOML; docs/topologies.md).
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Cluster of the node.
+        #[arg(long)]
+        cluster: String,
+        /// Id of the node in its cluster.
+        #[arg(long)]
+        node: u32,
+        /// Kill it (SIGKILL) instead of a clean stop.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Start a node of a federation started by `up` again (stopping it first if it runs), as
+    /// `up` runs it, so `down` stops it too: the old primary coming back in a failback.
+    RestartNode {
+        /// The topology file (TOML; docs/topologies.md).
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Cluster of the node.
+        #[arg(long)]
+        cluster: String,
+        /// Id of the node in its cluster.
+        #[arg(long)]
+        node: u32,
     },
     /// Stop a federation started by `up` (from another terminal).
     Down {
@@ -87,12 +122,24 @@ pub async fn run(command: TopologyCommand) -> anyhow::Result<()> {
         TopologyCommand::Plan { file, state, json } => {
             let mut fed = federation(&file, &state)?;
             let changes = changes(&mut fed).await?;
+            for w in plan::undoes_reverse(&fed.topology, &changes) {
+                eprintln!("warning: {w}");
+            }
             report(&fed, &changes, json, false);
             Ok(())
         }
-        TopologyCommand::Apply { file, state, json } => {
+        TopologyCommand::Apply {
+            file,
+            state,
+            json,
+            undo_reverse,
+        } => {
             let mut fed = federation(&file, &state)?;
             let changes = changes(&mut fed).await?;
+            let undoes = plan::undoes_reverse(&fed.topology, &changes);
+            if !undoes.is_empty() && !undo_reverse {
+                anyhow::bail!("nothing applied: {}", undoes.join("; "));
+            }
             for change in &changes {
                 fed.apply(change).await?;
             }
@@ -100,6 +147,42 @@ pub async fn run(command: TopologyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TopologyCommand::Up { file, state } => up::up(federation(&file, &state)?).await,
+        TopologyCommand::StopNode {
+            file,
+            state,
+            cluster,
+            node,
+            kill,
+        } => {
+            let fed = federation(&file, &state)?;
+            let action = if kill {
+                up::NodeAction::Kill
+            } else {
+                up::NodeAction::Stop
+            };
+            up::control_node(&fed.state_dir, &cluster, node, action).await?;
+            println!(
+                "node {node} of {cluster} {}; `strait topology restart-node {} --cluster {cluster} --node {node}` starts it again",
+                if kill { "killed" } else { "stopped" },
+                file.display()
+            );
+            Ok(())
+        }
+        TopologyCommand::RestartNode {
+            file,
+            state,
+            cluster,
+            node,
+        } => {
+            let fed = federation(&file, &state)?;
+            let pid =
+                up::control_node(&fed.state_dir, &cluster, node, up::NodeAction::Restart).await?;
+            println!(
+                "node {node} of {cluster} is running again (pid {})",
+                pid.unwrap_or_default()
+            );
+            Ok(())
+        }
         TopologyCommand::Down { file, state } => {
             let fed = federation(&file, &state)?;
             up::down(&fed.state_dir).await

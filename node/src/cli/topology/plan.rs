@@ -313,6 +313,36 @@ fn json(spec: &FlowSpec) -> Value {
     serde_json::to_value(spec).unwrap_or(Value::Null)
 }
 
+/// The suffix `strait mirror reverse --flow F` gives the flow it starts (`F-reverse`, in the
+/// old primary's node, copying the promoted topics back).
+pub const REVERSE_SUFFIX: &str = "-reverse";
+
+/// Changes that would undo a failback in progress: stopping a flow that `mirror reverse`
+/// started for a flow this file declares (and so starting that flow again in its old
+/// direction). One warning per such flow, naming the way out.
+pub fn undoes_reverse(topology: &Topology, changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::StopFlow {
+                cluster,
+                node,
+                flow,
+            } => {
+                let original = flow.strip_suffix(REVERSE_SUFFIX)?;
+                let declared = topology.flows.iter().find(|f| f.name() == original)?;
+                Some(format!(
+                    "flow {flow} on {cluster} (node {node}) is a failback in progress, started by `strait mirror reverse --flow {original}`; \
+                     applying this file stops it and copies {} → {} again, undoing the failback. Finish the failback and declare the \
+                     direction you want in the file, or run `topology apply --undo-reverse` to go back on purpose",
+                    declared.source, declared.target
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -439,5 +469,29 @@ topics = "orders"
             .partitions = 8;
         let e = plan(&topology(FILE), &live).unwrap_err().to_string();
         assert!(e.contains("orders on east has 8 partitions"), "{e}");
+    }
+
+    /// After `mirror reverse`, the live node runs `east-to-west-reverse`, which the file does
+    /// not declare: the plan would stop it, and says that this undoes the failback.
+    #[test]
+    fn a_plan_that_would_undo_a_reverse_says_so() {
+        let t = topology(FILE);
+        let mut live = applied(&t);
+        let mut reverse = live.nodes[&("west".to_string(), 1)].flows["east-to-west"].clone();
+        reverse.name = "east-to-west-reverse".into();
+        live.nodes
+            .entry(("east".into(), 1))
+            .or_default()
+            .flows
+            .insert(reverse.name.clone(), reverse);
+        let changes = plan(&t, &live).unwrap();
+        let warnings = undoes_reverse(&t, &changes);
+        assert_eq!(warnings.len(), 1, "{changes:#?}");
+        assert!(
+            warnings[0].contains("east-to-west-reverse") && warnings[0].contains("--undo-reverse"),
+            "{}",
+            warnings[0]
+        );
+        assert!(undoes_reverse(&t, &plan(&t, &applied(&t)).unwrap()).is_empty());
     }
 }

@@ -39,6 +39,8 @@ pub struct UpNode {
 }
 
 const UP_FILE: &str = "up.json";
+/// Where `topology stop-node` and `restart-node` leave requests for the running `up`.
+const CONTROL_DIR: &str = "control";
 /// How long a node may take to recover its storage and open its listeners.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a node may take to close cleanly before it is killed.
@@ -114,7 +116,7 @@ pub async fn up(mut fed: Federation) -> anyhow::Result<()> {
         stop_all(&mut children).await;
         return Err(e);
     }
-    wait_for_stop(&mut children).await;
+    wait_for_stop(&fed, &mut children).await;
     println!("stopping {} node(s)", children.len());
     stop_all(&mut children).await;
     let _ = std::fs::remove_file(state.join(UP_FILE));
@@ -145,22 +147,7 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
             let config_path = state.join(format!("{name}.toml"));
             std::fs::write(&config_path, config)?;
             let log = state.join("logs").join(format!("{name}.log"));
-            let out = std::fs::File::create(&log)
-                .with_context(|| format!("cannot create {}", log.display()))?;
-            let child = Command::new(&exe)
-                .args(["node", "run", "--config"])
-                .arg(&config_path)
-                // The node stops when `up` dies, however it dies (see `node run`).
-                .env(
-                    super::super::node_cmd::PARENT_PID_ENV,
-                    std::process::id().to_string(),
-                )
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot start node {name}"))?;
+            let child = spawn_node(&exe, &state, &name, false)?;
             let pid = child.id().unwrap_or_default();
             children.push(Running {
                 node: UpNode {
@@ -193,6 +180,34 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
     let profiles = write_profiles(fed, &up);
     print_endpoints(fed, &up, &profiles);
     Ok(())
+}
+
+/// Starts node `name` from its config in the state folder, logging to `logs/<name>.log`
+/// (appending when `append`, so a restart keeps the earlier log).
+fn spawn_node(exe: &Path, state: &Path, name: &str, append: bool) -> anyhow::Result<Child> {
+    let config_path = state.join(format!("{name}.toml"));
+    let log = state.join("logs").join(format!("{name}.log"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(&log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
+    Command::new(exe)
+        .args(["node", "run", "--config"])
+        .arg(&config_path)
+        // The node stops when `up` dies, however it dies (see `node run`).
+        .env(
+            super::super::node_cmd::PARENT_PID_ENV,
+            std::process::id().to_string(),
+        )
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start node {name}"))
 }
 
 fn write_file(path: &Path, raw: &[u8]) -> anyhow::Result<()> {
@@ -298,7 +313,7 @@ fn tail(log: &Path) -> String {
 
 /// Waits for Ctrl-C or SIGTERM; a node that dies on its own is reported, the others keep
 /// running.
-async fn wait_for_stop(children: &mut [Running]) {
+async fn wait_for_stop(fed: &Federation, children: &mut [Running]) {
     let stop = crate::cli::node_cmd::wait_for_shutdown();
     tokio::pin!(stop);
     let mut reported = vec![false; children.len()];
@@ -306,6 +321,11 @@ async fn wait_for_stop(children: &mut [Running]) {
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (i, request) in take_requests(&fed.state_dir, children) {
+            let outcome = control(fed, &mut children[i], request).await;
+            reported[i] = request == NodeAction::Stop || request == NodeAction::Kill;
+            answer_request(fed, children, i, request, outcome);
         }
         for (r, said) in children.iter_mut().zip(reported.iter_mut()) {
             if let (false, Ok(Some(status))) = (*said, r.child.try_wait()) {
@@ -319,6 +339,192 @@ async fn wait_for_stop(children: &mut [Running]) {
             }
         }
     }
+}
+
+/// What an operator asks of one node of a running `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// SIGTERM: a clean stop.
+    Stop,
+    /// SIGKILL: a crash, as a disaster drill.
+    Kill,
+    /// Start it again (stopping it first if it runs).
+    Restart,
+}
+
+impl NodeAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Stop => "stop",
+            NodeAction::Kill => "kill",
+            NodeAction::Restart => "restart",
+        }
+    }
+
+    fn parse(s: &str) -> Option<NodeAction> {
+        [NodeAction::Stop, NodeAction::Kill, NodeAction::Restart]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// Requests left in the control folder, as (index of the node, action); each is removed as
+/// it is taken.
+fn take_requests(state: &Path, children: &[Running]) -> Vec<(usize, NodeAction)> {
+    let dir = state.join(CONTROL_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some((node, action)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let Some(action) = NodeAction::parse(action) else {
+            continue;
+        };
+        let _ = std::fs::remove_file(e.path());
+        if let Some(i) = children
+            .iter()
+            .position(|r| node_identity(&r.node.cluster, r.node.id) == node)
+        {
+            out.push((i, action));
+        }
+    }
+    out
+}
+
+/// Carries out one request on a node of this `up`; answers its new pid when it was started.
+async fn control(
+    fed: &Federation,
+    r: &mut Running,
+    action: NodeAction,
+) -> anyhow::Result<Option<u32>> {
+    let name = node_identity(&r.node.cluster, r.node.id);
+    let running = matches!(r.child.try_wait(), Ok(None));
+    if running {
+        let sig = if action == NodeAction::Kill {
+            rustix::process::Signal::KILL
+        } else {
+            rustix::process::Signal::TERM
+        };
+        signal(r.node.pid, sig);
+        if tokio::time::timeout(STOP_TIMEOUT, r.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = r.child.kill().await;
+        }
+        println!(
+            "node {} of {} {}",
+            r.node.id,
+            r.node.cluster,
+            if action == NodeAction::Kill {
+                "killed"
+            } else {
+                "stopped"
+            }
+        );
+    }
+    if action != NodeAction::Restart {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().context("cannot find the strait binary")?;
+    let state = std::path::absolute(&fed.state_dir)?;
+    r.child = spawn_node(&exe, &state, &name, true)?;
+    r.node.pid = r.child.id().unwrap_or_default();
+    wait_ready(r).await?;
+    println!(
+        "node {} of {} started again (pid {})",
+        r.node.id, r.node.cluster, r.node.pid
+    );
+    Ok(Some(r.node.pid))
+}
+
+/// Records the outcome where the asking command waits for it, and the new pids in `up.json`.
+fn answer_request(
+    fed: &Federation,
+    children: &[Running],
+    i: usize,
+    action: NodeAction,
+    outcome: anyhow::Result<Option<u32>>,
+) {
+    let r = &children[i];
+    let name = node_identity(&r.node.cluster, r.node.id);
+    let answer = match &outcome {
+        Ok(pid) => serde_json::json!({ "action": action.as_str(), "pid": pid }),
+        Err(e) => serde_json::json!({ "action": action.as_str(), "error": format!("{e:#}") }),
+    };
+    let done = fed.state_dir.join(CONTROL_DIR).join(format!("{name}.done"));
+    if let Err(e) = write_file(&done, answer.to_string().as_bytes()) {
+        eprintln!("{e:#}");
+    }
+    if let Some(mut state) = read_state(&fed.state_dir) {
+        state.nodes = children.iter().map(|r| r.node.clone()).collect();
+        if let Ok(raw) = serde_json::to_vec_pretty(&state) {
+            let _ = write_file(&fed.state_dir.join(UP_FILE), &raw);
+        }
+    }
+}
+
+/// Asks the running `up` of this state folder to stop, kill or restart one node, and waits
+/// for it to be done (`topology stop-node`, `topology restart-node`).
+pub async fn control_node(
+    state_dir: &Path,
+    cluster: &str,
+    node: u32,
+    action: NodeAction,
+) -> anyhow::Result<Option<u32>> {
+    let Some(up) = read_state(state_dir).filter(|s| alive(s.pid)) else {
+        bail!(
+            "nothing is up in {}: `strait topology up FILE` first (stop-node and restart-node act on the nodes it runs)",
+            state_dir.display()
+        );
+    };
+    if !up
+        .nodes
+        .iter()
+        .any(|n| n.cluster == cluster && n.id == node)
+    {
+        let known: Vec<String> = up
+            .nodes
+            .iter()
+            .map(|n| format!("{}/{}", n.cluster, n.id))
+            .collect();
+        bail!(
+            "no node {node} in cluster {cluster:?} in this federation (nodes: {})",
+            known.join(", ")
+        );
+    }
+    let dir = state_dir.join(CONTROL_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = node_identity(cluster, node);
+    let done = dir.join(format!("{name}.done"));
+    let _ = std::fs::remove_file(&done);
+    write_file(&dir.join(format!("{name}.{}", action.as_str())), b"")?;
+    let deadline = Instant::now() + READY_TIMEOUT + STOP_TIMEOUT + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(raw) = std::fs::read(&done) {
+            let _ = std::fs::remove_file(&done);
+            let answer: serde_json::Value = serde_json::from_slice(&raw)?;
+            if let Some(e) = answer["error"].as_str() {
+                bail!("node {node} of {cluster}: {e}");
+            }
+            return Ok(answer["pid"].as_u64().map(|p| p as u32));
+        }
+        if !alive(up.pid) {
+            bail!(
+                "`topology up` (pid {}) stopped before acting on the request",
+                up.pid
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "`topology up` (pid {}) did not act on the request in time; see its output",
+        up.pid
+    )
 }
 
 /// SIGTERM to every node, then SIGKILL to any still running after the stop timeout.
