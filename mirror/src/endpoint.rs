@@ -24,6 +24,11 @@ pub trait Endpoint: Send + Sync {
     /// The name of the cluster behind this endpoint.
     fn cluster(&self) -> BoxFuture<'_, Result<String, ClientError>>;
 
+    /// The cluster's name when known without asking (the node a flow runs in knows its own).
+    fn cluster_name(&self) -> Option<String> {
+        None
+    }
+
     /// Appends batches the flow copied (and checked on arrival) to a partition of this
     /// cluster: a `MirrorAppend` request, which the target node checks again on arrival. The
     /// node a flow runs in overrides this to take the checked batches as they are.

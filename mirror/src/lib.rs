@@ -21,7 +21,10 @@ pub mod topology;
 
 pub use endpoint::{BoxFuture, Endpoint};
 pub use flow::{FlowConfig, MirrorFlow};
-pub use manager::{Connector, FlowManager, FlowReport, FlowStore, ManagerError};
+pub use manager::{
+    flow_client_id, Connector, FlowManager, FlowReport, FlowStore, ManagerError,
+    FLOW_CLIENT_ID_PREFIX,
+};
 pub use naming::Naming;
 pub use spec::{FlowSpec, SpecError};
 pub use status::{FlowStatus, Gap, PartitionState, PartitionStatus};

@@ -19,7 +19,20 @@ use crate::spec::{FlowSpec, SpecError};
 use crate::status::{now_ms, FlowStatus};
 
 /// Makes a client for a list of bootstrap addresses (with the process's certificate).
-pub type Connector = Arc<dyn Fn(Vec<String>) -> Arc<Client> + Send + Sync>;
+/// Makes a client of a cluster from its bootstrap addresses, introducing itself with a client
+/// id (a flow's source client says which flow it is, so the source node can show who copies
+/// from it).
+pub type Connector = Arc<dyn Fn(Vec<String>, &str) -> Arc<Client> + Send + Sync>;
+
+/// The client id a flow's source connection introduces itself with:
+/// `strait-mirror/<flow>→<target>`, the target being the cluster the flow writes into (its
+/// name when the flow runs in a node of it, else its bootstrap addresses).
+pub fn flow_client_id(flow: &str, target: &str) -> String {
+    format!("{FLOW_CLIENT_ID_PREFIX}{flow}→{target}")
+}
+
+/// What every flow's client id starts with.
+pub const FLOW_CLIENT_ID_PREFIX: &str = "strait-mirror/";
 
 /// Why a change to the running flows was refused.
 #[derive(Debug, thiserror::Error)]
@@ -238,15 +251,25 @@ impl FlowManager {
 
     fn spawn(&self, spec: FlowSpec) -> Result<(), ManagerError> {
         let config = spec.to_config()?;
-        let target: Arc<dyn Endpoint> = if spec.target_bootstrap.is_empty() {
+        let (target, target_name): (Arc<dyn Endpoint>, String) = if spec.target_bootstrap.is_empty()
+        {
             match &self.local_target {
-                Some(local) => local.clone(),
+                Some(local) => (
+                    local.clone(),
+                    local.cluster_name().unwrap_or_else(|| "its target".into()),
+                ),
                 None => return Err(ManagerError::NoTarget(spec.name)),
             }
         } else {
-            (self.connect)(spec.target_bootstrap.clone())
+            (
+                (self.connect)(spec.target_bootstrap.clone(), "strait-mirror-target"),
+                spec.target_bootstrap.join(","),
+            )
         };
-        let source = (self.connect)(spec.source_bootstrap.clone());
+        let source = (self.connect)(
+            spec.source_bootstrap.clone(),
+            &flow_client_id(&spec.name, &target_name),
+        );
         let flow = MirrorFlow::new(config, source, target);
         let status = flow.status_handle();
         let (stop, stop_rx) = watch::channel(false);

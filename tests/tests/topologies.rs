@@ -573,6 +573,28 @@ async fn the_status_page_draws_the_federation_in_a_browser() {
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(total >= 300, "a non-zero record count: {total}");
+    // The source's page shows who copies from it, with the lag behind its own end, and lines
+    // in place of its empty tables.
+    let status: Value = serde_json::from_str(strait_tests::http_body(&strait_tests::http_get(
+        &format!("127.0.0.1:{}", ports[1]),
+        "/status",
+    )))
+    .unwrap();
+    let out = &status["outgoing_flows"][0];
+    assert_eq!(out["flow"], "east-to-west", "{status:#}");
+    assert_eq!(out["target"], "west", "{status:#}");
+    assert_eq!(out["lag_records"], 0, "{status:#}");
+    assert_eq!(out["active"], true, "{status:#}");
+    let dom = rendered_dom(&format!("http://127.0.0.1:{}/", ports[1]));
+    assert!(
+        dom.contains(r#"data-cluster="west""#) && dom.contains(r#"data-flow="east-to-west""#),
+        "the outgoing flow drawn to its target: {dom}"
+    );
+    assert!(dom.contains("copying from here"), "{dom}");
+    assert!(
+        dom.contains(r#"<p id="flows-empty" class="muted">No flow runs in this node.</p>"#),
+        "a line in place of the empty table: {dom}"
+    );
     up.down();
 }
 

@@ -1,6 +1,6 @@
 //! The admin HTTP listener (`--admin-listen`): `/health` (the process is alive), `/ready`
 //! (storage recovered and the QUIC listener up), `/status` (JSON: node, cluster, topics,
-//! partitions, flows), `/metrics`, `/flows` (the mirror flows this node runs as its
+//! partitions, the flows it runs and the flows that copy from it), `/metrics`, `/flows` (the mirror flows this node runs as its
 //! cluster's gateway, with their progress) and the status page. It is read-only: it binds
 //! where the operator says, typically loopback, serves no records and changes nothing. Every
 //! change (flows, promotion, failback) goes over QUIC with mutual TLS and ACLs.
@@ -31,6 +31,8 @@ pub struct AdminState {
     pub flows: Arc<FlowManager>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub groups: Arc<crate::groups::GroupCoordinator>,
+    /// The flows that copy from this node.
+    pub outgoing: Arc<crate::server::outgoing::OutgoingFlows>,
     /// Certificates whose expiry is exposed: (what, file).
     pub certificates: Vec<(String, std::path::PathBuf)>,
     /// Certificates expiring sooner than this count as expiring.
@@ -210,6 +212,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Json<Value> {
         "ready": readiness(&state).is_ok(),
         "topics": topics,
         "flows": state.flows.list(),
+        "outgoing_flows": state.outgoing.report(broker, crate::now_ms()),
         "groups": groups,
     }))
 }

@@ -205,8 +205,10 @@ pub fn connector(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Connector
     // Flows run for months: their identity is re-read when the files change.
     let tls = strait_certs::reloading_client_config(ca, cert, key)
         .context("cannot load the certificate mirror flows connect with")?;
-    Ok(Arc::new(move |bootstrap: Vec<String>| {
-        Client::new(ClientOptions::new(bootstrap, tls.clone()))
+    Ok(Arc::new(move |bootstrap: Vec<String>, client_id: &str| {
+        let mut options = ClientOptions::new(bootstrap, tls.clone());
+        options.client_id = client_id.to_string();
+        Client::new(options)
     }))
 }
 
@@ -360,8 +362,8 @@ async fn run_flows(args: RunArgs) -> anyhow::Result<()> {
         args.target_bootstrap
     };
     let connect = connector(&ca, &cert, &key)?;
-    let default_target =
-        (!target.is_empty()).then(|| -> Arc<dyn strait_mirror::Endpoint> { connect(target) });
+    let default_target = (!target.is_empty())
+        .then(|| -> Arc<dyn strait_mirror::Endpoint> { connect(target, "strait-mirror-target") });
     let manager = FlowManager::new(connect, default_target, None);
     if let Some(address) = args.admin_listen.or(file.admin_listen) {
         let listener = tokio::net::TcpListener::bind(address)

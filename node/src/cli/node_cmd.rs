@@ -360,6 +360,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         flows: flows.clone(),
         metrics: server.metrics(),
         groups: server.groups(),
+        outgoing: server.outgoing(),
         certificates,
         cert_expiry_warning_seconds: (file.security.cert_expiry_warning_days * 86_400) as i64,
     });

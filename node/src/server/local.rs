@@ -113,6 +113,10 @@ impl strait_mirror::Endpoint for LocalEndpoint {
         Box::pin(async move { Ok(self.service.broker().cluster.clone()) })
     }
 
+    fn cluster_name(&self) -> Option<String> {
+        Some(self.service.broker().cluster.clone())
+    }
+
     fn append_copies<'a>(
         &'a self,
         topic: &'a str,

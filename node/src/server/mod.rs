@@ -17,6 +17,7 @@
 
 mod handlers;
 mod local;
+pub mod outgoing;
 mod service;
 mod transport;
 
@@ -135,6 +136,11 @@ impl Server {
     /// What this listener counts (for `/metrics`).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.service.metrics()
+    }
+
+    /// The flows that copy from this node (for `/status`).
+    pub fn outgoing(&self) -> Arc<outgoing::OutgoingFlows> {
+        self.service.outgoing()
     }
 
     /// The group coordinator (for group lag in `/metrics`).

@@ -30,6 +30,8 @@ pub struct RequestService {
     advertised: String,
     /// The flows this node runs; set once they exist (they need the service themselves).
     flows: OnceLock<Arc<strait_mirror::FlowManager>>,
+    /// The flows that copy from this node.
+    outgoing: Arc<super::outgoing::OutgoingFlows>,
 }
 
 /// Who sent a request, as the service needs to know: the principal and role from the peer's
@@ -40,6 +42,8 @@ pub struct Session {
     /// The node itself (a flow it runs as gateway): ACLs do not apply.
     pub(super) trusted: bool,
     hello: AtomicBool,
+    /// What the peer called itself in its Hello.
+    client_id: OnceLock<Arc<str>>,
 }
 
 impl Session {
@@ -50,6 +54,7 @@ impl Session {
             role,
             trusted: false,
             hello: AtomicBool::new(false),
+            client_id: OnceLock::new(),
         }
     }
 
@@ -60,7 +65,13 @@ impl Session {
             role: Some(strait_certs::Role::Node),
             trusted: true,
             hello: AtomicBool::new(true),
+            client_id: OnceLock::new(),
         }
+    }
+
+    /// What the peer called itself in its Hello (empty before).
+    pub fn client_id(&self) -> &str {
+        self.client_id.get().map_or("", |c| c)
     }
 
     pub fn principal(&self) -> &str {
@@ -115,7 +126,13 @@ impl RequestService {
             quotas,
             advertised,
             flows: OnceLock::new(),
+            outgoing: Arc::default(),
         }
+    }
+
+    /// The flows that copy from this node (for the status page).
+    pub fn outgoing(&self) -> Arc<super::outgoing::OutgoingFlows> {
+        self.outgoing.clone()
     }
 
     /// Hands the service the node's flows, so the admin plane can manage them.
@@ -290,12 +307,33 @@ impl RequestService {
             Request::Hello {
                 version_min,
                 version_max,
-                ..
-            } => self.hello(session, version_min, version_max),
+                client_id,
+            } => {
+                let _ = session.client_id.set(client_id.into());
+                self.hello(session, version_min, version_max)
+            }
             Request::Produce { .. }
             | Request::Fetch { .. }
             | Request::ListOffsets { .. }
             | Request::InitProducer {} => {
+                if let Request::Fetch {
+                    topic,
+                    partition,
+                    offset,
+                    ..
+                } = &request
+                {
+                    if session.is_mirror() {
+                        self.outgoing.record(
+                            session.client_id(),
+                            &session.principal,
+                            topic,
+                            *partition,
+                            *offset,
+                            crate::now_ms(),
+                        );
+                    }
+                }
                 handlers::data::serve(self, request, payload, session.is_mirror()).await
             }
             Request::Metadata { .. }
