@@ -1,17 +1,27 @@
 //! What a node counts while it serves (requests, their latency, bytes and records per topic,
-//! refused handshakes, live connections), and the Prometheus text format it is exposed in
-//! (`/metrics` on the admin listener; names and help in `docs/metrics.md`).
+//! refused handshakes, live connections), and their exposition through prometheus-client
+//! with typed label sets (`/metrics` on the admin listener, OpenMetrics text; names and help
+//! in `docs/metrics.md`).
 //!
 //! Counting costs a few relaxed atomic adds per request; nothing here allocates on the hot
 //! path once a topic or request kind has been seen.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the request latency buckets, in seconds.
 pub const LATENCY_BUCKETS_S: [f64; 14] = [
@@ -129,134 +139,212 @@ pub fn handshake_reason(error: &str) -> &'static str {
     }
 }
 
-/// Prometheus text exposition: one family at a time, samples right after their family.
-#[derive(Default)]
-pub struct Exposition {
-    out: String,
+/// The kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
 }
 
-impl Exposition {
-    /// Starts a family: `kind` is `counter`, `gauge` or `histogram`.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+/// Writes one metric family of values read at scrape time through prometheus-client: `name`
+/// as the series are named (a counter's ends in `_total`, which the encoder adds back), one
+/// sample per typed label set. Whole numbers are written as integers.
+pub fn family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    kind: Kind,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, f64)>,
+) -> fmt::Result {
+    let (family_name, metric_type) = match kind {
+        Kind::Counter => (
+            name.strip_suffix("_total").unwrap_or(name),
+            MetricType::Counter,
+        ),
+        Kind::Gauge => (name, MetricType::Gauge),
+    };
+    let mut metric = e.encode_descriptor(family_name, help, None, metric_type)?;
+    for (labels, value) in rows {
+        let sample = metric.encode_family(&labels)?;
+        let whole = value.is_finite() && value.fract() == 0.0 && value.abs() < 1e15;
+        match (kind, whole) {
+            (Kind::Counter, true) => ConstCounter::new(value.max(0.0) as u64).encode(sample)?,
+            (Kind::Counter, false) => ConstCounter::new(value).encode(sample)?,
+            (Kind::Gauge, true) => ConstGauge::new(value as i64).encode(sample)?,
+            (Kind::Gauge, false) => ConstGauge::new(value).encode(sample)?,
+        }
     }
+    Ok(())
+}
 
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+/// The node's counters as a prometheus-client collector: read when `/metrics` is scraped.
+pub struct Counters(pub std::sync::Arc<Metrics>);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counters")
+    }
+}
+
+impl Collector for Counters {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        expose_counters(&self.0, &mut e)
+    }
+}
+
+/// Renders collectors as the OpenMetrics text prometheus-client writes (what Prometheus
+/// scrapes; it ends with `# EOF`).
+pub fn render(collectors: Vec<Box<dyn Collector>>) -> String {
+    let mut registry = Registry::default();
+    for c in collectors {
+        registry.register_collector(c);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A label value, escaped as the exposition format requires (`\\`, `\"` and `\n`):
+/// group names, principals and file paths may hold any of them, and prometheus-client writes
+/// `String` label values as they are.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LabelText(pub String);
+
+impl From<String> for LabelText {
+    fn from(s: String) -> Self {
+        LabelText(s)
+    }
+}
+
+impl From<&str> for LabelText {
+    fn from(s: &str) -> Self {
+        LabelText(s.to_string())
+    }
+}
+
+impl EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        use fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
             }
-            self.out.push('}');
         }
-        if value.is_finite() && value.fract() == 0.0 && value.abs() < 1e15 {
-            let _ = writeln!(self.out, " {}", value as i64);
-        } else {
-            let _ = writeln!(self.out, " {value}");
-        }
-    }
-
-    /// A whole family from (labels, value) rows.
-    pub fn rows<'a>(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        rows: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
-    ) {
-        self.family(name, kind, help);
-        for (labels, value) in rows {
-            let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            self.sample(name, &refs, value);
-        }
-    }
-
-    pub fn finish(self) -> String {
-        self.out
+        Ok(())
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestOutcome {
+    request: LabelText,
+    outcome: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestKind {
+    request: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabel {
+    topic: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    peer: LabelText,
+    principal: LabelText,
 }
 
 /// The counters of `m` (requests, latency, topic I/O, handshakes, connections).
-pub fn expose_counters(m: &Metrics, x: &mut Exposition) {
+pub fn expose_counters(m: &Metrics, e: &mut DescriptorEncoder) -> fmt::Result {
     let requests: BTreeMap<(String, bool), u64> = m
         .requests
         .iter()
-        .map(|e| {
+        .map(|r| {
             (
-                (e.key().0.to_string(), e.key().1),
-                e.value().load(Ordering::Relaxed),
+                (r.key().0.to_string(), r.key().1),
+                r.value().load(Ordering::Relaxed),
             )
         })
         .collect();
-    x.rows(
+    family(
+        e,
         "strait_requests_total",
-        "counter",
+        Kind::Counter,
         "Requests served, by kind and outcome (ok or error).",
-        requests.into_iter().map(|((kind, ok), n)| {
-            let outcome = if ok { "ok" } else { "error" };
+        requests.into_iter().map(|((request, ok), n)| {
+            let outcome = if ok { "ok" } else { "error" }.to_string();
             (
-                vec![("request", kind), ("outcome", outcome.to_string())],
+                RequestOutcome {
+                    request: request.into(),
+                    outcome: outcome.into(),
+                },
                 n as f64,
             )
         }),
-    );
-    x.family(
+    )?;
+    let mut latency = e.encode_descriptor(
         "strait_request_duration_seconds",
-        "histogram",
         "Time from a request's arrival to its answer, by kind.",
-    );
-    let mut kinds: Vec<&'static str> = m.latency.iter().map(|e| *e.key()).collect();
+        None,
+        MetricType::Histogram,
+    )?;
+    let mut kinds: Vec<&'static str> = m.latency.iter().map(|r| *r.key()).collect();
     kinds.sort_unstable();
     for kind in kinds {
         let Some(h) = m.latency.get(kind) else {
             continue;
         };
-        let mut cumulative = 0u64;
-        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
-            cumulative += h.buckets[i].load(Ordering::Relaxed);
-            let le = bound.to_string();
-            x.sample(
-                "strait_request_duration_seconds_bucket",
-                &[("request", kind), ("le", &le)],
-                cumulative as f64,
-            );
-        }
-        let count = h.count.load(Ordering::Relaxed) as f64;
-        x.sample(
-            "strait_request_duration_seconds_bucket",
-            &[("request", kind), ("le", "+Inf")],
-            count,
-        );
-        x.sample(
-            "strait_request_duration_seconds_sum",
-            &[("request", kind)],
-            h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-        );
-        x.sample(
-            "strait_request_duration_seconds_count",
-            &[("request", kind)],
-            count,
-        );
+        let count = h.count.load(Ordering::Relaxed);
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+            .iter()
+            .zip(&h.buckets)
+            .map(|(bound, n)| (*bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let within: u64 = buckets.iter().map(|(_, n)| n).sum();
+        buckets.push((f64::MAX, count.saturating_sub(within)));
+        latency
+            .encode_family(&RequestKind {
+                request: kind.into(),
+            })?
+            .encode_histogram::<NoLabelSet>(
+                h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                count,
+                &buckets,
+                None,
+            )?;
     }
     let topics: BTreeMap<String, [u64; 5]> = m
         .topics
         .iter()
-        .map(|e| {
-            let io = e.value();
+        .map(|r| {
+            let io = r.value();
             let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
             (
-                e.key().clone(),
+                r.key().clone(),
                 [
                     l(&io.produce_records),
                     l(&io.produce_bytes),
@@ -292,178 +380,190 @@ pub fn expose_counters(m: &Metrics, x: &mut Exposition) {
     .into_iter()
     .enumerate()
     {
-        x.rows(
+        family(
+            e,
             name,
-            "counter",
+            Kind::Counter,
             help,
-            topics
-                .iter()
-                .map(|(t, v)| (vec![("topic", t.clone())], v[i] as f64)),
-        );
+            topics.iter().map(|(t, v)| {
+                (
+                    TopicLabel {
+                        topic: t.as_str().into(),
+                    },
+                    v[i] as f64,
+                )
+            }),
+        )?;
     }
     let mut refused: Vec<(&'static str, u64)> = m
         .handshake_failures
         .iter()
-        .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+        .map(|r| (*r.key(), r.value().load(Ordering::Relaxed)))
         .collect();
     refused.sort_unstable();
-    x.rows(
+    family(
+        e,
         "strait_tls_handshake_failures_total",
-        "counter",
+        Kind::Counter,
         "TLS handshakes refused, by reason (no_certificate, unknown_ca, expired, not_yet_valid, revoked, timeout, other).",
-        refused.into_iter().map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
-    );
+        refused.into_iter().map(|(r, n)| (ReasonLabel { reason: r.into() }, n as f64)),
+    )?;
     let mut events: Vec<(&'static str, u64)> = m
         .events
         .iter()
-        .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+        .map(|r| (*r.key(), r.value().load(Ordering::Relaxed)))
         .collect();
     events.sort_unstable();
-    x.rows(
+    family(
+        e,
         "strait_security_events_total",
-        "counter",
+        Kind::Counter,
         "Certificate reloads (cert_reload_ok, cert_reload_failed) and peers cut off by a limit (limit_*), by event.",
-        events.into_iter().map(|(r, n)| (vec![("event", r.to_string())], n as f64)),
-    );
-    x.rows(
+        events.into_iter().map(|(r, n)| (EventLabel { event: r.into() }, n as f64)),
+    )?;
+    family(
+        e,
         "strait_storage_corruptions_total",
-        "counter",
+        Kind::Counter,
         "Corrupt batches detected in segments, by what was done (truncated: a torn tail past the recovery point was cut; offline: the partition was taken offline).",
         crate::storage::corruption::counts()
             .into_iter()
-            .map(|(a, n)| (vec![("action", a.name().to_string())], n as f64)),
-    );
-    expose_connections(m, x);
+            .map(|(a, n)| (ActionLabel { action: a.name().into() }, n as f64)),
+    )?;
+    expose_connections(m, e)
 }
 
-fn expose_connections(m: &Metrics, x: &mut Exposition) {
+fn expose_connections(m: &Metrics, e: &mut DescriptorEncoder) -> fmt::Result {
     let conns: Vec<(String, String, quinn::ConnectionStats)> = m
         .connections
         .iter()
-        .map(|e| {
+        .map(|c| {
             (
-                e.peer.to_string(),
-                e.principal.clone(),
-                e.connection.stats(),
+                c.peer.to_string(),
+                c.principal.clone(),
+                c.connection.stats(),
             )
         })
         .collect();
-    x.rows(
+    family(
+        e,
         "strait_connections",
-        "gauge",
+        Kind::Gauge,
         "Open client connections.",
-        [(vec![], conns.len() as f64)],
-    );
+        [(Vec::<(String, String)>::new(), conns.len() as f64)],
+    )?;
     type Field = fn(&quinn::ConnectionStats) -> f64;
-    let fields: [(&str, &str, &str, Field); 7] = [
+    let fields: [(&str, Kind, &str, Field); 7] = [
         (
             "strait_quic_rtt_seconds",
-            "gauge",
+            Kind::Gauge,
             "Smoothed round-trip time of a connection.",
             |s| s.path.rtt.as_secs_f64(),
         ),
         (
             "strait_quic_cwnd_bytes",
-            "gauge",
+            Kind::Gauge,
             "Congestion window of a connection.",
             |s| s.path.cwnd as f64,
         ),
         (
             "strait_quic_lost_packets_total",
-            "counter",
+            Kind::Counter,
             "Packets a connection declared lost.",
             |s| s.path.lost_packets as f64,
         ),
         (
             "strait_quic_lost_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes a connection declared lost.",
             |s| s.path.lost_bytes as f64,
         ),
         (
             "strait_quic_congestion_events_total",
-            "counter",
+            Kind::Counter,
             "Congestion events of a connection.",
             |s| s.path.congestion_events as f64,
         ),
         (
             "strait_quic_sent_bytes_total",
-            "counter",
+            Kind::Counter,
             "UDP payload bytes sent on a connection.",
             |s| s.udp_tx.bytes as f64,
         ),
         (
             "strait_quic_received_bytes_total",
-            "counter",
+            Kind::Counter,
             "UDP payload bytes received on a connection.",
             |s| s.udp_rx.bytes as f64,
         ),
     ];
     for (name, kind, help, f) in fields {
-        x.rows(
+        family(
+            e,
             name,
             kind,
             help,
             conns.iter().map(|(peer, principal, s)| {
                 (
-                    vec![("peer", peer.clone()), ("principal", principal.clone())],
+                    ConnectionLabels {
+                        peer: peer.as_str().into(),
+                        principal: principal.as_str().into(),
+                    },
                     f(s),
                 )
             }),
-        );
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Quoted;
+
+    impl Collector for Quoted {
+        fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+            family(
+                &mut e,
+                "strait_test",
+                Kind::Gauge,
+                "A quoted label.",
+                [(
+                    TopicLabel {
+                        topic: "a\"b\\c\nd".into(),
+                    },
+                    1.5,
+                )],
+            )
+        }
+    }
+
     #[test]
     fn exposition_is_prometheus_text() {
-        let m = Metrics::default();
+        let m = std::sync::Arc::new(Metrics::default());
         m.request("produce", true, Duration::from_micros(300));
         m.request("produce", false, Duration::from_millis(30));
         m.topic("orders", |io| {
             io.produce_records.fetch_add(3, Ordering::Relaxed);
         });
         m.handshake_failed(handshake_reason("invalid peer certificate: Expired"));
-        let mut x = Exposition::default();
-        expose_counters(&m, &mut x);
-        x.rows(
-            "strait_test",
-            "gauge",
-            "A \"quoted\" label.",
-            [(vec![("topic", "a\"b".to_string())], 1.5)],
-        );
-        let text = x.finish();
-        assert!(
-            text.contains("strait_requests_total{request=\"produce\",outcome=\"ok\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "strait_request_duration_seconds_bucket{request=\"produce\",le=\"0.0005\"} 1\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "strait_request_duration_seconds_bucket{request=\"produce\",le=\"+Inf\"} 2\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("strait_produce_records_total{topic=\"orders\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("strait_tls_handshake_failures_total{reason=\"expired\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("strait_test{topic=\"a\\\"b\"} 1.5\n"),
-            "{text}"
-        );
-        assert!(text.contains("# TYPE strait_request_duration_seconds histogram\n"));
+        let text = render(vec![Box::new(Counters(m)), Box::new(Quoted)]);
+        for line in [
+            "strait_requests_total{request=\"produce\",outcome=\"ok\"} 1\n",
+            "strait_request_duration_seconds_bucket{le=\"0.0005\",request=\"produce\"} 1\n",
+            "strait_request_duration_seconds_bucket{le=\"+Inf\",request=\"produce\"} 2\n",
+            "strait_request_duration_seconds_count{request=\"produce\"} 2\n",
+            "strait_produce_records_total{topic=\"orders\"} 3\n",
+            "strait_tls_handshake_failures_total{reason=\"expired\"} 1\n",
+            "strait_test{topic=\"a\\\"b\\\\c\\nd\"} 1.5\n",
+            "# TYPE strait_request_duration_seconds histogram\n",
+            "# TYPE strait_requests counter\n",
+            "# EOF\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
     }
 }
