@@ -62,16 +62,8 @@ pub enum TopologyCommand {
     /// disaster drill); `up` keeps it stopped until `restart-node`, and `down` still stops
     /// everything.
     StopNode {
-        /// The topology file (TOML; docs/topologies.md).
-        file: PathBuf,
         #[command(flatten)]
-        state: StateArgs,
-        /// Cluster of the node.
-        #[arg(long)]
-        cluster: String,
-        /// Id of the node in its cluster.
-        #[arg(long)]
-        node: u32,
+        target: NodeTarget,
         /// Kill it (SIGKILL) instead of a clean stop.
         #[arg(long)]
         kill: bool,
@@ -79,16 +71,8 @@ pub enum TopologyCommand {
     /// Start a node of a federation started by `up` again (stopping it first if it runs), as
     /// `up` runs it, so `down` stops it too: the old primary coming back in a failback.
     RestartNode {
-        /// The topology file (TOML; docs/topologies.md).
-        file: PathBuf,
         #[command(flatten)]
-        state: StateArgs,
-        /// Cluster of the node.
-        #[arg(long)]
-        cluster: String,
-        /// Id of the node in its cluster.
-        #[arg(long)]
-        node: u32,
+        target: NodeTarget,
     },
     /// Stop a federation started by `up` (from another terminal).
     Down {
@@ -107,6 +91,21 @@ pub enum TopologyCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// One node of a federation that `up` runs.
+#[derive(clap::Args, Debug)]
+pub struct NodeTarget {
+    /// The topology file (TOML; docs/topologies.md).
+    file: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Cluster of the node.
+    #[arg(long)]
+    cluster: String,
+    /// Id of the node in its cluster.
+    #[arg(long)]
+    node: u32,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -147,38 +146,30 @@ pub async fn run(command: TopologyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TopologyCommand::Up { file, state } => up::up(federation(&file, &state)?).await,
-        TopologyCommand::StopNode {
-            file,
-            state,
-            cluster,
-            node,
-            kill,
-        } => {
-            let fed = federation(&file, &state)?;
+        TopologyCommand::StopNode { target, kill } => {
             let action = if kill {
                 up::NodeAction::Kill
             } else {
                 up::NodeAction::Stop
             };
-            up::control_node(&fed.state_dir, &cluster, node, action).await?;
+            control_node(&target, action).await?;
             println!(
-                "node {node} of {cluster} {}; `strait topology restart-node {} --cluster {cluster} --node {node}` starts it again",
+                "node {} of {} {}; `strait topology restart-node {} --cluster {} --node {}` starts it again",
+                target.node,
+                target.cluster,
                 if kill { "killed" } else { "stopped" },
-                file.display()
+                target.file.display(),
+                target.cluster,
+                target.node
             );
             Ok(())
         }
-        TopologyCommand::RestartNode {
-            file,
-            state,
-            cluster,
-            node,
-        } => {
-            let fed = federation(&file, &state)?;
-            let pid =
-                up::control_node(&fed.state_dir, &cluster, node, up::NodeAction::Restart).await?;
+        TopologyCommand::RestartNode { target } => {
+            let pid = control_node(&target, up::NodeAction::Restart).await?;
             println!(
-                "node {node} of {cluster} is running again (pid {})",
+                "node {} of {} is running again (pid {})",
+                target.node,
+                target.cluster,
                 pid.unwrap_or_default()
             );
             Ok(())
@@ -234,6 +225,11 @@ pub fn federation(file: &Path, state: &StateArgs) -> anyhow::Result<Federation> 
         certs_dir,
         state_dir,
     ))
+}
+
+async fn control_node(t: &NodeTarget, action: up::NodeAction) -> anyhow::Result<Option<u32>> {
+    let fed = federation(&t.file, &t.state)?;
+    up::control_node(&fed.state_dir, &t.cluster, t.node, action).await
 }
 
 async fn changes(fed: &mut Federation) -> anyhow::Result<Vec<plan::Change>> {
