@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use strait_protocol::{Offset, Provenance};
 
@@ -50,8 +51,9 @@ pub struct Stored {
 #[derive(Debug)]
 pub struct ProvenanceLog {
     path: PathBuf,
-    /// Opened when the first entry is written.
-    file: Option<File>,
+    /// Opened when the first entry is written; shared with readers, who read outside the
+    /// partition's lock.
+    file: Option<Arc<File>>,
     entries: Vec<Entry>,
     end: u64,
 }
@@ -92,7 +94,7 @@ impl ProvenanceLog {
             file.set_len(log.end)?;
             durability_journal::sync_data(&file)?;
         }
-        log.file = Some(file);
+        log.file = Some(Arc::new(file));
         Ok((log, kept))
     }
 
@@ -105,11 +107,11 @@ impl ProvenanceLog {
                 .truncate(false)
                 .open(&self.path)?;
             crate::durable_file::sync_parent(&self.path)?;
-            self.file = Some(file);
+            self.file = Some(Arc::new(file));
         }
         Ok(self
             .file
-            .as_ref()
+            .as_deref()
             .unwrap_or_else(|| unreachable!("just opened")))
     }
 
@@ -164,6 +166,12 @@ impl ProvenanceLog {
     /// by that base. A batch the cleaner rewrote keeps its original entry, found by the range
     /// it falls in. One read covers them all.
     pub fn lookup(&self, bases: &[u64]) -> io::Result<Vec<(u64, Provenance)>> {
+        self.locate(bases).read()
+    }
+
+    /// Where the entries of `bases` lie, to be read with [`Located::read`] once the caller
+    /// has let go of the partition's lock (the read is file I/O).
+    pub fn locate(&self, bases: &[u64]) -> Located {
         let mut found = Vec::new();
         for &base in bases {
             let i = self.entries.partition_point(|e| e.last < base);
@@ -171,30 +179,11 @@ impl ProvenanceLog {
                 found.push((base, *e));
             }
         }
-        let (Some((_, first)), Some((_, last)), Some(file)) =
-            (found.first(), found.last(), &self.file)
-        else {
-            return Ok(Vec::new());
-        };
-        let from = first.at;
-        let mut data = vec![0u8; (last.at + u64::from(last.len) - from) as usize];
-        file.read_exact_at(&mut data, from)?;
-        let mut out = Vec::with_capacity(found.len());
-        for (base, e) in found {
-            let at = (e.at - from) as usize;
-            let (stored, _) = decode(&data[at..]).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: the entry at {} no longer checks",
-                        self.path.display(),
-                        e.at
-                    ),
-                )
-            })?;
-            out.push((base, stored.provenance));
+        Located {
+            path: self.path.clone(),
+            file: self.file.clone().filter(|_| !found.is_empty()),
+            found,
         }
-        Ok(out)
     }
 
     /// Retention moved the log start to `start`: once most entries lie below it, the file is
@@ -208,13 +197,52 @@ impl ProvenanceLog {
         let mut live = vec![0u8; (self.end - from) as usize];
         self.file()?.read_exact_at(&mut live, from)?;
         crate::durable_file::write(&self.path, &live)?;
-        self.file = Some(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        self.file = Some(Arc::new(
+            OpenOptions::new().read(true).write(true).open(&self.path)?,
+        ));
         self.entries.drain(..dead);
         for e in &mut self.entries {
             e.at -= from;
         }
         self.end -= from;
         Ok(())
+    }
+}
+
+/// Entries found by [`ProvenanceLog::locate`], not read yet.
+pub struct Located {
+    path: PathBuf,
+    file: Option<Arc<File>>,
+    found: Vec<(u64, Entry)>,
+}
+
+impl Located {
+    /// Reads the entries (one read covering them all): each batch base with its chain.
+    pub fn read(self) -> io::Result<Vec<(u64, Provenance)>> {
+        let (Some((_, first)), Some((_, last)), Some(file)) =
+            (self.found.first(), self.found.last(), &self.file)
+        else {
+            return Ok(Vec::new());
+        };
+        let from = first.at;
+        let mut data = vec![0u8; (last.at + u64::from(last.len) - from) as usize];
+        file.read_exact_at(&mut data, from)?;
+        let mut out = Vec::with_capacity(self.found.len());
+        for (base, e) in &self.found {
+            let at = (e.at - from) as usize;
+            let (stored, _) = decode(&data[at..]).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the entry at {} no longer checks",
+                        self.path.display(),
+                        e.at
+                    ),
+                )
+            })?;
+            out.push((*base, stored.provenance));
+        }
+        Ok(out)
     }
 }
 

@@ -360,9 +360,10 @@ impl PartitionLog {
             bases.push(base.0);
             rest = rest.get(len..).unwrap_or_default();
         }
-        lock(&self.state)
-            .provenance
-            .lookup(&bases)
+        // Located under the lock, read after it: the read is file I/O.
+        let located = lock(&self.state).provenance.locate(&bases);
+        located
+            .read()
             .map_err(|source| self.io("reading provenance", source))
     }
 
