@@ -11,6 +11,7 @@
 pub mod acl;
 pub mod batch;
 pub mod client;
+pub mod congestion;
 pub mod error;
 pub mod frame;
 pub mod ids;

@@ -18,8 +18,9 @@ pub struct TransportLimits {
     pub connection_window_bytes: u32,
     pub idle_timeout_ms: u32,
     pub keep_alive_ms: u32,
-    /// How the sender paces itself. `Bbr` keeps long, lossy links full where loss-driven
-    /// controllers collapse (1 % random loss over 150 ms caps Cubic near 100 KB/s).
+    /// How the sender paces itself. The default, `Adaptive`, is cubic on short paths and BBR
+    /// on long ones (see `congestion`): BBR keeps long, lossy links full where loss-driven
+    /// controllers collapse, and cubic is cheaper on loopback and LANs.
     pub congestion: Congestion,
     /// Kernel send and receive buffer asked for on the UDP socket. The default 208 KiB drops
     /// datagrams when a long link's window arrives in bursts, and every such drop is read
@@ -31,8 +32,10 @@ pub struct TransportLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
-    /// Loss-based, quinn's default; fine on clean links.
+    /// Cubic while the connection's minimum RTT is under 10 ms, BBR from there on.
     #[default]
+    Adaptive,
+    /// Loss-based, quinn's default; fine on clean links.
     Cubic,
     NewReno,
     /// Model-based (bandwidth and RTT); for WAN links with random loss.
@@ -44,11 +47,12 @@ impl std::str::FromStr for Congestion {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "adaptive" => Ok(Congestion::Adaptive),
             "cubic" => Ok(Congestion::Cubic),
             "newreno" => Ok(Congestion::NewReno),
             "bbr" => Ok(Congestion::Bbr),
             other => Err(format!(
-                "unknown congestion controller {other:?}; use cubic, newreno or bbr"
+                "unknown congestion controller {other:?}; use adaptive, cubic, newreno or bbr"
             )),
         }
     }
@@ -62,7 +66,7 @@ impl Default for TransportLimits {
             connection_window_bytes: 64 << 20,
             idle_timeout_ms: 30_000,
             keep_alive_ms: 5_000,
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Adaptive,
             udp_buffer_bytes: 8 << 20,
         }
     }
@@ -82,6 +86,9 @@ pub fn transport_config(limits: &TransportLimits) -> Arc<TransportConfig> {
     t.keep_alive_interval(Some(Duration::from_millis(u64::from(limits.keep_alive_ms))));
     t.enable_segmentation_offload(true);
     match limits.congestion {
+        Congestion::Adaptive => {
+            t.congestion_controller_factory(Arc::new(crate::congestion::AdaptiveConfig::default()));
+        }
         Congestion::Cubic => {}
         Congestion::NewReno => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));

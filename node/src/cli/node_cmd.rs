@@ -127,8 +127,8 @@ struct Limits {
     answer_write_stall_ms: u64,
     /// Bytes of requests and fetch answers one connection may hold in the node at once.
     connection_memory_bytes_max: u64,
-    /// Congestion controller for what this node sends: cubic (default), newreno or bbr (for
-    /// sources read across lossy WAN links).
+    /// Congestion controller for what this node sends: adaptive (default: cubic on paths under
+    /// 10 ms of RTT, BBR on longer ones), or cubic, newreno or bbr for every connection.
     congestion: strait_protocol::transport::Congestion,
 }
 

@@ -102,7 +102,7 @@ pub struct WanArgs {
     #[arg(long, default_value_t = 512)]
     in_flight_mb: u32,
     /// Congestion controllers of the source node to compare (comma separated).
-    #[arg(long, default_value = "bbr,cubic", value_delimiter = ',')]
+    #[arg(long, default_value = "adaptive,bbr,cubic", value_delimiter = ',')]
     congestion: Vec<strait_protocol::transport::Congestion>,
     /// Directory for the nodes' data and certificates (a temporary subdirectory).
     #[arg(long, default_value = ".")]
