@@ -107,7 +107,8 @@ pub fn update<T>(
     change: impl FnOnce(&mut Profiles) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    crate_dir(dir)?;
+    strait_node::durable_file::create_dir(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -122,10 +123,6 @@ pub fn update<T>(
     strait_node::durable_file::write_private(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(out)
-}
-
-fn crate_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
 /// Saves `profile` under `name` (what `profile create` and `topology up` do).

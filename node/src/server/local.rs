@@ -58,10 +58,7 @@ impl LocalEndpoint {
         let t = broker.topic(topic)?;
         let limits = t.config.decode_limits();
         let bytes: u64 = batches.iter().map(|(b, _)| b.size_bytes() as u64).sum();
-        for (b, p) in &batches {
-            p.check(u64::from(b.last_offset_delta())).map_err(|e| {
-                WireError::new(strait_protocol::ErrorCode::INVALID_REQUEST, e.to_string())
-            })?;
+        for (b, _) in &batches {
             batch::total_len(b.as_bytes(), &limits)
                 .and_then(|_| b.check_decompressed_size(limits.batch_bytes_decompressed_max))
                 .map_err(|e| corrupt(topic, partition, e))?;

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use strait_protocol::batch::{self, DecodeLimits, LENGTH_PREFIX_LEN};
+use strait_protocol::batch::{self, DecodeLimits, LENGTH_PREFIX_LEN, POSITION_PREFIX_LEN};
 use strait_protocol::pool::BufferPool;
 use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 
@@ -20,9 +20,6 @@ use strait_protocol::{LeaderEpoch, Offset, RecordBatch};
 const INDEX_ENTRY_LEN: usize = 8;
 /// Size of one time-index entry on disk.
 const TIME_ENTRY_LEN: usize = 12;
-/// Bytes at the start of a batch holding the fields the node assigns (base offset, length,
-/// leader epoch).
-const ASSIGNED_PREFIX_LEN: usize = 16;
 /// Read size used when walking a segment sequentially.
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -166,15 +163,11 @@ impl Segment {
     ) -> io::Result<()> {
         let position = self.size;
         let bytes = batch.as_bytes();
-        // Big-endian, as Kafka lays the header out.
-        let mut head = [0u8; ASSIGNED_PREFIX_LEN];
-        head[..8].copy_from_slice(&base.0.to_be_bytes());
-        head[8..12].copy_from_slice(&bytes[8..12]);
-        head[12..16].copy_from_slice(&epoch.0.to_be_bytes());
+        let head = batch.position_prefix(base, epoch);
         self.file.write_all_at(&head, position)?;
         self.file.write_all_at(
-            &bytes[ASSIGNED_PREFIX_LEN..],
-            position + ASSIGNED_PREFIX_LEN as u64,
+            &bytes[POSITION_PREFIX_LEN..],
+            position + POSITION_PREFIX_LEN as u64,
         )?;
         self.size += bytes.len() as u64;
         self.note_batch(ScannedBatch {

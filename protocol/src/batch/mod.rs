@@ -46,6 +46,9 @@ pub const MAGIC: u8 = 2;
 pub const HEADER_LEN: usize = 61;
 /// Bytes before the batch-length field ends: a reader needs this many to learn the batch size.
 pub const LENGTH_PREFIX_LEN: usize = 12;
+/// Bytes up to the end of the partition leader epoch: the node-assigned fields (base offset,
+/// epoch) and the batch length between them, all before the CRC's range.
+pub const POSITION_PREFIX_LEN: usize = 16;
 
 const AT_BASE_OFFSET: usize = 0;
 const AT_BATCH_LENGTH: usize = 8;
@@ -266,15 +269,29 @@ impl RecordBatch {
         if self.base_offset() == base_offset && self.leader_epoch() == epoch {
             return self;
         }
+        let prefix = self.position_prefix(base_offset, epoch);
         let mut bytes = match self.bytes.try_into_mut() {
             Ok(unique) => unique,
             Err(shared) => BytesMut::from(&shared[..]),
         };
-        bytes[AT_BASE_OFFSET..AT_BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_be_bytes());
-        bytes[AT_LEADER_EPOCH..AT_LEADER_EPOCH + 4].copy_from_slice(&epoch.0.to_be_bytes());
+        bytes[..POSITION_PREFIX_LEN].copy_from_slice(&prefix);
         RecordBatch {
             bytes: bytes.freeze(),
         }
+    }
+
+    /// The batch's first [`POSITION_PREFIX_LEN`] bytes with the node-assigned fields set: what
+    /// a log writes in front of the rest of the received bytes instead of copying the batch.
+    pub fn position_prefix(
+        &self,
+        base_offset: Offset,
+        epoch: LeaderEpoch,
+    ) -> [u8; POSITION_PREFIX_LEN] {
+        let mut prefix = [0u8; POSITION_PREFIX_LEN];
+        prefix.copy_from_slice(&self.bytes[..POSITION_PREFIX_LEN]);
+        prefix[AT_BASE_OFFSET..AT_BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_be_bytes());
+        prefix[AT_LEADER_EPOCH..AT_LEADER_EPOCH + 4].copy_from_slice(&epoch.0.to_be_bytes());
+        prefix
     }
 
     /// The same batch under another idempotent identity, its CRC recomputed. A producer

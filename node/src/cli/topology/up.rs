@@ -144,9 +144,8 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
                 &data_dir,
                 &certs,
             )?;
-            let config_path = state.join(format!("{name}.toml"));
+            let (config_path, log) = node_files(&state, &name);
             std::fs::write(&config_path, config)?;
-            let log = state.join("logs").join(format!("{name}.log"));
             let child = spawn_node(&exe, &state, &name, false)?;
             let pid = child.id().unwrap_or_default();
             children.push(Running {
@@ -184,9 +183,16 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
 
 /// Starts node `name` from its config in the state folder, logging to `logs/<name>.log`
 /// (appending when `append`, so a restart keeps the earlier log).
+/// Where node `name`'s config and log live in the state folder.
+fn node_files(state: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        state.join(format!("{name}.toml")),
+        state.join("logs").join(format!("{name}.log")),
+    )
+}
+
 fn spawn_node(exe: &Path, state: &Path, name: &str, append: bool) -> anyhow::Result<Child> {
-    let config_path = state.join(format!("{name}.toml"));
-    let log = state.join("logs").join(format!("{name}.log"));
+    let (config_path, log) = node_files(state, name);
     let out = std::fs::OpenOptions::new()
         .create(true)
         .write(true)

@@ -103,8 +103,8 @@ pub(in crate::server) async fn serve(
     }
 }
 
-/// Pairs each batch of a `MirrorAppend` with its provenance chain, which must be one per batch
-/// and within bounds.
+/// Pairs each batch of a `MirrorAppend` with its provenance chain: one per batch (their bounds
+/// are checked by [`mirror_append`], where every copy arrives).
 pub(in crate::server) fn with_provenance(
     topic: &str,
     partition: u32,
@@ -121,17 +121,6 @@ pub(in crate::server) fn with_provenance(
             ),
         ));
     }
-    for (b, p) in batches.iter().zip(&provenance) {
-        p.check(u64::from(b.last_offset_delta())).map_err(|e| {
-            WireError::new(
-                ErrorCode::INVALID_REQUEST,
-                format!(
-                    "{topic}/{partition}: batch at offset {}: {e}",
-                    b.base_offset()
-                ),
-            )
-        })?;
-    }
     Ok(batches.into_iter().zip(provenance).collect())
 }
 
@@ -144,6 +133,17 @@ pub(in crate::server) async fn mirror_append(
     batches: Vec<(RecordBatch, Provenance)>,
 ) -> Result<Answer, WireError> {
     let topic = t.name.as_str();
+    for (b, p) in &batches {
+        p.check(u64::from(b.last_offset_delta())).map_err(|e| {
+            WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!(
+                    "{topic}/{partition}: batch at offset {}: {e}",
+                    b.base_offset()
+                ),
+            )
+        })?;
+    }
     let p = broker.partition(topic, PartitionId(partition))?;
     let prefix = t.mirror.is_some();
     if !prefix {

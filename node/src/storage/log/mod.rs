@@ -314,13 +314,14 @@ impl PartitionLog {
                 next = base.plus(span);
                 planned.push((batch, base, provenance, mirrored));
             }
+            // The chains move into the entries: the batches need only their mirror keys now.
             let entries: Vec<Stored> = planned
-                .iter()
+                .iter_mut()
                 .filter(|(_, _, p, _)| !p.is_empty())
                 .map(|(b, base, p, _)| Stored {
                     base: base.0,
                     last: base.0 + u64::from(b.last_offset_delta()),
-                    provenance: p.clone(),
+                    provenance: std::mem::take(p),
                 })
                 .collect();
             st.provenance
