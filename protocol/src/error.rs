@@ -40,6 +40,9 @@ impl ErrorCode {
     pub const RESOURCE_EXHAUSTED: ErrorCode = ErrorCode(28);
     /// The principal is over its byte-rate quota for longer than a request may wait.
     pub const THROTTLED: ErrorCode = ErrorCode(29);
+    /// A member's group protocol does not match the group's (a Kafka client joining a group
+    /// of Strait consumers, or members with no assignor in common).
+    pub const INCONSISTENT_GROUP_PROTOCOL: ErrorCode = ErrorCode(30);
 
     /// Whether a client may retry the same request and expect it to succeed.
     pub fn is_retriable(self) -> bool {
@@ -83,6 +86,7 @@ impl ErrorCode {
             ErrorCode::UNKNOWN_GROUP => "unknown_group",
             ErrorCode::RESOURCE_EXHAUSTED => "resource_exhausted",
             ErrorCode::THROTTLED => "throttled",
+            ErrorCode::INCONSISTENT_GROUP_PROTOCOL => "inconsistent_group_protocol",
             _ => "unknown",
         }
     }

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use strait_node::admin::AdminState;
 use strait_node::broker::Broker;
+use strait_node::server::kafka::{KafkaConfig, KafkaListener};
 use strait_node::server::{ListenConfig, PeerLimits, Server};
 use strait_node::storage::LogConfig;
 use strait_protocol::frame::FrameLimits;
@@ -28,7 +29,7 @@ pub enum NodeCommand {
 pub struct RunArgs {
     /// TOML file with the same settings (cluster, node_id, listen, advertise, data_dir, ca,
     /// cert, key, admin_listen) and the sections [topic_defaults] (settings every new topic
-    /// starts from), [limits] (frames, streams, windows, timeouts, connections, congestion),
+    /// starts from), [kafka] (the Kafka-wire listener), [limits] (frames, streams, windows, timeouts, connections, congestion),
     /// [security] (authorization, superusers, ACLs, CRL, certificate reloads), [quotas]
     /// (per-principal byte rates), [groups]
     /// (offset retention, rebalance timeout cap) and [[flows]] (mirror flows this node runs);
@@ -62,13 +63,18 @@ pub struct RunArgs {
     /// TCP address of the admin HTTP listener (/health, /ready, /status), e.g. 127.0.0.1:9400.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// TCP address of the Kafka-wire listener, e.g. 127.0.0.1:9092 (TLS with client
+    /// certificates unless [kafka] plaintext = true, which only a loopback address allows).
+    #[arg(long)]
+    kafka_listen: Option<SocketAddr>,
 }
 
 /// The sections a node config file may hold beside its top-level settings (named in
 /// `node run --help`; a test checks that the file accepts each and that the help names it).
 #[cfg(test)]
-pub const CONFIG_SECTIONS: [&str; 6] = [
+pub const CONFIG_SECTIONS: [&str; 7] = [
     "[topic_defaults]",
+    "[kafka]",
     "[limits]",
     "[security]",
     "[quotas]",
@@ -93,6 +99,8 @@ struct NodeFile {
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
     #[serde(default)]
+    kafka: KafkaSection,
+    #[serde(default)]
     limits: Limits,
     #[serde(default)]
     security: Security,
@@ -106,6 +114,37 @@ struct NodeFile {
     /// Mirror flows this node runs as its cluster's gateway, copying into its own cluster.
     #[serde(default)]
     flows: Vec<strait_mirror::FlowSpec>,
+}
+
+/// `[kafka]`: the Kafka-wire listener (off unless `listen` or `--kafka-listen` is given).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct KafkaSection {
+    listen: Option<SocketAddr>,
+    /// `host:port` Kafka clients are told to connect to; defaults to `listen`.
+    advertise: Option<String>,
+    /// No TLS and no client certificates (principal `ANONYMOUS`): loopback addresses only.
+    plaintext: bool,
+    /// Kafka's `auto.create.topics.enable`: Metadata and Produce requests for an unknown
+    /// topic create it (subject to the create ACL).
+    #[serde(alias = "auto.create.topics.enable")]
+    auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics asking for the default
+    /// (Kafka's `num.partitions`).
+    #[serde(alias = "num.partitions")]
+    default_partitions: u32,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            listen: None,
+            advertise: None,
+            plaintext: false,
+            auto_create_topics: false,
+            default_partitions: 1,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +327,35 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     };
     broker.start_background(Duration::from_millis(limits.retention_check_interval_ms));
     let (ca_path, cert_path) = (ca.clone(), cert.clone());
+    let kafka_config = args
+        .kafka_listen
+        .or(file.kafka.listen)
+        .map(|listen| KafkaConfig {
+            listen,
+            advertised: file
+                .kafka
+                .advertise
+                .clone()
+                .unwrap_or_else(|| listen.to_string()),
+            plaintext: file.kafka.plaintext,
+            auto_create_topics: file.kafka.auto_create_topics,
+            auto_create_partitions: file.kafka.default_partitions,
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            crl: file.security.crl.clone(),
+            cert_reload_interval: Duration::from_millis(
+                file.security.cert_reload_interval_ms.max(100),
+            ),
+            frame_bytes_max: limits.frame_bytes_max,
+            request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
+            handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+            idle_timeout: Duration::from_secs(600),
+            connections_per_ip_max: limits.connections_per_ip_max,
+        });
+    if let Some(k) = &kafka_config {
+        k.validate().map_err(anyhow::Error::msg)?;
+    }
     let listen_config = ListenConfig {
         listen,
         advertised: advertise,
@@ -338,6 +406,10 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;
     let advertised = listen_config.advertised.clone();
     let server = Server::start(broker.clone(), listen_config)?;
+    let kafka = match kafka_config {
+        Some(k) => Some(KafkaListener::start(server.service(), k).await?),
+        None => None,
+    };
     let local: Arc<dyn strait_mirror::Endpoint> =
         server.local_endpoint(&format!("gateway:{cluster}/{node_id}"));
     let flows = strait_mirror::FlowManager::new(
@@ -376,6 +448,9 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         "strait node {node_id} of cluster {cluster} listening on {}",
         server.local_addr
     );
+    if let Some(k) = &kafka {
+        println!("Kafka listener on {}", k.local_addr);
+    }
     let server = Arc::new(server);
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         let server = server.clone();
@@ -388,6 +463,9 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     }
     wait_for_shutdown().await;
     info!("shutting down");
+    if let Some(k) = &kafka {
+        k.shutdown();
+    }
     flows.shutdown().await;
     server.shutdown().await;
     tokio::task::spawn_blocking(move || broker.close()).await?;

@@ -13,6 +13,9 @@
 //! member can hold a rebalance open indefinitely.
 
 pub mod assign;
+mod kafka;
+
+pub use kafka::{KafkaJoin, KafkaJoined, KafkaMemberView};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -94,6 +97,9 @@ impl GroupState {
 
 struct Member {
     principal: String,
+    /// What a Kafka client sent (its protocols' metadata, the leader's assignment for it);
+    /// None for Strait's own members, which the coordinator assigns itself.
+    kafka: Option<kafka::KafkaMember>,
     topics: Vec<String>,
     owned: Vec<TopicPartition>,
     session_timeout: Duration,
@@ -118,6 +124,9 @@ struct Group {
     completed: Arc<Notify>,
     /// Since when the group has had no member (None while it has some).
     empty_since: Option<Instant>,
+    /// Set while the group's members are Kafka clients (they assign partitions themselves,
+    /// through the leader's SyncGroup).
+    kafka: Option<kafka::KafkaGroup>,
 }
 
 impl Group {
@@ -135,6 +144,7 @@ impl Group {
             deadline: now,
             completed: Arc::new(Notify::new()),
             empty_since: None,
+            kafka: None,
         }
     }
 
@@ -145,6 +155,8 @@ impl Group {
         let was_empty = self.state == GroupState::Empty;
         self.state = GroupState::PreparingRebalance;
         self.joined.clear();
+        // Members waiting for their assignment (Kafka SyncGroup) learn the generation is over.
+        self.completed.notify_waiters();
         self.earliest_completion = if was_empty {
             now + INITIAL_REBALANCE_DELAY
         } else {
@@ -329,6 +341,8 @@ impl GroupCoordinator {
         g.generation += 1;
         if g.members.is_empty() {
             g.state = GroupState::Empty;
+        } else if g.kafka.is_some() {
+            kafka::complete_join(g);
         } else {
             let views: BTreeMap<String, MemberView> = g
                 .members
@@ -399,6 +413,15 @@ impl GroupCoordinator {
             if g.members.is_empty() {
                 g.protocol = req.protocol;
                 g.assignor = req.assignor.clone();
+                g.kafka = None;
+            } else if g.kafka.is_some() {
+                return Err(err(
+                    ErrorCode::INCONSISTENT_GROUP_PROTOCOL,
+                    format!(
+                        "group {:?} is in use by Kafka clients; a Strait consumer cannot join it (use another group name)",
+                        req.group
+                    ),
+                ));
             } else if g.protocol != req.protocol {
                 return Err(err(
                     ErrorCode::INVALID_REQUEST,
@@ -426,6 +449,7 @@ impl GroupCoordinator {
                 .is_none_or(|m| m.topics != req.topics);
             let member = Member {
                 principal: principal.into(),
+                kafka: None,
                 topics: req.topics.clone(),
                 owned: req.owned.clone(),
                 session_timeout: Duration::from_millis(u64::from(req.session_timeout_ms)),
@@ -646,7 +670,7 @@ impl GroupCoordinator {
         match groups.get(group) {
             Some(g) => Some(GroupDescription {
                 group: group.into(),
-                state: g.state.name().into(),
+                state: kafka::state_name(g).into(),
                 protocol: g.protocol,
                 assignor: g.assignor.clone(),
                 generation: g.generation,

@@ -10,12 +10,15 @@
 //! - `handlers`: what each family of requests does (data: produce, fetch, offsets; topics and
 //!   metadata; groups; mirror; ACLs).
 //! - `local`: the node as the in-process target of a flow it runs (no network hop).
+//! - `kafka`: the Kafka-wire front door (TCP, TLS with client certificates), translating Kafka
+//!   APIs into the same service's requests.
 //!
 //! A peer that sends garbage gets an error on that stream (or a closed stream); other streams
 //! and other connections are unaffected, since each stream is its own task with its own
 //! deadlines.
 
 mod handlers;
+pub mod kafka;
 mod local;
 pub mod outgoing;
 mod service;

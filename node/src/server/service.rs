@@ -58,6 +58,14 @@ impl Session {
         }
     }
 
+    /// A session authenticated by its transport that has no Hello of its own (the Kafka
+    /// wire): past Hello from the start.
+    pub fn authenticated(principal: Arc<str>, role: Option<strait_certs::Role>) -> Session {
+        let s = Session::new(principal, role);
+        s.hello.store(true, Ordering::Release);
+        s
+    }
+
     /// The node's own session (flows it runs as gateway): trusted, past Hello.
     pub fn trusted(principal: &str) -> Session {
         Session {

@@ -94,7 +94,7 @@ fn metadata(service: &RequestService, session: &Session, filter: Option<Vec<Stri
                 .map(|id| PartitionInfo {
                     id,
                     leader: broker.node_id.0,
-                    leader_epoch: 0,
+                    leader_epoch: t.partitions[id as usize].log.leader_epoch().0,
                     replicas: vec![broker.node_id.0],
                     in_sync: vec![broker.node_id.0],
                 })
@@ -125,7 +125,7 @@ pub(in crate::server) fn describe(
             PartitionStats {
                 id: i as u32,
                 leader: broker.node_id.0,
-                leader_epoch: 0,
+                leader_epoch: p.log.leader_epoch().0,
                 start_offset: s.log_start.0,
                 end_offset: s.log_end.0,
                 high_watermark: s.high_watermark.0,

@@ -202,6 +202,11 @@ impl PartitionLog {
         lock(&self.state).config = config;
     }
 
+    /// The epoch of the partition's current leader (written into every batch it appends).
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        lock(&self.state).epoch
+    }
+
     pub fn set_leader_epoch(&self, epoch: LeaderEpoch) {
         lock(&self.state).epoch = epoch;
     }
