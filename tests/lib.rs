@@ -15,6 +15,7 @@ use strait_certs::Role;
 use strait_protocol::client::{Client, ClientOptions};
 
 pub mod checker;
+pub mod kafka_clients;
 pub use strait_node::impair;
 
 /// The `strait` binary, building it first if this test run has not.

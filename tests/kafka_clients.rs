@@ -1,0 +1,117 @@
+//! Real Kafka clients nobody here wrote, driven from the suites: confluent-kafka (librdkafka)
+//! and kafka-python in a virtualenv, kafkajs under Node, and kcat. `tests/run` installs them
+//! (pinned, idempotently) under `target/kafka-clients` and names the folder in
+//! `STRAIT_KAFKA_CLIENTS`; the scripts live in `tests/kafka-clients/`. Each script takes its
+//! settings as one JSON argument and prints JSON on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::Pki;
+
+/// Where `tests/run` installed the clients.
+pub fn installed() -> PathBuf {
+    let dir = std::env::var_os("STRAIT_KAFKA_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kafka-clients"));
+    assert!(
+        dir.join("venv/bin/python").exists() && dir.join("node_modules/kafkajs").exists(),
+        "the Kafka clients are not installed in {}: run the suites with `tests/run`, which installs them",
+        dir.display()
+    );
+    dir
+}
+
+/// A script in `tests/kafka-clients/`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("kafka-clients")
+        .join(name)
+}
+
+/// The command that runs `name` (a `.py` or `.js` script) with `settings`.
+pub fn command(name: &str, settings: &serde_json::Value) -> Command {
+    let dir = installed();
+    let mut c = if name.ends_with(".js") {
+        let mut c = Command::new("node");
+        c.env("NODE_PATH", dir.join("node_modules"));
+        c
+    } else {
+        Command::new(dir.join("venv/bin/python"))
+    };
+    c.arg(script(name)).arg(settings.to_string());
+    c
+}
+
+/// Runs a script to completion and parses its JSON answer; panics with its stderr if it fails.
+pub fn run(name: &str, settings: &serde_json::Value) -> serde_json::Value {
+    let out = command(name, settings)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{name} printed {stdout:?}: {e}"))
+}
+
+/// Runs a script that is expected to fail; answers its stderr and stdout.
+pub fn run_failing(name: &str, settings: &serde_json::Value) -> String {
+    let out = command(name, settings)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        !out.status.success(),
+        "{name} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
+
+/// Starts a long-running script (a group member) with its stdout piped.
+pub fn spawn(name: &str, settings: &serde_json::Value) -> Child {
+    command(name, settings)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// The TLS settings of a client named `name` of `pki` (issued if new), for the scripts.
+pub fn tls(pki: &Pki, name: &str) -> serde_json::Value {
+    let _ = pki.client_tls(name);
+    serde_json::json!({
+        "ca": pki.ca(),
+        "cert": pki.path(&format!("{name}.crt")),
+        "key": pki.path(&format!("{name}.key")),
+    })
+}
+
+/// `base` with the entries of `more` added.
+pub fn with(base: &serde_json::Value, more: serde_json::Value) -> serde_json::Value {
+    let mut out = base.clone();
+    if let (Some(o), Some(m)) = (out.as_object_mut(), more.as_object()) {
+        for (k, v) in m {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// The `kcat` binary (installed from Debian by `tests/run`).
+pub fn kcat() -> Command {
+    Command::new("kcat")
+}
+
+/// How long a client-driven step may take before a suite gives up.
+pub const STEP: Duration = Duration::from_secs(60);

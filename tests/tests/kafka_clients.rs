@@ -1,0 +1,195 @@
+//! Kafka clients nobody here wrote, against a node's Kafka listener (TLS with client
+//! certificates from the cluster's CA): confluent-kafka (librdkafka), kafka-python, kafkajs
+//! and kcat. What they store is checked again through Strait's own client: the same offsets,
+//! keys, values and headers, whichever door a record came in by.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use strait_tests::kafka_clients::{self as kc, tls, with};
+use strait_tests::{free_tcp_port, read_partition, strait_bin, NodeProcess, Pki};
+
+/// A node with a Kafka listener; answers it and the Kafka bootstrap address.
+fn node(pki: &Pki, dir: &Path, extra: &str) -> (NodeProcess, String) {
+    let kafka = format!("127.0.0.1:{}", free_tcp_port());
+    let config = format!("[kafka]\nlisten = \"{kafka}\"\nauto_create_topics = true\n{extra}");
+    (NodeProcess::start(pki, "east", dir, &config), kafka)
+}
+
+fn text(v: &Option<bytes::Bytes>) -> Option<String> {
+    v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_round_trips_every_codec_with_headers_null_keys_and_tombstones() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (n, kafka) = node(&pki, &dir.path().join("n"), "");
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let settings = with(
+        &tls(&pki, "app"),
+        json!({"bootstrap": kafka, "topic_prefix": "rt", "codecs": codecs, "count": 30}),
+    );
+    let out = kc::run("confluent_roundtrip.py", &settings);
+    let client = pki.client(&n.address);
+    for codec in codecs {
+        let got = out[codec].as_array().unwrap();
+        assert_eq!(got.len(), 32, "{codec}: {got:?}");
+        for (i, r) in got.iter().enumerate().take(30) {
+            assert_eq!(r["offset"], i as u64, "{codec}");
+            assert_eq!(r["key"], format!("key-{}", i % 7));
+            assert_eq!(
+                r["value"].as_str().unwrap(),
+                format!("{codec}-value-{i}").repeat(1 + i % 3)
+            );
+            assert_eq!(r["headers"], json!([["h1", format!("v{i}")], ["h2", null]]));
+        }
+        assert_eq!(got[30]["key"], Value::Null, "a null key survives");
+        assert_eq!(got[30]["value"], "no key");
+        assert_eq!(got[31]["key"], "key-0");
+        assert_eq!(got[31]["value"], Value::Null, "a tombstone survives");
+        // The same records through Strait's own protocol, at the same offsets.
+        let native = read_partition(&client, &format!("rt-{codec}"), 0).await;
+        assert_eq!(native.len(), 32, "{codec}");
+        for (seen, r) in native.iter().zip(got) {
+            assert_eq!(Some(seen.offset), r["offset"].as_u64());
+            assert_eq!(
+                text(&seen.key).map(Value::from).unwrap_or(Value::Null),
+                r["key"]
+            );
+            assert_eq!(
+                text(&seen.value).map(Value::from).unwrap_or(Value::Null),
+                r["value"]
+            );
+        }
+    }
+}
+
+#[test]
+fn kafka_python_commits_show_in_strait_group_describe() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (n, kafka) = node(&pki, &dir.path().join("n"), "");
+    let settings = with(
+        &tls(&pki, "app"),
+        json!({"bootstrap": kafka, "topic": "kp", "group": "kp-readers", "count": 25}),
+    );
+    let out = kc::run("kafka_python_roundtrip.py", &settings);
+    let records = out["records"].as_array().unwrap();
+    assert_eq!(records.len(), 25);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64);
+        assert_eq!(r["key"], format!("k{i}"));
+        assert_eq!(r["value"], format!("v{i}"));
+        assert_eq!(r["headers"], json!([["n", i.to_string()]]));
+    }
+    assert_eq!(
+        out["committed"], 25,
+        "the committed offset as the node returns it"
+    );
+    let described = std::process::Command::new(strait_bin())
+        .args([
+            "group",
+            "describe",
+            "kp-readers",
+            "--json",
+            "--bootstrap",
+            &n.address,
+        ])
+        .arg("--ca")
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.path("app.crt"))
+        .arg("--key")
+        .arg(pki.path("app.key"))
+        .output()
+        .unwrap();
+    assert!(described.status.success(), "{described:?}");
+    let d: Value = serde_json::from_slice(&described.stdout).unwrap();
+    let parts = d["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{d}");
+    assert_eq!(parts[0]["topic"], "kp");
+    assert_eq!(parts[0]["committed_offset"], 25);
+    assert_eq!(parts[0]["lag"], 0);
+}
+
+#[test]
+fn kafkajs_round_trips_in_a_group() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_n, kafka) = node(&pki, &dir.path().join("n"), "");
+    let settings = with(
+        &tls(&pki, "app"),
+        json!({"bootstrap": kafka, "topic": "kj", "group": "kj-readers", "count": 40}),
+    );
+    let out = kc::run("kafkajs_roundtrip.js", &settings);
+    let records = out["records"].as_array().unwrap();
+    assert_eq!(records.len(), 40);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64);
+        assert_eq!(r["key"], format!("k{i}"));
+        assert_eq!(r["value"], format!("v{i}"));
+        assert_eq!(r["headers"], json!([["n", i.to_string()]]));
+    }
+}
+
+#[test]
+fn kcat_produces_and_consumes_over_tls() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_n, kafka) = node(&pki, &dir.path().join("n"), "");
+    let _ = pki.client_tls("app");
+    let ssl = |c: &mut std::process::Command| {
+        c.args(["-b", &kafka, "-X", "security.protocol=ssl"])
+            .arg("-X")
+            .arg(format!("ssl.ca.location={}", pki.ca().display()))
+            .arg("-X")
+            .arg(format!(
+                "ssl.certificate.location={}",
+                pki.path("app.crt").display()
+            ))
+            .arg("-X")
+            .arg(format!(
+                "ssl.key.location={}",
+                pki.path("app.key").display()
+            ));
+    };
+    let mut produce = kc::kcat();
+    ssl(&mut produce);
+    produce
+        .args(["-P", "-t", "kc", "-K", ":", "-z", "zstd"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = produce.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 0..50 {
+            writeln!(stdin, "key{i}:value{i}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let mut consume = kc::kcat();
+    ssl(&mut consume);
+    let out = consume
+        .args([
+            "-C",
+            "-t",
+            "kc",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o %k %s\n",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: Vec<String> = (0..50).map(|i| format!("{i} key{i} value{i}")).collect();
+    assert_eq!(lines, want);
+}
