@@ -115,3 +115,104 @@ pub fn kcat() -> Command {
 
 /// How long a client-driven step may take before a suite gives up.
 pub const STEP: Duration = Duration::from_secs(60);
+
+/// A long-running client script (a group member) whose JSON lines are collected as they come.
+pub struct Member {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Member {
+    pub fn start(name: &str, settings: &serde_json::Value) -> Member {
+        let mut child = spawn(name, settings);
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                }
+            }
+        });
+        Member {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The partitions of the member's latest reported assignment.
+    pub fn assignment(&self) -> Option<Vec<u64>> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().rev().find_map(|l| {
+            l.get("assignment").and_then(|a| a.as_array()).map(|a| {
+                let mut ps: Vec<u64> = a.iter().filter_map(|tp| tp[1].as_u64()).collect();
+                ps.sort();
+                ps
+            })
+        })
+    }
+
+    /// Asks the member to leave (SIGTERM: it commits and closes), and answers what it read as
+    /// `(partition, offset, value)`.
+    pub fn stop(mut self) -> Vec<(u64, u64, String)> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap_or_else(|e| panic!("{e}"));
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        assert!(status.success(), "group member exited with {status}");
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let last = lines.last().cloned().unwrap_or_default();
+        last["records"]
+            .as_array()
+            .unwrap_or_else(|| panic!("member printed no records: {lines:?}"))
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_u64().unwrap_or_default(),
+                    r[1].as_u64().unwrap_or_default(),
+                    r[2].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the members' latest assignments split `partitions` among them with the given
+/// sizes (sorted), each partition owned once; panics with what they report after a minute.
+pub fn settle(members: &[&Member], partitions: u64, sizes: &[usize]) {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let all: Vec<Option<Vec<u64>>> = members.iter().map(|m| m.assignment()).collect();
+        if all.iter().all(Option::is_some) {
+            let mut owned: Vec<u64> = all.iter().flatten().flatten().copied().collect();
+            owned.sort();
+            let mut got: Vec<usize> = all.iter().flatten().map(Vec::len).collect();
+            got.sort();
+            if owned == (0..partitions).collect::<Vec<_>>() && got == sizes {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group did not settle on {sizes:?}: {all:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

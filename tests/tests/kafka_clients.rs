@@ -193,3 +193,165 @@ fn kcat_produces_and_consumes_over_tls() {
     let want: Vec<String> = (0..50).map(|i| format!("{i} key{i} value{i}")).collect();
     assert_eq!(lines, want);
 }
+
+/// Creates `topic` with `partitions` partitions through Strait's own admin client.
+async fn create(pki: &Pki, n: &NodeProcess, topic: &str, partitions: u32) {
+    strait_protocol::client::Admin::new(pki.client(&n.address))
+        .create_topic(topic, partitions, Vec::new())
+        .await
+        .unwrap();
+}
+
+/// Three librdkafka members with `strategy` share six partitions, rebalance as one joins and
+/// one leaves, read every record exactly once, and a member after a node restart resumes from
+/// their commits.
+async fn group_of_three(strategy: &str) {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let (mut n, kafka) = node(&pki, &data, "");
+    create(&pki, &n, "orders", 6).await;
+    let base = with(
+        &tls(&pki, "app"),
+        json!({"bootstrap": kafka, "topic": "orders"}),
+    );
+    kc::run(
+        "confluent_produce.py",
+        &with(&base, json!({"partitions": 6, "count": 600, "prefix": "a"})),
+    );
+    let member = |name: &str| {
+        kc::Member::start(
+            "confluent_member.py",
+            &with(
+                &base,
+                json!({"group": "billing", "strategy": strategy, "name": name}),
+            ),
+        )
+    };
+    let m1 = member("m1");
+    let m2 = member("m2");
+    kc::settle(&[&m1, &m2], 6, &[3, 3]);
+    let m3 = member("m3");
+    kc::settle(&[&m1, &m2, &m3], 6, &[2, 2, 2]);
+    kc::run(
+        "confluent_produce.py",
+        &with(&base, json!({"partitions": 6, "count": 300, "prefix": "b"})),
+    );
+    let mut read = m3.stop();
+    kc::settle(&[&m1, &m2], 6, &[3, 3]);
+    kc::run(
+        "confluent_produce.py",
+        &with(&base, json!({"partitions": 6, "count": 300, "prefix": "c"})),
+    );
+    // Let the remaining members catch up before they leave.
+    let client = pki.client(&n.address);
+    let deadline = std::time::Instant::now() + kc::STEP;
+    loop {
+        let d = strait_tests::strait(&[
+            "group",
+            "describe",
+            "billing",
+            "--json",
+            "--bootstrap",
+            &n.address,
+            "--ca",
+            pki.ca().to_str().unwrap(),
+            "--cert",
+            pki.path("app.crt").to_str().unwrap(),
+            "--key",
+            pki.path("app.key").to_str().unwrap(),
+        ]);
+        let d: Value = serde_json::from_str(&d).unwrap();
+        let lag: u64 = d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["lag"].as_u64().unwrap_or(1))
+            .sum();
+        if d["partitions"].as_array().unwrap().len() == 6 && lag == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group did not catch up: {d}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    read.extend(m1.stop());
+    read.extend(m2.stop());
+    let mut values: Vec<String> = read.iter().map(|(_, _, v)| v.clone()).collect();
+    values.sort();
+    let mut want: Vec<String> = (0..600)
+        .map(|i| format!("a-{i}"))
+        .chain((0..300).map(|i| format!("b-{i}")))
+        .chain((0..300).map(|i| format!("c-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(values.len(), want.len(), "every record read exactly once");
+    assert_eq!(values, want);
+    drop(client);
+
+    // After a restart of the node, a new member resumes from the group's commits.
+    n.kill9();
+    drop(n);
+    let port: u16 = kafka.rsplit_once(':').unwrap().1.parse().unwrap();
+    let n = NodeProcess::start(
+        &pki,
+        "east",
+        &data,
+        &format!("[kafka]\nlisten = \"127.0.0.1:{port}\"\nauto_create_topics = true\n"),
+    );
+    kc::run(
+        "confluent_produce.py",
+        &with(&base, json!({"partitions": 6, "count": 60, "prefix": "d"})),
+    );
+    let m4 = member("m4");
+    kc::settle(&[&m4], 6, &[6]);
+    let deadline = std::time::Instant::now() + kc::STEP;
+    while std::time::Instant::now() < deadline {
+        let d = strait_tests::strait(&[
+            "group",
+            "describe",
+            "billing",
+            "--json",
+            "--bootstrap",
+            &n.address,
+            "--ca",
+            pki.ca().to_str().unwrap(),
+            "--cert",
+            pki.path("app.crt").to_str().unwrap(),
+            "--key",
+            pki.path("app.key").to_str().unwrap(),
+        ]);
+        let d: Value = serde_json::from_str(&d).unwrap();
+        let lag: u64 = d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["lag"].as_u64().unwrap_or(1))
+            .sum();
+        if lag == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let after: Vec<String> = m4.stop().into_iter().map(|(_, _, v)| v).collect();
+    let mut after_sorted = after.clone();
+    after_sorted.sort();
+    let mut want: Vec<String> = (0..60).map(|i| format!("d-{i}")).collect();
+    want.sort();
+    assert_eq!(
+        after_sorted, want,
+        "only what came after the commits: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_with_range_rebalances_and_resumes_from_commits() {
+    group_of_three("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_with_cooperative_sticky_rebalances_and_resumes_from_commits() {
+    group_of_three("cooperative-sticky").await;
+}
