@@ -216,3 +216,100 @@ pub fn settle(members: &[&Member], partitions: u64, sizes: &[usize]) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A TCP relay that cuts each connection through it once the client has sent `cut_after`
+/// bytes over it. From the mark on, for 100 ms, requests still reach the node but its answers
+/// are dropped; then the connection is cut. Clients retry what is already stored: the
+/// duplicates an idempotent producer's sequence numbers must catch.
+pub struct CuttingRelay {
+    pub address: String,
+    pub cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CuttingRelay {
+    /// Relays `listen` (host:port, free) to `upstream`.
+    pub fn start(listen: &str, upstream: &str, cut_after: u64) -> CuttingRelay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay: {e}"));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let upstream = upstream.to_string();
+        let counted = cuts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(mut c_in), Ok(mut s_out), Ok(mut s_in), Ok(mut c_out)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                ) else {
+                    continue;
+                };
+                let counted = counted.clone();
+                let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let mute = muted.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut sent = 0u64;
+                    let mut since: Option<std::time::Instant> = None;
+                    let _ = c_in.set_read_timeout(Some(Duration::from_millis(20)));
+                    loop {
+                        if since.is_some_and(|t| t.elapsed() > Duration::from_millis(100)) {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        let n = match c_in.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                            {
+                                continue
+                            }
+                            Err(_) => break,
+                        };
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if sent >= cut_after && since.is_none() {
+                            mute.store(true, Ordering::Relaxed);
+                            since = Some(std::time::Instant::now());
+                        }
+                    }
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if muted.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CuttingRelay {
+            address: listen.to_string(),
+            cuts,
+        }
+    }
+}

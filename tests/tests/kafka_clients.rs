@@ -355,3 +355,129 @@ async fn a_group_of_three_with_range_rebalances_and_resumes_from_commits() {
 async fn a_group_of_three_with_cooperative_sticky_rebalances_and_resumes_from_commits() {
     group_of_three("cooperative-sticky").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_kafka_producer_loses_and_duplicates_nothing_across_kill_9() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let (mut n, kafka) = node(&pki, &data, "");
+    create(&pki, &n, "payments", 2).await;
+    let base = with(
+        &tls(&pki, "app"),
+        json!({"bootstrap": kafka, "topic": "payments", "partitions": 2, "count": 200_000, "prefix": "p"}),
+    );
+    let producer = kc::command("confluent_produce.py", &base)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the node while the producer is in full flight, then bring it back where it was.
+    let client = pki.client(&n.address);
+    let deadline = std::time::Instant::now() + kc::STEP;
+    loop {
+        let ends: u64 = strait_tests::end_offsets(&client, "payments", 2)
+            .await
+            .iter()
+            .sum();
+        if ends > 20_000 {
+            assert!(
+                ends < 200_000,
+                "the producer finished before the kill; send more"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the producer made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    n.kill9();
+    let udp: u16 = n.address.rsplit_once(':').unwrap().1.parse().unwrap();
+    drop(n);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let config = format!("[kafka]\nlisten = \"{kafka}\"\nauto_create_topics = true\n");
+    let n = NodeProcess::start_on(&pki, "east", &data, &config, udp);
+    let out = producer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(delivered["delivered"].as_array().unwrap().len(), 200_000);
+    // Every value exactly once, in the order it was sent within its partition.
+    let client = pki.client(&n.address);
+    for p in 0..2u32 {
+        let seen = read_partition(&client, "payments", p).await;
+        let values: Vec<u64> = seen
+            .iter()
+            .map(|s| {
+                text(&s.value)
+                    .unwrap()
+                    .trim_start_matches("p-")
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let want: Vec<u64> = (0..200_000u64).filter(|i| i % 2 == u64::from(p)).collect();
+        assert_eq!(
+            values.len(),
+            want.len(),
+            "partition {p}: lost or duplicated records"
+        );
+        assert_eq!(values, want, "partition {p}");
+    }
+}
+
+/// Connections cut after every 512 KiB of requests, answers in flight included: the producer
+/// retries batches
+/// the node already stored, and the sequence checks must turn each retry into the original
+/// offsets instead of a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_kafka_producer_through_cut_connections_stores_each_record_once() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!("127.0.0.1:{}", free_tcp_port());
+    let relay_address = format!("127.0.0.1:{}", free_tcp_port());
+    // Clients are told to come back through the relay, so every connection crosses it.
+    let config = format!("[kafka]\nlisten = \"{kafka}\"\nadvertise = \"{relay_address}\"\n");
+    let n = NodeProcess::start(&pki, "east", &dir.path().join("n"), &config);
+    create(&pki, &n, "payments", 2).await;
+    let relay = kc::CuttingRelay::start(&relay_address, &kafka, 512 << 10);
+    let settings = with(
+        &tls(&pki, "app"),
+        json!({"bootstrap": relay.address, "topic": "payments", "partitions": 2, "count": 100_000, "prefix": "p",
+            "conf": {"reconnect.backoff.ms": 20, "reconnect.backoff.max.ms": 50, "linger.ms": 20}}),
+    );
+    let out = kc::run("confluent_produce.py", &settings);
+    assert_eq!(out["delivered"].as_array().unwrap().len(), 100_000);
+    let cuts = relay.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        cuts >= 3,
+        "only {cuts} cuts happened while producing; produce more"
+    );
+    let client = pki.client(&n.address);
+    for p in 0..2u32 {
+        let values: Vec<u64> = read_partition(&client, "payments", p)
+            .await
+            .iter()
+            .map(|s| {
+                text(&s.value)
+                    .unwrap()
+                    .trim_start_matches("p-")
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let want: Vec<u64> = (0..100_000u64).filter(|i| i % 2 == u64::from(p)).collect();
+        assert_eq!(
+            values.len(),
+            want.len(),
+            "partition {p}: lost or duplicated records"
+        );
+        assert_eq!(values, want, "partition {p}");
+    }
+}
