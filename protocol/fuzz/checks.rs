@@ -117,3 +117,15 @@ pub fn batch_around(codec: u16, section: &[u8]) -> Vec<u8> {
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
 }
+
+/// A Kafka request as the node's Kafka listener reads it (after the size, which is checked
+/// against the limit before any read): the header, then the body decoded by its API. No input
+/// may panic or make the decoder reserve memory for counts the bytes cannot hold (the fuzz
+/// run sets `-malloc_limit_mb`).
+pub fn kafka_request(data: &[u8]) {
+    use strait_protocol::kafka;
+    let Ok((header, body)) = kafka::parse_header(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let _ = kafka::decode_request(&header, body);
+}

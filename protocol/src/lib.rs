@@ -15,6 +15,7 @@ pub mod congestion;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod kafka;
 pub mod message;
 pub mod partitioner;
 pub mod pool;

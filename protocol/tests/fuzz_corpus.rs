@@ -106,6 +106,12 @@ static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::Syste
 
 /// Inputs the fuzzers once found failing, kept so they stay fixed.
 const REGRESSIONS: &[(&str, &[u8])] = &[
+    // kafka_request, 2026-12-07 (from design/kafka-wire.md): a Metadata v0 request whose 4-byte
+    // body claims i32::MAX topics made the stock kafka-protocol crate reserve ~154 GB and abort.
+    (
+        "kafka_request",
+        &[0, 3, 0, 0, 0, 0, 0, 7, 255, 255, 127, 255, 255, 255],
+    ),
     // decompress, 2026-12-02: a record claiming 2^63 bytes and as many headers made the
     // decoder reserve 2.4 GB before reading them.
     (
@@ -125,6 +131,7 @@ fn fuzzer_findings_stay_fixed() {
             "decompress" => checks::decompress(input),
             "batch" => checks::batch(input),
             "frame" => checks::frame(input),
+            "kafka_request" => checks::kafka_request(input),
             _ => checks::request(input),
         }
         let peak = ALLOCATOR.max_allocated().saturating_sub(before);
@@ -145,6 +152,12 @@ fn seeds_pass_every_check() {
         for cut in 0..f.len() {
             checks::frame(&f[..cut]);
             checks::request(&f[frame::PREFIX_LEN.min(cut)..cut]);
+        }
+    }
+    for k in kafka_requests() {
+        checks::kafka_request(&k);
+        for cut in 0..k.len() {
+            checks::kafka_request(&k[..cut]);
         }
     }
     let all: Vec<u8> = batches().concat();
@@ -201,21 +214,111 @@ fn assert_refused(raw: &[u8], on_produce: bool) {
 }
 
 /// How many seed inputs each target's committed corpus holds.
-const SEEDS: [(&str, usize); 4] = [
+const SEEDS: [(&str, usize); 5] = [
     ("frame", 11),
     ("request", 11),
     ("batch", 5),
     ("decompress", 6),
+    ("kafka_request", KAFKA_SEEDS),
 ];
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("frame", checks::frame),
     ("request", checks::request),
     ("batch", checks::batch),
     ("decompress", checks::decompress),
+    ("kafka_request", checks::kafka_request),
 ];
+
+/// Kafka requests (header and body, without the size) as clients send them, one per API the
+/// node serves at its highest advertised version and at the lowest, for the kafka_request
+/// target; counted in `SEEDS` (plus its regression).
+const KAFKA_SEEDS: usize = 14;
+
+fn kafka_requests() -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    fn frame<R: Encodable>(api: ApiKey, version: i16, body: &R) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("seed")))
+            .encode(&mut out, api.request_header_version(version))
+            .unwrap();
+        body.encode(&mut out, version).unwrap();
+        out.to_vec()
+    }
+    let topic = || TopicName(StrBytes::from_static_str("orders"));
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(1, Some(b"k"), Some(b"v"), &[]);
+    let batch = b.finish().into_bytes();
+    let produce = ProduceRequest::default().with_acks(-1).with_topic_data(vec![
+        produce_request::TopicProduceData::default()
+            .with_name(topic())
+            .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))]),
+    ]);
+    let fetch = FetchRequest::default().with_max_wait_ms(500).with_topics(vec![
+        fetch_request::FetchTopic::default()
+            .with_topic(topic())
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_fetch_offset(3)
+                .with_partition_max_bytes(1 << 20)]),
+    ]);
+    let metadata = MetadataRequest::default().with_topics(Some(vec![
+        metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
+    ]));
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(bytes::Bytes::from_static(&[0, 1, 0, 0, 0, 0]))]);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(topic())
+            .with_partitions(vec![
+                offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_committed_offset(9),
+            ])]);
+    let list = ListOffsetsRequest::default().with_topics(vec![
+        list_offsets_request::ListOffsetsTopic::default()
+            .with_name(topic())
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default().with_timestamp(-2),
+            ]),
+    ]);
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(topic())
+            .with_num_partitions(3)
+            .with_replication_factor(1),
+    ]);
+    vec![
+        frame(ApiKey::Produce, 9, &produce),
+        frame(ApiKey::Produce, 3, &produce),
+        frame(ApiKey::Fetch, 12, &fetch),
+        frame(ApiKey::Fetch, 4, &fetch),
+        frame(ApiKey::Metadata, 9, &metadata),
+        frame(ApiKey::Metadata, 1, &metadata),
+        frame(ApiKey::JoinGroup, 7, &join),
+        frame(ApiKey::JoinGroup, 0, &join),
+        frame(ApiKey::OffsetCommit, 8, &commit),
+        frame(ApiKey::OffsetCommit, 2, &commit),
+        frame(ApiKey::ListOffsets, 6, &list),
+        frame(ApiKey::ListOffsets, 1, &list),
+        frame(ApiKey::CreateTopics, 7, &create),
+    ]
+}
 
 /// The seed corpus, by target: what `STRAIT_WRITE_SEEDS=1` writes.
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -231,6 +334,9 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         input.extend_from_slice(&b[strait_protocol::batch::HEADER_LEN..]);
         out.push(("decompress", input));
         out.push(("batch", b));
+    }
+    for k in kafka_requests() {
+        out.push(("kafka_request", k));
     }
     for (target, input) in REGRESSIONS {
         out.push((target, input.to_vec()));

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use super::codec::Close;
+use strait_protocol::kafka::Close;
 use super::dispatch;
 use super::listener::Shared;
 use crate::server::service::Session;

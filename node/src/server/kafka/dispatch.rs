@@ -1,5 +1,6 @@
 //! Routes a parsed request to the room that serves its API, and frames the answer.
 
+use strait_protocol::kafka::kafka_protocol;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -7,7 +8,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
-use super::codec::{self, Close, Header};
+use strait_protocol::kafka::{self as codec, Close, Header, KafkaRequest};
 use super::listener::Shared;
 use super::{data, groups, topics, versions, KafkaConfig};
 use crate::server::service::{RequestService, Session};
@@ -35,7 +36,7 @@ pub(super) async fn dispatch(
     session: &Session,
     shared: &Arc<Shared>,
 ) -> Result<Option<BytesMut>, Close> {
-    let (header, mut body) = codec::parse_header(frame)?;
+    let (header, body) = codec::parse_header(frame)?;
     let h = &header;
     if h.api == ApiKey::ApiVersions {
         return api_versions(h).map(Some);
@@ -68,49 +69,37 @@ pub(super) async fn dispatch(
         header: h,
     };
     let v = h.version;
-    macro_rules! serve {
-        ($ty:ty, $handler:path) => {{
-            let request: $ty = codec::decode(h, &mut body)?;
-            let answer = $handler(&ctx, request).await;
+    macro_rules! answer {
+        ($handler:path, $request:expr) => {{
+            let answer = $handler(&ctx, $request).await;
             codec::encode(h, v, &answer).map(Some)
         }};
     }
-    match h.api {
-        ApiKey::Produce => {
-            let request: ProduceRequest = codec::decode(h, &mut body)?;
-            match data::produce(&ctx, request).await {
-                Some(answer) => codec::encode(h, v, &answer).map(Some),
-                None => Ok(None),
-            }
-        }
-        ApiKey::Fetch => serve!(FetchRequest, data::fetch),
-        ApiKey::ListOffsets => serve!(ListOffsetsRequest, data::list_offsets),
-        ApiKey::OffsetForLeaderEpoch => {
-            serve!(OffsetForLeaderEpochRequest, data::offset_for_leader_epoch)
-        }
-        ApiKey::InitProducerId => serve!(InitProducerIdRequest, data::init_producer_id),
-        ApiKey::Metadata => serve!(MetadataRequest, topics::metadata),
-        ApiKey::CreateTopics => serve!(CreateTopicsRequest, topics::create_topics),
-        ApiKey::DeleteTopics => serve!(DeleteTopicsRequest, topics::delete_topics),
-        ApiKey::CreatePartitions => serve!(CreatePartitionsRequest, topics::create_partitions),
-        ApiKey::DescribeConfigs => serve!(DescribeConfigsRequest, topics::describe_configs),
-        ApiKey::IncrementalAlterConfigs => {
-            serve!(
-                IncrementalAlterConfigsRequest,
-                topics::incremental_alter_configs
-            )
-        }
-        ApiKey::DescribeCluster => serve!(DescribeClusterRequest, topics::describe_cluster),
-        ApiKey::FindCoordinator => serve!(FindCoordinatorRequest, topics::find_coordinator),
-        ApiKey::JoinGroup => serve!(JoinGroupRequest, groups::join),
-        ApiKey::SyncGroup => serve!(SyncGroupRequest, groups::sync),
-        ApiKey::Heartbeat => serve!(HeartbeatRequest, groups::heartbeat),
-        ApiKey::LeaveGroup => serve!(LeaveGroupRequest, groups::leave),
-        ApiKey::OffsetCommit => serve!(OffsetCommitRequest, groups::offset_commit),
-        ApiKey::OffsetFetch => serve!(OffsetFetchRequest, groups::offset_fetch),
-        ApiKey::DescribeGroups => serve!(DescribeGroupsRequest, groups::describe_groups),
-        ApiKey::ListGroups => serve!(ListGroupsRequest, groups::list_groups),
-        api => Err(Close::UnservedApi { api }),
+    match codec::decode_request(h, body)? {
+        KafkaRequest::Produce(r) => match data::produce(&ctx, r).await {
+            Some(answer) => codec::encode(h, v, &answer).map(Some),
+            None => Ok(None),
+        },
+        KafkaRequest::Fetch(r) => answer!(data::fetch, r),
+        KafkaRequest::ListOffsets(r) => answer!(data::list_offsets, r),
+        KafkaRequest::OffsetForLeaderEpoch(r) => answer!(data::offset_for_leader_epoch, r),
+        KafkaRequest::InitProducerId(r) => answer!(data::init_producer_id, r),
+        KafkaRequest::Metadata(r) => answer!(topics::metadata, r),
+        KafkaRequest::CreateTopics(r) => answer!(topics::create_topics, r),
+        KafkaRequest::DeleteTopics(r) => answer!(topics::delete_topics, r),
+        KafkaRequest::CreatePartitions(r) => answer!(topics::create_partitions, r),
+        KafkaRequest::DescribeConfigs(r) => answer!(topics::describe_configs, r),
+        KafkaRequest::IncrementalAlterConfigs(r) => answer!(topics::incremental_alter_configs, r),
+        KafkaRequest::DescribeCluster(r) => answer!(topics::describe_cluster, r),
+        KafkaRequest::FindCoordinator(r) => answer!(topics::find_coordinator, r),
+        KafkaRequest::JoinGroup(r) => answer!(groups::join, r),
+        KafkaRequest::SyncGroup(r) => answer!(groups::sync, r),
+        KafkaRequest::Heartbeat(r) => answer!(groups::heartbeat, r),
+        KafkaRequest::LeaveGroup(r) => answer!(groups::leave, r),
+        KafkaRequest::OffsetCommit(r) => answer!(groups::offset_commit, r),
+        KafkaRequest::OffsetFetch(r) => answer!(groups::offset_fetch, r),
+        KafkaRequest::DescribeGroups(r) => answer!(groups::describe_groups, r),
+        KafkaRequest::ListGroups(r) => answer!(groups::list_groups, r),
     }
 }
 

@@ -6,13 +6,13 @@
 //! - `listener`: TCP accept, per-IP admission, TLS 1.3 with client certificates from the
 //!   cluster's CA (the principal is the certificate's CN), or plaintext on loopback only.
 //! - `conn`: one connection's frames, in order, bounded by `[limits]`.
-//! - `codec`: request headers and bodies through the `kafka-protocol` crate (a patched copy
-//!   that refuses counts larger than the bytes present), response framing.
+//! - the codec is `strait_protocol::kafka` (sans-IO, fuzzed): request headers and bodies
+//!   through the `kafka-protocol` crate (a patched copy that refuses counts larger than the
+//!   bytes present), response framing.
 //! - `versions`: the API versions advertised (only tested ranges).
 //! - `errors`: the service's errors as Kafka error codes.
 //! - `data`, `topics`, `groups`: what each API asks of the service.
 
-mod codec;
 mod conn;
 mod data;
 mod dispatch;

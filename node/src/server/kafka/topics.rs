@@ -4,6 +4,7 @@
 //! is the whole cluster as Kafka sees it: the only broker, the controller and every
 //! coordinator.
 
+use strait_protocol::kafka::kafka_protocol;
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;

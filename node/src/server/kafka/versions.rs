@@ -3,6 +3,7 @@
 //! `tests/tests/kafka_wire.rs`, and the real clients in `tests/kafka-clients/`); anything else a
 //! client asks for closes the connection, as Kafka does.
 
+use strait_protocol::kafka::kafka_protocol;
 use kafka_protocol::messages::ApiKey;
 
 /// `(API, lowest version, highest version)`. The highest versions stop short of the ones that
