@@ -130,6 +130,9 @@ pub struct Node {
     pub address: String,
     /// TCP address of the admin HTTP listener; flows are managed through it.
     pub admin: String,
+    /// TCP address of the node's Kafka-wire listener (TLS with client certificates), if any.
+    #[serde(default)]
+    pub kafka: Option<String>,
     /// Data directory; relative paths are under the state dir. Default `<cluster>-<id>`.
     #[serde(default)]
     pub data_dir: Option<String>,

@@ -35,6 +35,9 @@ pub struct UpNode {
     pub pid: u32,
     pub address: String,
     pub admin: String,
+    /// The node's Kafka listener, if the topology gives it one.
+    #[serde(default)]
+    pub kafka: Option<String>,
     pub log: PathBuf,
 }
 
@@ -155,6 +158,7 @@ async fn start_and_apply(fed: &mut Federation, children: &mut Vec<Running>) -> a
                     pid,
                     address: node.address.clone(),
                     admin: node.admin.clone(),
+                    kafka: node.kafka.clone(),
                     log,
                 },
                 child,
@@ -235,6 +239,11 @@ fn node_config(
     doc.insert("node_id".into(), i64::from(node.id).into());
     doc.insert("listen".into(), node.address.clone().into());
     doc.insert("admin_listen".into(), node.admin.clone().into());
+    if let Some(kafka) = &node.kafka {
+        let mut section = toml::Table::new();
+        section.insert("listen".into(), kafka.clone().into());
+        doc.insert("kafka".into(), section.into());
+    }
     doc.insert("data_dir".into(), data_dir.display().to_string().into());
     doc.insert(
         "ca".into(),
@@ -669,6 +678,14 @@ fn print_endpoints(fed: &Federation, up: &UpState, profiles: &BTreeMap<String, S
             n.cluster, region, n.id, n.address, n.admin
         );
     }
+    for n in up.nodes.iter().filter(|n| n.kafka.is_some()) {
+        println!(
+            "Kafka bootstrap of {} (node {}): {} (TLS with a client certificate of the cluster's CA)",
+            n.cluster,
+            n.id,
+            n.kafka.as_deref().unwrap_or_default()
+        );
+    }
     for f in &t.flows {
         println!(
             "flow {}: {} → {} ({} naming, topics {:?})",
@@ -713,6 +730,17 @@ fn print_endpoints(fed: &Federation, up: &UpState, profiles: &BTreeMap<String, S
             "  {exe} consume {copy} {} --from-beginning --idle-exit-ms 3000",
             target(&dest)
         );
+        // The same through the Kafka listeners, with any Kafka client (kcat here).
+        let kafka = |c: &str| up.nodes.iter().find(|n| n.cluster == c).and_then(|n| n.kafka.clone());
+        if let (Some(from), Some(to)) = (kafka(&source), kafka(&dest)) {
+            let ssl = format!(
+                "-X security.protocol=ssl -X ssl.ca.location={0}/ca.crt -X ssl.certificate.location={0}/{1}.crt -X ssl.key.location={0}/{1}.key",
+                certs.display(),
+                identity
+            );
+            println!("  printf 'carol:3\\n' | kcat -b {from} {ssl} -P -t {topic} -K :");
+            println!("  kcat -b {to} {ssl} -C -t {copy} -o beginning -e");
+        }
     }
     println!("  {exe} topology status {}", fed.path.display());
     println!(
