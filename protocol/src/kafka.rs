@@ -104,11 +104,7 @@ pub fn decode<R: Decodable>(header: &Header, body: &mut Bytes) -> Result<R, Clos
 
 /// Encodes a response frame (size, header, body) for `header`'s request. ApiVersions answers
 /// always carry a v0 header, so a client can read them before it knows what we speak.
-pub fn encode<R: Encodable>(
-    header: &Header,
-    version: i16,
-    body: &R,
-) -> Result<BytesMut, Close> {
+pub fn encode<R: Encodable>(header: &Header, version: i16, body: &R) -> Result<BytesMut, Close> {
     let header_version = if header.api == ApiKey::ApiVersions {
         0
     } else {

@@ -256,20 +256,22 @@ fn kafka_requests() -> Vec<Vec<u8>> {
     let mut b = BatchBuilder::new(Compression::None);
     b.push(1, Some(b"k"), Some(b"v"), &[]);
     let batch = b.finish().into_bytes();
-    let produce = ProduceRequest::default().with_acks(-1).with_topic_data(vec![
-        produce_request::TopicProduceData::default()
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
             .with_name(topic())
-            .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch))]),
-    ]);
-    let fetch = FetchRequest::default().with_max_wait_ms(500).with_topics(vec![
-        fetch_request::FetchTopic::default()
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch)),
+            ])]);
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(500)
+        .with_topics(vec![fetch_request::FetchTopic::default()
             .with_topic(topic())
             .with_partitions(vec![fetch_request::FetchPartition::default()
                 .with_fetch_offset(3)
-                .with_partition_max_bytes(1 << 20)]),
-    ]);
+                .with_partition_max_bytes(1 << 20)])]);
     let metadata = MetadataRequest::default().with_topics(Some(vec![
         metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
     ]));
@@ -278,23 +280,26 @@ fn kafka_requests() -> Vec<Vec<u8>> {
         .with_session_timeout_ms(10_000)
         .with_rebalance_timeout_ms(10_000)
         .with_protocol_type(StrBytes::from_static_str("consumer"))
-        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
-            .with_name(StrBytes::from_static_str("range"))
-            .with_metadata(bytes::Bytes::from_static(&[0, 1, 0, 0, 0, 0]))]);
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(bytes::Bytes::from_static(&[0, 1, 0, 0, 0, 0]))]);
     let commit = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_generation_id_or_member_epoch(-1)
-        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-            .with_name(topic())
-            .with_partitions(vec![
-                offset_commit_request::OffsetCommitRequestPartition::default()
-                    .with_committed_offset(9),
-            ])]);
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic())
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(9),
+                ]),
+        ]);
     let list = ListOffsetsRequest::default().with_topics(vec![
         list_offsets_request::ListOffsetsTopic::default()
             .with_name(topic())
             .with_partitions(vec![
-                list_offsets_request::ListOffsetsPartition::default().with_timestamp(-2),
+                list_offsets_request::ListOffsetsPartition::default().with_timestamp(-2)
             ]),
     ]);
     let create = CreateTopicsRequest::default().with_topics(vec![

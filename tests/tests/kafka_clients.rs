@@ -481,3 +481,194 @@ async fn an_idempotent_kafka_producer_through_cut_connections_stores_each_record
         assert_eq!(values, want, "partition {p}");
     }
 }
+
+/// Two clusters with Kafka listeners; west mirrors `orders` from east (prefix naming) and
+/// carries the group `billing`. Kafka clients on both sides: a Kafka group reads part of the
+/// topic on east and commits; a Kafka consumer reads the mirror on west at the same offsets;
+/// a Kafka producer is refused on the mirror; after `strait group failover`, the Kafka group
+/// resumes on west exactly where it committed on east.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_read_a_mirror_at_identical_offsets_and_fail_over_with_their_group() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let east_kafka = format!("127.0.0.1:{}", free_tcp_port());
+    let west_kafka = format!("127.0.0.1:{}", free_tcp_port());
+    let east_admin = format!("127.0.0.1:{}", free_tcp_port());
+    let west_admin = format!("127.0.0.1:{}", free_tcp_port());
+    let mut east = NodeProcess::start(
+        &pki,
+        "east",
+        &dir.path().join("east"),
+        &format!("admin_listen = \"{east_admin}\"\n[kafka]\nlisten = \"{east_kafka}\"\n"),
+    );
+    create(&pki, &east, "orders", 3).await;
+    let west = NodeProcess::start(
+        &pki,
+        "west",
+        &dir.path().join("west"),
+        &format!(
+            "admin_listen = \"{west_admin}\"\n[kafka]\nlisten = \"{west_kafka}\"\n\
+             [[flows]]\nname = \"east-to-west\"\nsource_bootstrap = [\"{}\"]\ntopics = \"orders\"\n\
+             groups = \"billing\"\nrefresh_ms = 300\n",
+            east.address
+        ),
+    );
+    let app = tls(&pki, "app");
+    kc::run(
+        "confluent_produce.py",
+        &with(
+            &app,
+            json!({"bootstrap": east_kafka, "topic": "orders", "partitions": 3, "count": 300, "prefix": "o"}),
+        ),
+    );
+    // The Kafka group reads 120 records on east and commits.
+    let first = kc::run(
+        "confluent_consume.py",
+        &with(
+            &app,
+            json!({"bootstrap": east_kafka, "topic": "orders", "group": "billing", "max": 120}),
+        ),
+    );
+    let first = first["records"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 120);
+
+    // A Kafka consumer on west reads the mirror: the same offsets, keys and values as east.
+    let on = |bootstrap: &str, topic: &str| {
+        let out = kc::run(
+            "confluent_consume.py",
+            &with(
+                &app,
+                json!({"bootstrap": bootstrap, "topic": topic, "idle_s": 2}),
+            ),
+        );
+        let mut r = out["records"].as_array().unwrap().clone();
+        r.sort_by_key(|r| (r[0].as_u64(), r[1].as_u64()));
+        r
+    };
+    let source = on(&east_kafka, "orders");
+    assert_eq!(source.len(), 300);
+    let deadline = std::time::Instant::now() + kc::STEP;
+    let mirror = loop {
+        let m = on(&west_kafka, "east.orders");
+        if m.len() >= 300 || std::time::Instant::now() > deadline {
+            break m;
+        }
+    };
+    assert_eq!(
+        mirror, source,
+        "the mirror holds the same records at the same offsets"
+    );
+
+    // Kafka producers may not write into a mirror: the nearest Kafka error.
+    let refused = kc::run_failing(
+        "confluent_produce.py",
+        &with(
+            &app,
+            json!({"bootstrap": west_kafka, "topic": "east.orders", "partitions": 1, "count": 1, "prefix": "x",
+                   "conf": {"message.timeout.ms": 5000}}),
+        ),
+    );
+    assert!(refused.contains("Topic authorization failed"), "{refused}");
+
+    // The checkpoint carries the group's commits to west; east is lost; the operator fails the
+    // group over, and the Kafka group resumes on west where it stopped.
+    let committed: std::collections::BTreeMap<u64, u64> = {
+        let mut m = std::collections::BTreeMap::new();
+        for r in &first {
+            let (p, o) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+            let e = m.entry(p).or_insert(0);
+            *e = (*e).max(o + 1);
+        }
+        m
+    };
+    let describe = |address: &str| -> Value {
+        let out = std::process::Command::new(strait_bin())
+            .args([
+                "group",
+                "describe",
+                "billing",
+                "--json",
+                "--bootstrap",
+                address,
+            ])
+            .arg("--ca")
+            .arg(pki.ca())
+            .arg("--cert")
+            .arg(pki.path("app.crt"))
+            .arg("--key")
+            .arg(pki.path("app.key"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + kc::STEP;
+    loop {
+        let d = describe(&west.address);
+        let on_west: std::collections::BTreeMap<u64, u64> = d["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["partition"].as_u64()?, p["committed_offset"].as_u64()?)))
+            .collect();
+        if committed.iter().all(|(p, o)| on_west.get(p) == Some(o)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint on west: {d}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    east.kill9();
+    pki.client_tls("admin");
+    let topology = dir.path().join("pair.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "name = \"pair\"\n[security]\ncerts_dir = \"{}\"\n\
+             [[clusters]]\nname = \"east\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"{east_admin}\" }}]\n\
+             [[clusters]]\nname = \"west\"\nnodes = [{{ id = 1, address = \"{}\", admin = \"{west_admin}\" }}]\n\
+             [[topics]]\nname = \"orders\"\npartitions = 3\norigins = [\"east\"]\n\
+             [[flows]]\nsource = \"east\"\ntarget = \"west\"\ntopics = \"orders\"\ngroups = \"billing\"\n",
+            pki.dir.path().display(),
+            east.address,
+            west.address,
+        ),
+    )
+    .unwrap();
+    strait_tests::strait(&[
+        "group",
+        "failover",
+        "billing",
+        "--topology",
+        topology.to_str().unwrap(),
+        "--to",
+        "west",
+    ]);
+    let rest = kc::run(
+        "confluent_consume.py",
+        &with(
+            &app,
+            json!({"bootstrap": west_kafka, "topic": "east.orders", "group": "billing", "idle_s": 3}),
+        ),
+    );
+    let mut resumed: Vec<(u64, u64)> = rest["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    resumed.sort();
+    let mut want: Vec<(u64, u64)> = source
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .filter(|(p, o)| *o >= committed.get(p).copied().unwrap_or(0))
+        .collect();
+    want.sort();
+    assert_eq!(
+        resumed.len(),
+        180,
+        "exactly what the group had not read on east"
+    );
+    assert_eq!(resumed, want);
+}

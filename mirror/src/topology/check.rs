@@ -127,8 +127,15 @@ impl Checker {
                         "node id used twice in this cluster; give each node its own id",
                     );
                 }
-                let listeners_of = [("address", Some(&node.address)), ("admin", Some(&node.admin)), ("kafka", node.kafka.as_ref())];
-                for (field, raw) in listeners_of.into_iter().filter_map(|(f, r)| r.map(|r| (f, r))) {
+                let listeners_of = [
+                    ("address", Some(&node.address)),
+                    ("admin", Some(&node.admin)),
+                    ("kafka", node.kafka.as_ref()),
+                ];
+                for (field, raw) in listeners_of
+                    .into_iter()
+                    .filter_map(|(f, r)| r.map(|r| (f, r)))
+                {
                     let Ok(addr) = raw.parse::<SocketAddr>() else {
                         self.problem(
                             &element,

@@ -5,8 +5,8 @@
 //! timeouts and `strait group describe` are shared with Strait's own groups; a group is used
 //! by one kind of client at a time.
 
-use strait_protocol::kafka::kafka_protocol;
 use std::time::{Duration, Instant};
+use strait_protocol::kafka::kafka_protocol;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};

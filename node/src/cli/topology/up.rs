@@ -731,7 +731,12 @@ fn print_endpoints(fed: &Federation, up: &UpState, profiles: &BTreeMap<String, S
             target(&dest)
         );
         // The same through the Kafka listeners, with any Kafka client (kcat here).
-        let kafka = |c: &str| up.nodes.iter().find(|n| n.cluster == c).and_then(|n| n.kafka.clone());
+        let kafka = |c: &str| {
+            up.nodes
+                .iter()
+                .find(|n| n.cluster == c)
+                .and_then(|n| n.kafka.clone())
+        };
         if let (Some(from), Some(to)) = (kafka(&source), kafka(&dest)) {
             let ssl = format!(
                 "-X security.protocol=ssl -X ssl.ca.location={0}/ca.crt -X ssl.certificate.location={0}/{1}.crt -X ssl.key.location={0}/{1}.key",

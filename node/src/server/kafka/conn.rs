@@ -11,10 +11,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use strait_protocol::kafka::Close;
 use super::dispatch;
 use super::listener::Shared;
 use crate::server::service::Session;
+use strait_protocol::kafka::Close;
 
 /// First read size of a frame body; the buffer doubles from here as bytes come in.
 const FIRST_READ: usize = 64 << 10;

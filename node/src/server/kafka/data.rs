@@ -3,8 +3,8 @@
 //! rule of mirror topics and the idempotent producer's sequence checks are the native path's),
 //! and the batches travel as their bytes both ways.
 
-use strait_protocol::kafka::kafka_protocol;
 use std::time::{Duration, Instant};
+use strait_protocol::kafka::kafka_protocol;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};

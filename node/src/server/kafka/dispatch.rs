@@ -1,17 +1,17 @@
 //! Routes a parsed request to the room that serves its API, and frames the answer.
 
-use strait_protocol::kafka::kafka_protocol;
 use std::sync::Arc;
+use strait_protocol::kafka::kafka_protocol;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
-use strait_protocol::kafka::{self as codec, Close, Header, KafkaRequest};
 use super::listener::Shared;
 use super::{data, groups, topics, versions, KafkaConfig};
 use crate::server::service::{RequestService, Session};
+use strait_protocol::kafka::{self as codec, Close, Header, KafkaRequest};
 
 /// What a handler needs: the service, the session of the connection, the listener's settings,
 /// and the request's header.

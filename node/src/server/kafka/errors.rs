@@ -2,8 +2,8 @@
 //! act on (retry, refresh metadata, give up), with the service's message beside it wherever
 //! the response has room for one.
 
-use strait_protocol::kafka::kafka_protocol;
 use kafka_protocol::ResponseError as K;
+use strait_protocol::kafka::kafka_protocol;
 use strait_protocol::{ErrorCode, WireError};
 
 /// What a refused request was about: Kafka has one authorization error per resource kind.

@@ -3,8 +3,8 @@
 //! DescribeGroups and ListGroups through the request service, so a group's committed offsets
 //! are the same whichever front door committed them (and travel in mirror checkpoints).
 
-use strait_protocol::kafka::kafka_protocol;
 use std::time::Instant;
+use strait_protocol::kafka::kafka_protocol;
 
 use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};

@@ -4,7 +4,6 @@
 //! is the whole cluster as Kafka sees it: the only broker, the controller and every
 //! coordinator.
 
-use strait_protocol::kafka::kafka_protocol;
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -22,6 +21,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use strait_protocol::acl::{Operation, ResourceKind};
+use strait_protocol::kafka::kafka_protocol;
 use strait_protocol::{ErrorCode, Request, Response, WireError};
 
 use super::dispatch::Ctx;

@@ -3,8 +3,8 @@
 //! `tests/tests/kafka_wire.rs`, and the real clients in `tests/kafka-clients/`); anything else a
 //! client asks for closes the connection, as Kafka does.
 
-use strait_protocol::kafka::kafka_protocol;
 use kafka_protocol::messages::ApiKey;
+use strait_protocol::kafka::kafka_protocol;
 
 /// `(API, lowest version, highest version)`. The highest versions stop short of the ones that
 /// address topics by id (Fetch 13, Metadata 10 answers with ids, Produce 13), since topics here
