@@ -672,3 +672,96 @@ async fn kafka_clients_read_a_mirror_at_identical_offsets_and_fail_over_with_the
     );
     assert_eq!(resumed, want);
 }
+
+/// A Kafka client without a certificate, or with one from another CA, never gets in; one the
+/// ACLs do not allow is refused per topic and per group, and each sees the reason in the
+/// client's own words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_are_refused_without_a_certificate_with_another_ca_and_by_acls() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let acls = "[security]\nauthorization = true\nsuperusers = [\"admin\"]\nacls = [\n\
+        { principal = \"app\", operation = \"write\", resource = \"topic\", name = \"open\" },\n\
+        { principal = \"app\", operation = \"read\", resource = \"topic\", name = \"open\" },\n\
+        { principal = \"app\", operation = \"describe\", resource = \"topic\", name = \"secret\" },\n\
+        { principal = \"app\", operation = \"group\", resource = \"group\", name = \"app.\", pattern = \"prefixed\" },\n]\n";
+    let (n, kafka) = node(&pki, &dir.path().join("n"), acls);
+    let admin = {
+        let _ = pki.client_tls("admin");
+        strait_protocol::client::Admin::new(strait_protocol::client::Client::new(
+            strait_protocol::client::ClientOptions::new(
+                vec![n.address.clone()],
+                pki.client_tls("admin"),
+            ),
+        ))
+    };
+    for t in ["open", "secret"] {
+        admin.create_topic(t, 1, Vec::new()).await.unwrap();
+    }
+    let produce = |security: Value, topic: &str| {
+        with(
+            &security,
+            json!({"bootstrap": kafka, "topic": topic, "partitions": 1, "count": 3, "prefix": "v",
+                   "conf": {"message.timeout.ms": 4000}}),
+        )
+    };
+    // No client certificate: the TLS handshake is refused.
+    let none = kc::run_failing(
+        "confluent_produce.py",
+        &produce(json!({"ca": pki.ca()}), "open"),
+    );
+    assert!(none.contains("alert certificate required"), "{none}");
+    // A certificate from another CA: refused the same way.
+    let other = Pki::new();
+    let stranger = kc::run_failing(
+        "confluent_produce.py",
+        &produce(with(&tls(&other, "app"), json!({"ca": pki.ca()})), "open"),
+    );
+    // Both CAs share a name, so rustls finds the issuer and then fails its signature.
+    assert!(
+        stranger.contains("alert decrypt error") || stranger.contains("alert unknown ca"),
+        "{stranger}"
+    );
+    // Allowed: writing and reading `open`.
+    let app = tls(&pki, "app");
+    kc::run("confluent_produce.py", &produce(app.clone(), "open"));
+    // Refused by the ACLs: writing `secret`, reading it, and a group outside `app.*`.
+    let write = kc::run_failing("confluent_produce.py", &produce(app.clone(), "secret"));
+    assert!(write.contains("Topic authorization failed"), "{write}");
+    let read = kc::run(
+        "confluent_consume.py",
+        &with(
+            &app,
+            json!({"bootstrap": kafka, "topic": "secret", "idle_s": 2}),
+        ),
+    );
+    assert!(
+        read["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Topic authorization failed"),
+        "{read}"
+    );
+    let group = kc::run(
+        "confluent_consume.py",
+        &with(
+            &app,
+            json!({"bootstrap": kafka, "topic": "open", "group": "billing", "idle_s": 2}),
+        ),
+    );
+    assert!(
+        group["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Group authorization failed"),
+        "{group}"
+    );
+    let allowed = kc::run(
+        "confluent_consume.py",
+        &with(
+            &app,
+            json!({"bootstrap": kafka, "topic": "open", "group": "app.readers", "idle_s": 2}),
+        ),
+    );
+    assert_eq!(allowed["records"].as_array().unwrap().len(), 3, "{allowed}");
+}
