@@ -765,3 +765,172 @@ async fn kafka_clients_are_refused_without_a_certificate_with_another_ca_and_by_
     );
     assert_eq!(allowed["records"].as_array().unwrap().len(), 3, "{allowed}");
 }
+
+/// confluent-kafka's AdminClient: create (with settings, refusing a bad setting, a replication
+/// factor the cluster cannot have and an existing name), describe and alter settings, add
+/// partitions, describe the cluster, list and describe groups, delete.
+#[test]
+fn the_kafka_admin_client_manages_topics_settings_and_sees_groups() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_n, kafka) = node(&pki, &dir.path().join("n"), "");
+    let app = tls(&pki, "app");
+    // A group with a committed offset, so there is one to list and describe.
+    kc::run(
+        "kafka_python_roundtrip.py",
+        &with(
+            &app,
+            json!({"bootstrap": kafka, "topic": "seen", "group": "app.audit", "count": 3}),
+        ),
+    );
+    let out = kc::run(
+        "confluent_admin.py",
+        &with(
+            &app,
+            json!({"bootstrap": kafka, "topic": "ledger", "group": "app.audit"}),
+        ),
+    );
+    assert_eq!(out["created"]["ledger"], "ok", "{out}");
+    let bad = out["created"]["ledger-bad"].as_str().unwrap();
+    assert!(
+        bad.contains("INVALID_CONFIG") && bad.contains("no.such.setting"),
+        "{bad}"
+    );
+    let rf3 = out["created"]["ledger-rf3"].as_str().unwrap();
+    assert!(rf3.contains("INVALID_REPLICATION_FACTOR"), "{rf3}");
+    assert!(
+        out["again"]["ledger"]
+            .as_str()
+            .unwrap()
+            .contains("TOPIC_ALREADY_EXISTS"),
+        "{out}"
+    );
+    assert_eq!(out["configs"]["cleanup.policy"], "compact", "{out}");
+    assert_eq!(out["configs"]["retention.ms"], "3600000", "{out}");
+    assert_eq!(
+        out["altered"].as_object().unwrap().values().next().unwrap(),
+        "ok"
+    );
+    assert_eq!(out["retention_after"], "7200000");
+    assert_eq!(out["partitions"]["ledger"], "ok");
+    assert_eq!(out["partition_count"], 4);
+    assert_eq!(out["cluster"]["id"], "east");
+    assert_eq!(out["cluster"]["nodes"], json!([1]));
+    assert_eq!(out["cluster"]["controller"], 1);
+    assert!(
+        out["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("app.audit")),
+        "{out}"
+    );
+    assert_eq!(out["group"]["state"], "ConsumerGroupState.EMPTY", "{out}");
+    assert_eq!(out["deleted"]["ledger"], "ok");
+    assert!(!out["topics_after"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ledger")));
+}
+
+/// offsets_for_times (ListOffsets by timestamp) finds the first record at or after a time, in
+/// every partition; past the last record there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_consumer_seeks_by_timestamp() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (n, kafka) = node(&pki, &dir.path().join("n"), "");
+    create(&pki, &n, "events", 2).await;
+    let app = tls(&pki, "app");
+    let base: i64 = 1_700_000_000_000;
+    kc::run(
+        "confluent_produce.py",
+        &with(
+            &app,
+            json!({"bootstrap": kafka, "topic": "events", "partitions": 2, "count": 1000,
+                   "prefix": "e", "timestamp_ms": base}),
+        ),
+    );
+    // Record i has timestamp base + i and sits in partition i % 2 at offset i / 2.
+    let seek = |ts: i64| {
+        kc::run(
+            "confluent_seek.py",
+            &with(
+                &app,
+                json!({"bootstrap": kafka, "topic": "events", "partitions": 2, "timestamp_ms": ts}),
+            ),
+        )
+    };
+    let out = seek(base + 501);
+    assert_eq!(out["offsets"], json!({"0": 251, "1": 250}), "{out}");
+    assert_eq!(out["first"]["0"], json!([251, "e-502", base + 502]));
+    assert_eq!(out["first"]["1"], json!([250, "e-501", base + 501]));
+    let past = seek(base + 5_000);
+    assert_eq!(past["offsets"], json!({"0": -1, "1": -1}), "{past}");
+}
+
+/// Tombstones and overwritten values produced by a Kafka client are compacted away; the
+/// latest value of every key stays at its original offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_tombstones_and_overwrites_are_compacted() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (n, kafka) = node(
+        &pki,
+        &dir.path().join("n"),
+        "[limits]\nretention_check_interval_ms = 100\n",
+    );
+    strait_protocol::client::Admin::new(pki.client(&n.address))
+        .create_topic(
+            "accounts",
+            1,
+            vec![
+                ("cleanup.policy".into(), "compact".into()),
+                ("segment.ms".into(), "200".into()),
+                ("delete.retention.ms".into(), "0".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    let app = tls(&pki, "app");
+    let produce = |records: Value| {
+        kc::run(
+            "confluent_keyed.py",
+            &with(
+                &app,
+                json!({"bootstrap": kafka, "topic": "accounts", "records": records}),
+            ),
+        )
+    };
+    for round in 0..3 {
+        let records: Vec<Value> = (0..5)
+            .map(|k| json!([format!("k{k}"), format!("r{round}")]))
+            .collect();
+        produce(Value::from(records));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    produce(json!([["k0", null]]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A last record rolls the segment holding the tombstone, so the cleaner may take it.
+    produce(json!([["k9", "last"]]));
+    let deadline = std::time::Instant::now() + kc::STEP;
+    let seen = loop {
+        let out = kc::run(
+            "confluent_consume.py",
+            &with(
+                &app,
+                json!({"bootstrap": kafka, "topic": "accounts", "idle_s": 1}),
+            ),
+        );
+        let records = out["records"].as_array().unwrap().clone();
+        if records.len() == 5 || std::time::Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // k1..k4 at their round-2 offsets (10 + k), then k9; k0 and its tombstone are gone.
+    let want: Vec<Value> = (1..5)
+        .map(|k| json!([0, 10 + k, format!("k{k}"), "r2"]))
+        .chain([json!([0, 16, "k9", "last"])])
+        .collect();
+    assert_eq!(seen, want);
+}
