@@ -17,7 +17,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 /// parse).
 #[derive(Debug, thiserror::Error)]
 pub enum Close {
-    #[error("request of {size} bytes is over limits.frame_bytes_max ({max})")]
+    #[error("request size {size} is not within 0..={max} (limits.frame_bytes_max)")]
     TooLarge { size: i64, max: u32 },
     #[error("unknown API key {0}")]
     UnknownApi(i16),

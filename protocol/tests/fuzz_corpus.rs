@@ -106,11 +106,11 @@ static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::Syste
 
 /// Inputs the fuzzers once found failing, kept so they stay fixed.
 const REGRESSIONS: &[(&str, &[u8])] = &[
-    // kafka_request, 2026-12-07 (from design/kafka-wire.md): a Metadata v0 request whose 4-byte
+    // kafka_request, 2026-12-07 (from design/kafka-wire.md): a Metadata v1 request whose 4-byte
     // body claims i32::MAX topics made the stock kafka-protocol crate reserve ~154 GB and abort.
     (
         "kafka_request",
-        &[0, 3, 0, 0, 0, 0, 0, 7, 255, 255, 127, 255, 255, 255],
+        &[0, 3, 0, 1, 0, 0, 0, 7, 255, 255, 127, 255, 255, 255],
     ),
     // decompress, 2026-12-02: a record claiming 2^63 bytes and as many headers made the
     // decoder reserve 2.4 GB before reading them.
