@@ -105,6 +105,19 @@ pub fn decode<R: Decodable>(header: &Header, body: &mut Bytes) -> Result<R, Clos
 /// Encodes a response frame (size, header, body) for `header`'s request. ApiVersions answers
 /// always carry a v0 header, so a client can read them before it knows what we speak.
 pub fn encode<R: Encodable>(header: &Header, version: i16, body: &R) -> Result<BytesMut, Close> {
+    let mut out = BytesMut::new();
+    encode_into(header, version, body, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`encode`], appending to `out` (a connection reuses one buffer for its answers, so
+/// large fetch answers do not touch fresh memory each time).
+pub fn encode_into<R: Encodable>(
+    header: &Header,
+    version: i16,
+    body: &R,
+    out: &mut BytesMut,
+) -> Result<(), Close> {
     let header_version = if header.api == ApiKey::ApiVersions {
         0
     } else {
@@ -115,16 +128,17 @@ pub fn encode<R: Encodable>(header: &Header, version: i16, body: &R) -> Result<B
         reason: e.to_string(),
     };
     let size = body.compute_size(version).map_err(|e| fail(&e))?;
-    let mut out = BytesMut::with_capacity(4 + 8 + size);
+    let start = out.len();
+    out.reserve(4 + 8 + size);
     out.put_i32(0);
     ResponseHeader::default()
         .with_correlation_id(header.correlation_id)
-        .encode(&mut out, header_version)
+        .encode(out, header_version)
         .map_err(|e| fail(&e))?;
-    body.encode(&mut out, version).map_err(|e| fail(&e))?;
-    let len = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(out)
+    body.encode(out, version).map_err(|e| fail(&e))?;
+    let len = (out.len() - start - 4) as i32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 /// A request body, decoded by its API. Only the APIs a node serves are decoded; the rest are

@@ -26,6 +26,7 @@ use strait_protocol::client::{
 use strait_protocol::transport::{transport_config, TransportLimits};
 use strait_protocol::{Acks, BatchBuilder, Compression, OffsetSpec, RecordBatch};
 
+mod kafka;
 mod progress;
 mod storm;
 
@@ -45,11 +46,15 @@ pub enum BenchCommand {
     /// same over a long, lossy link, per congestion controller.
     Wan(WanArgs),
     /// This machine's raw ceilings, which every other figure is quoted against: one QUIC
-    /// stream with the node's TLS, sequential disk writes with and without fdatasync.
+    /// stream with the node's TLS, one TCP + TLS stream, sequential disk writes with and
+    /// without fdatasync.
     Baseline(BaselineArgs),
     /// Single-record produce round trips on one connection, quiet and then while other
     /// connections storm the node with 32 MiB fetches and large produces (p99 ratio).
     Storm(storm::StormArgs),
+    /// librdkafka (kcat) producing and consuming through the Kafka listener against Strait's
+    /// own client over QUIC, a raw QUIC stream and a raw TCP + TLS stream.
+    Kafka(kafka::KafkaBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +179,9 @@ pub struct NetArgs {
     /// Print JSON for scripts instead of the human format.
     #[arg(long)]
     json: bool,
+    /// The benchmark topic.
+    #[arg(skip = String::from("bench"))]
+    topic: String,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -207,6 +215,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             let report = storm::bench_storm(&args).await?;
             print_report("storm", &report, args.json);
         }
+        BenchCommand::Kafka(args) => {
+            let report = kafka::bench_kafka(&args).await?;
+            print_report("kafka", &report, args.json);
+        }
     }
     Ok(())
 }
@@ -220,6 +232,7 @@ async fn bench_baseline(args: &BaselineArgs) -> anyhow::Result<Value> {
     let (p, b) = (path.clone(), bytes);
     let synced = tokio::task::spawn_blocking(move || raw_fdatasync_loop(&p, b)).await??;
     let (quic_mb_s, rtt_p50_us) = raw_quic(&rig, bytes).await?;
+    let tcp_tls_mb_s = kafka::raw_tcp_tls(&rig, bytes).await?;
     rig.server.shutdown().await;
     let syncs = bytes.div_ceil(256 << 10);
     Ok(json!({
@@ -229,6 +242,7 @@ async fn bench_baseline(args: &BaselineArgs) -> anyhow::Result<Value> {
         "raw_fdatasync_per_s": round(syncs as f64 / synced.as_secs_f64().max(1e-9)),
         "raw_quic_stream_mb_s": round(quic_mb_s),
         "raw_quic_round_trip_p50_us": rtt_p50_us,
+        "raw_tcp_tls_stream_mb_s": round(tcp_tls_mb_s),
     }))
 }
 
@@ -1074,7 +1088,7 @@ async fn produce_all(
         let partition = (i % u64::from(args.partitions)) as u32;
         deliveries.push(
             producer
-                .send("bench", Some(partition), None, Some(value), &[])
+                .send(&args.topic, Some(partition), None, Some(value), &[])
                 .await?,
         );
         if i % 65_536 == 0 {

@@ -29,23 +29,26 @@ impl Ctx<'_> {
     }
 }
 
-/// Serves one frame; None when the request wants no answer (a produce with acks = 0).
+/// Serves one frame, writing the framed answer into `out`; false when the request wants no
+/// answer (a produce with acks = 0).
 pub(super) async fn dispatch(
     frame: Bytes,
     peer: std::net::SocketAddr,
     session: &Session,
     shared: &Arc<Shared>,
-) -> Result<Option<BytesMut>, Close> {
+    out: &mut BytesMut,
+) -> Result<bool, Close> {
     let (header, body) = codec::parse_header(frame)?;
     let h = &header;
     if h.api == ApiKey::ApiVersions {
-        return api_versions(h).map(Some);
+        out.extend_from_slice(&api_versions(h)?);
+        return Ok(true);
     }
     if h.api == ApiKey::SaslHandshake {
         // Principals come from client certificates; no SASL mechanism is offered.
         let answer = SaslHandshakeResponse::default()
             .with_error_code(ResponseError::UnsupportedSaslMechanism.code());
-        return codec::encode(h, h.version, &answer).map(Some);
+        return codec::encode_into(h, h.version, &answer, out).map(|()| true);
     }
     let Some((min, max)) = versions::range(h.api) else {
         if versions::is_transactional(h.api) {
@@ -72,13 +75,13 @@ pub(super) async fn dispatch(
     macro_rules! answer {
         ($handler:path, $request:expr) => {{
             let answer = $handler(&ctx, $request).await;
-            codec::encode(h, v, &answer).map(Some)
+            codec::encode_into(h, v, &answer, out).map(|()| true)
         }};
     }
     match codec::decode_request(h, body)? {
         KafkaRequest::Produce(r) => match data::produce(&ctx, r).await {
-            Some(answer) => codec::encode(h, v, &answer).map(Some),
-            None => Ok(None),
+            Some(answer) => codec::encode_into(h, v, &answer, out).map(|()| true),
+            None => Ok(false),
         },
         KafkaRequest::Fetch(r) => answer!(data::fetch, r),
         KafkaRequest::ListOffsets(r) => answer!(data::list_offsets, r),

@@ -36,7 +36,7 @@ impl KafkaListener {
     /// Binds the address and starts accepting Kafka clients.
     pub async fn start(
         service: Arc<RequestService>,
-        config: KafkaConfig,
+        mut config: KafkaConfig,
     ) -> anyhow::Result<KafkaListener> {
         config.validate().map_err(anyhow::Error::msg)?;
         let tls = if config.plaintext {
@@ -48,6 +48,10 @@ impl KafkaListener {
             .await
             .with_context(|| format!("cannot listen for Kafka clients on {}", config.listen))?;
         let local_addr = socket.local_addr()?;
+        // An empty advertised address means the one bound (port 0 picks a free port).
+        if config.advertised.is_empty() {
+            config.advertised = local_addr.to_string();
+        }
         info!(listen = %local_addr, tls = !config.plaintext, "Kafka listener up");
         let shared = Arc::new(Shared {
             service,

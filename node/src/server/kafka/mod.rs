@@ -33,7 +33,8 @@ pub use versions::supported_apis;
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub listen: SocketAddr,
-    /// `host:port` clients are told to connect to (metadata, coordinators); defaults to listen.
+    /// `host:port` clients are told to connect to (metadata, coordinators); empty: the bound
+    /// address.
     pub advertised: String,
     /// No TLS: allowed only on a loopback address (checked by [`KafkaConfig::validate`]).
     pub plaintext: bool,
