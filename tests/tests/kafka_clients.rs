@@ -934,3 +934,27 @@ async fn kafka_tombstones_and_overwrites_are_compacted() {
         .collect();
     assert_eq!(seen, want);
 }
+
+/// A transactional Kafka producer fails at once, saying transactions are not supported (not
+/// after retrying until its timeout); an idempotent one is the way.
+#[test]
+fn a_transactional_kafka_producer_fails_at_once_with_the_reason() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_n, kafka) = node(&pki, &dir.path().join("n"), "");
+    let started = std::time::Instant::now();
+    let out = kc::run(
+        "confluent_transactions.py",
+        &with(&tls(&pki, "app"), json!({"bootstrap": kafka})),
+    );
+    let error = out["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("Kafka transactions are not supported by Strait"),
+        "{out}"
+    );
+    assert_eq!(out["fatal"], true);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "it waited for its timeout"
+    );
+}

@@ -505,10 +505,12 @@ pub(super) async fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let (host, port) = host_port(ctx);
     let id = node_id(ctx);
-    // Key type 1 asks for a transaction coordinator: there is none.
+    // Key type 1 asks for a transaction coordinator: there is none. A non-retriable error
+    // (with the reason in the message) makes a transactional client fail at once instead of
+    // retrying until its timeout.
     let (code, message) = if request.key_type == 1 {
         (
-            ResponseError::CoordinatorNotAvailable.code(),
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
             Some(str_bytes(
                 "Kafka transactions are not supported by Strait; use an idempotent producer",
             )),
