@@ -497,3 +497,189 @@ fn a_plaintext_listener_off_loopback_is_refused() {
         "{err}"
     );
 }
+
+fn produce_request(topic: &str, acks: i16, batch: bytes::Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch)),
+            ])])
+}
+
+fn batch_of(n: usize, tag: &str) -> bytes::Bytes {
+    let mut b = strait_protocol::BatchBuilder::new(strait_protocol::Compression::None);
+    for i in 0..n {
+        b.push(
+            1_000 + i as i64,
+            None,
+            Some(format!("{tag}{i}").as_bytes()),
+            &[],
+        );
+    }
+    b.finish().into_bytes()
+}
+
+fn fetch_request(topic: &str, offset: i64, wait_ms: i32, min_bytes: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+/// acks = 0 gets no answer at all (the next request's answer comes first), and the batch is
+/// stored; a fetch at an offset inside a batch returns the whole batch; a fetch with nothing
+/// new waits for data up to its max wait and answers as soon as data arrives;
+/// OffsetForLeaderEpoch answers the current epoch's end.
+#[test]
+fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_n, kafka) = node(&pki, &dir.path().join("n"), "auto_create_topics = true\n");
+    let mut s = connect(&kafka);
+    // Metadata creates the topic (auto-creation on).
+    let _: MetadataResponse = decode(
+        ApiKey::Metadata,
+        9,
+        call(
+            &mut s,
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(TopicName(StrBytes::from_static_str("t"))))])),
+        )
+        .unwrap(),
+    );
+    // acks = 0: no answer; the following request's answer is the next thing on the wire.
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(41)
+        .encode(&mut frame, ApiKey::Produce.request_header_version(9))
+        .unwrap();
+    produce_request("t", 0, batch_of(10, "a"))
+        .encode(&mut frame, 9)
+        .unwrap();
+    let mut out = (frame.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    s.write_all(&out).unwrap();
+    let acked: ProduceResponse = decode(
+        ApiKey::Produce,
+        9,
+        call(
+            &mut s,
+            ApiKey::Produce,
+            9,
+            &produce_request("t", -1, batch_of(5, "b")),
+        )
+        .unwrap(),
+    );
+    let p = &acked.responses[0].partition_responses[0];
+    assert_eq!(
+        (p.error_code, p.base_offset),
+        (0, 10),
+        "the acks=0 batch took offsets 0..=9"
+    );
+    // Inside a batch: offset 4 returns the whole first batch, from its base offset 0.
+    let f: FetchResponse = decode(
+        ApiKey::Fetch,
+        12,
+        call(&mut s, ApiKey::Fetch, 12, &fetch_request("t", 4, 0, 1)).unwrap(),
+    );
+    let data = &f.responses[0].partitions[0];
+    assert_eq!(data.high_watermark, 15);
+    let records = data.records.clone().unwrap();
+    let first = strait_protocol::batch::split_batches(records, &Default::default()).unwrap();
+    assert_eq!(first[0].base_offset().0, 0, "the whole batch, not a cut");
+    assert_eq!(first[0].record_count(), 10);
+    // A long poll at the end: nothing for its max wait...
+    let started = std::time::Instant::now();
+    let f: FetchResponse = decode(
+        ApiKey::Fetch,
+        12,
+        call(&mut s, ApiKey::Fetch, 12, &fetch_request("t", 15, 400, 1)).unwrap(),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "answered before its max wait"
+    );
+    assert!(f.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_none_or(|r| r.is_empty()));
+    // ...and answered as soon as a batch arrives (from another connection).
+    let address = kafka.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut w = connect(&address);
+        call(
+            &mut w,
+            ApiKey::Produce,
+            9,
+            &produce_request("t", 1, batch_of(3, "c")),
+        )
+        .unwrap();
+    });
+    let started = std::time::Instant::now();
+    let f: FetchResponse = decode(
+        ApiKey::Fetch,
+        12,
+        call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("t", 15, 10_000, 1),
+        )
+        .unwrap(),
+    );
+    writer.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the long poll missed the append"
+    );
+    let got = f.responses[0].partitions[0].records.clone().unwrap();
+    let got = strait_protocol::batch::split_batches(got, &Default::default()).unwrap();
+    assert_eq!(got[0].base_offset().0, 15);
+    // OffsetForLeaderEpoch: epoch 0 (the only one) ends at the log end; a newer current
+    // epoch than the node's is unknown to it.
+    let ask = |current: i32| {
+        OffsetForLeaderEpochRequest::default().with_topics(vec![
+            offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                        .with_current_leader_epoch(current)
+                        .with_leader_epoch(0),
+                ]),
+        ])
+    };
+    let e: OffsetForLeaderEpochResponse = decode(
+        ApiKey::OffsetForLeaderEpoch,
+        4,
+        call(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &ask(0)).unwrap(),
+    );
+    let p = &e.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, 0, 18));
+    let e: OffsetForLeaderEpochResponse = decode(
+        ApiKey::OffsetForLeaderEpoch,
+        4,
+        call(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &ask(3)).unwrap(),
+    );
+    assert_eq!(
+        e.topics[0].partitions[0].error_code,
+        kafka_protocol::ResponseError::UnknownLeaderEpoch.code()
+    );
+}
