@@ -48,42 +48,50 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// Runs kcat to completion; answers its wall time and CPU seconds (read while it is a zombie,
-/// before it is reaped).
-fn run_kcat(args: &[String], stdin: Option<&Path>) -> anyhow::Result<(Duration, f64)> {
-    let mut cmd = Command::new("kcat");
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    if let Some(file) = stdin {
-        cmd.stdin(std::fs::File::open(file)?);
-    }
+/// Runs kcat processes side by side to completion; answers the wall time until the last ends
+/// and their CPU seconds together (each read while it is a zombie, before it is reaped).
+fn run_kcats(runs: &[(Vec<String>, Option<&Path>)]) -> anyhow::Result<(Duration, f64)> {
     let start = Instant::now();
-    let child = cmd.spawn().context(
-        "cannot run kcat: install it (Debian: apt-get install kcat) to benchmark the Kafka listener",
-    )?;
-    let pid = child.id();
-    let mut cpu = 0.0;
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if let Some(c) = cpu_seconds(pid) {
-            cpu = c;
+    let mut children = Vec::new();
+    for (args, stdin) in runs {
+        let mut cmd = Command::new("kcat");
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        if let Some(file) = stdin {
+            cmd.stdin(std::fs::File::open(file)?);
         }
-        let zombie = state
-            .rfind(')')
-            .and_then(|i| state.get(i + 2..i + 3))
-            .is_none_or(|s| s == "Z");
-        if zombie {
-            break;
+        children.push(cmd.spawn().context(
+            "cannot run kcat: install it (Debian: apt-get install kcat) to benchmark the Kafka listener",
+        )?);
+    }
+    let mut cpu = vec![0.0; children.len()];
+    let mut done = vec![false; children.len()];
+    while done.iter().any(|d| !d) {
+        for (i, child) in children.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let pid = child.id();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if let Some(c) = cpu_seconds(pid) {
+                cpu[i] = c;
+            }
+            done[i] = state
+                .rfind(')')
+                .and_then(|at| state.get(at + 2..at + 3))
+                .is_none_or(|st| st == "Z");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = start.elapsed();
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kcat failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((took, cpu))
+    for child in children {
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kcat failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((took, cpu.iter().sum()))
 }
 
 /// One raw TCP stream with the node's TLS 1.3 setup (client certificate included): the
@@ -267,7 +275,7 @@ pub async fn bench_kafka(args: &KafkaBenchArgs) -> anyhow::Result<Value> {
     );
     let node_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
     let (kafka_produce, kcat_produce_cpu) =
-        tokio::task::block_in_place(|| run_kcat(&produce, Some(&input)))?;
+        tokio::task::block_in_place(|| run_kcats(&[(produce.clone(), Some(&input))]))?;
     let node_produce_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - node_before;
     let ends: u64 = {
         let mut sum = 0;
@@ -301,8 +309,21 @@ pub async fn bench_kafka(args: &KafkaBenchArgs) -> anyhow::Result<Value> {
     );
     let node_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
     let (kafka_consume, kcat_consume_cpu) =
-        tokio::task::block_in_place(|| run_kcat(&consume, None))?;
+        tokio::task::block_in_place(|| run_kcats(&[(consume.clone(), None)]))?;
     let node_consume_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - node_before;
+    // Two kcat producers side by side, each on its own topic: what the listener takes when one
+    // client process is not the limit (they share the machine's two cores with the node).
+    let mut pair = Vec::new();
+    for topic in ["kafka-a", "kafka-b"] {
+        admin.create_topic(topic, args.partitions, vec![]).await?;
+        let mut p = produce.clone();
+        let at = p.iter().position(|a| a == "kafka").unwrap_or(0);
+        p[at] = topic.to_string();
+        pair.push((p, Some(input.as_path())));
+    }
+    let node_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let (kafka_produce_two, kcat_two_cpu) = tokio::task::block_in_place(|| run_kcats(&pair))?;
+    let node_two_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - node_before;
     let _ = std::fs::remove_file(&input);
     kafka.shutdown();
     rig.server.shutdown().await;
@@ -338,6 +359,11 @@ pub async fn bench_kafka(args: &KafkaBenchArgs) -> anyhow::Result<Value> {
         "kafka_consume_cpu_s_node": round(node_consume_cpu),
         "kafka_consume_cpu_s_kcat": round(kcat_consume_cpu),
         "kafka_consume_limited_by": limit(node_consume_cpu, kcat_consume_cpu),
+        "kafka_produce_two_clients_mb_s": round(mbps(2 * total, kafka_produce_two)),
+        "kafka_produce_two_clients_ratio_to_native": round(mbps(2 * total, kafka_produce_two) / native_produce_mb_s),
+        "kafka_produce_two_clients_ratio_to_raw_tcp_tls": round(mbps(2 * total, kafka_produce_two) / tcp_tls),
+        "kafka_produce_two_clients_cpu_s_node": round(node_two_cpu),
+        "kafka_produce_two_clients_cpu_s_kcat": round(kcat_two_cpu),
         "raw_mib": raw_bytes / MIB,
     }))
 }
