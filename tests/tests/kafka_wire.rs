@@ -683,3 +683,50 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
         kafka_protocol::ResponseError::UnknownLeaderEpoch.code()
     );
 }
+
+fn metadata_error(kafka: &str, topic: &str) -> i16 {
+    let mut s = connect(kafka);
+    let m: MetadataResponse = decode(
+        ApiKey::Metadata,
+        9,
+        call(
+            &mut s,
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))])),
+        )
+        .unwrap(),
+    );
+    m.topics[0].error_code
+}
+
+/// Auto-creation is off unless configured; when on, it is subject to the create ACL.
+#[test]
+fn auto_creation_is_off_by_default_and_follows_the_create_acl() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_off, kafka) = node(&pki, &dir.path().join("off"), "");
+    assert_eq!(
+        metadata_error(&kafka, "nothing"),
+        kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+    );
+    // On, with ACLs: ANONYMOUS (plaintext) may create `made.*` only.
+    let acls = "auto_create_topics = true\n[security]\nauthorization = true\nacls = [\n\
+        { principal = \"ANONYMOUS\", operation = \"create\", resource = \"topic\", name = \"made.\", pattern = \"prefixed\" },\n\
+        { principal = \"ANONYMOUS\", operation = \"describe\", resource = \"topic\", name = \"*\" },\n]\n";
+    let (_on, kafka) = node(&pki, &dir.path().join("on"), acls);
+    assert_eq!(
+        metadata_error(&kafka, "made.here"),
+        0,
+        "created on first use"
+    );
+    assert_eq!(
+        metadata_error(&kafka, "elsewhere"),
+        kafka_protocol::ResponseError::TopicAuthorizationFailed.code(),
+        "creating outside the ACL is refused"
+    );
+}

@@ -207,7 +207,8 @@ pub(super) async fn fetch(ctx: &Ctx<'_>, request: FetchRequest) -> FetchResponse
             }
         }
         let now = Instant::now();
-        if failed || total >= min_bytes.max(1) || now >= deadline || watchers.is_empty() {
+        // min_bytes 0 answers at once, as in Kafka; an error answers at once too.
+        if failed || total >= min_bytes || now >= deadline || watchers.is_empty() {
             return fetch_response(ctx, &request, reads);
         }
         let _ = tokio::time::timeout(deadline - now, watchers.join_next()).await;
