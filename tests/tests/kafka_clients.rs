@@ -22,6 +22,64 @@ fn text(v: &Option<bytes::Bytes>) -> Option<String> {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
+/// `strait group describe GROUP --json` against a node, as the client `app`.
+fn describe_group(pki: &Pki, address: &str, group: &str) -> Value {
+    let out = std::process::Command::new(strait_bin())
+        .args(["group", "describe", group, "--json", "--bootstrap", address])
+        .arg("--ca")
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.path("app.crt"))
+        .arg("--key")
+        .arg(pki.path("app.key"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The summed lag of a group's partitions (1 per partition it cannot tell).
+fn group_lag(d: &Value) -> u64 {
+    d["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["lag"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+/// Asserts each partition of `topic` holds the values `<prefix><i>` of its records exactly once
+/// and in order, where record i of `total` went to partition i % `partitions`.
+async fn assert_each_value_once(
+    client: &std::sync::Arc<strait_protocol::client::Client>,
+    topic: &str,
+    partitions: u32,
+    total: u64,
+    prefix: &str,
+) {
+    for p in 0..partitions {
+        let values: Vec<u64> = read_partition(client, topic, p)
+            .await
+            .iter()
+            .map(|s| {
+                text(&s.value)
+                    .unwrap()
+                    .trim_start_matches(prefix)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let want: Vec<u64> = (0..total)
+            .filter(|i| i % u64::from(partitions) == u64::from(p))
+            .collect();
+        assert_eq!(
+            values.len(),
+            want.len(),
+            "partition {p}: lost or duplicated records"
+        );
+        assert_eq!(values, want, "partition {p}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_kafka_round_trips_every_codec_with_headers_null_keys_and_tombstones() {
     let pki = Pki::new();
@@ -89,25 +147,7 @@ fn kafka_python_commits_show_in_strait_group_describe() {
         out["committed"], 25,
         "the committed offset as the node returns it"
     );
-    let described = std::process::Command::new(strait_bin())
-        .args([
-            "group",
-            "describe",
-            "kp-readers",
-            "--json",
-            "--bootstrap",
-            &n.address,
-        ])
-        .arg("--ca")
-        .arg(pki.ca())
-        .arg("--cert")
-        .arg(pki.path("app.crt"))
-        .arg("--key")
-        .arg(pki.path("app.key"))
-        .output()
-        .unwrap();
-    assert!(described.status.success(), "{described:?}");
-    let d: Value = serde_json::from_slice(&described.stdout).unwrap();
+    let d = describe_group(&pki, &n.address, "kp-readers");
     let parts = d["partitions"].as_array().unwrap();
     assert_eq!(parts.len(), 1, "{d}");
     assert_eq!(parts[0]["topic"], "kp");
@@ -247,27 +287,8 @@ async fn group_of_three(strategy: &str) {
     let client = pki.client(&n.address);
     let deadline = std::time::Instant::now() + kc::STEP;
     loop {
-        let d = strait_tests::strait(&[
-            "group",
-            "describe",
-            "billing",
-            "--json",
-            "--bootstrap",
-            &n.address,
-            "--ca",
-            pki.ca().to_str().unwrap(),
-            "--cert",
-            pki.path("app.crt").to_str().unwrap(),
-            "--key",
-            pki.path("app.key").to_str().unwrap(),
-        ]);
-        let d: Value = serde_json::from_str(&d).unwrap();
-        let lag: u64 = d["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["lag"].as_u64().unwrap_or(1))
-            .sum();
+        let d = describe_group(&pki, &n.address, "billing");
+        let lag = group_lag(&d);
         if d["partitions"].as_array().unwrap().len() == 6 && lag == 0 {
             break;
         }
@@ -309,27 +330,8 @@ async fn group_of_three(strategy: &str) {
     kc::settle(&[&m4], 6, &[6]);
     let deadline = std::time::Instant::now() + kc::STEP;
     while std::time::Instant::now() < deadline {
-        let d = strait_tests::strait(&[
-            "group",
-            "describe",
-            "billing",
-            "--json",
-            "--bootstrap",
-            &n.address,
-            "--ca",
-            pki.ca().to_str().unwrap(),
-            "--cert",
-            pki.path("app.crt").to_str().unwrap(),
-            "--key",
-            pki.path("app.key").to_str().unwrap(),
-        ]);
-        let d: Value = serde_json::from_str(&d).unwrap();
-        let lag: u64 = d["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["lag"].as_u64().unwrap_or(1))
-            .sum();
+        let d = describe_group(&pki, &n.address, "billing");
+        let lag = group_lag(&d);
         if lag == 0 {
             break;
         }
@@ -410,26 +412,7 @@ async fn an_idempotent_kafka_producer_loses_and_duplicates_nothing_across_kill_9
     assert_eq!(delivered["delivered"].as_array().unwrap().len(), 200_000);
     // Every value exactly once, in the order it was sent within its partition.
     let client = pki.client(&n.address);
-    for p in 0..2u32 {
-        let seen = read_partition(&client, "payments", p).await;
-        let values: Vec<u64> = seen
-            .iter()
-            .map(|s| {
-                text(&s.value)
-                    .unwrap()
-                    .trim_start_matches("p-")
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
-        let want: Vec<u64> = (0..200_000u64).filter(|i| i % 2 == u64::from(p)).collect();
-        assert_eq!(
-            values.len(),
-            want.len(),
-            "partition {p}: lost or duplicated records"
-        );
-        assert_eq!(values, want, "partition {p}");
-    }
+    assert_each_value_once(&client, "payments", 2, 200_000, "p-").await;
 }
 
 /// Connections cut after every 512 KiB of requests, answers in flight included: the producer
@@ -459,27 +442,9 @@ async fn an_idempotent_kafka_producer_through_cut_connections_stores_each_record
         cuts >= 3,
         "only {cuts} cuts happened while producing; produce more"
     );
+    // Every value exactly once, in the order it was sent within its partition.
     let client = pki.client(&n.address);
-    for p in 0..2u32 {
-        let values: Vec<u64> = read_partition(&client, "payments", p)
-            .await
-            .iter()
-            .map(|s| {
-                text(&s.value)
-                    .unwrap()
-                    .trim_start_matches("p-")
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
-        let want: Vec<u64> = (0..100_000u64).filter(|i| i % 2 == u64::from(p)).collect();
-        assert_eq!(
-            values.len(),
-            want.len(),
-            "partition {p}: lost or duplicated records"
-        );
-        assert_eq!(values, want, "partition {p}");
-    }
+    assert_each_value_once(&client, "payments", 2, 100_000, "p-").await;
 }
 
 /// Two clusters with Kafka listeners; west mirrors `orders` from east (prefix naming) and
@@ -581,29 +546,9 @@ async fn kafka_clients_read_a_mirror_at_identical_offsets_and_fail_over_with_the
         }
         m
     };
-    let describe = |address: &str| -> Value {
-        let out = std::process::Command::new(strait_bin())
-            .args([
-                "group",
-                "describe",
-                "billing",
-                "--json",
-                "--bootstrap",
-                address,
-            ])
-            .arg("--ca")
-            .arg(pki.ca())
-            .arg("--cert")
-            .arg(pki.path("app.crt"))
-            .arg("--key")
-            .arg(pki.path("app.key"))
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    };
     let deadline = std::time::Instant::now() + kc::STEP;
     loop {
-        let d = describe(&west.address);
+        let d = describe_group(&pki, &west.address, "billing");
         let on_west: std::collections::BTreeMap<u64, u64> = d["partitions"]
             .as_array()
             .into_iter()

@@ -87,6 +87,13 @@ fn decode<R: Decodable>(api: ApiKey, version: i16, mut body: bytes::Bytes) -> R 
     r
 }
 
+/// Sends one request and decodes its answer; panics if the node closed the connection.
+fn ask<R: Encodable, A: Decodable>(s: &mut TcpStream, api: ApiKey, version: i16, body: &R) -> A {
+    let answer = call(s, api, version, body)
+        .unwrap_or_else(|| panic!("{api:?} v{version}: the node closed the connection"));
+    decode(api, version, answer)
+}
+
 /// Every version of every API the node advertises gets an answer the client decodes, and
 /// the advertised list is what the node serves.
 #[test]
@@ -95,18 +102,13 @@ fn every_advertised_version_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let (_n, kafka) = node(&pki, &dir.path().join("n"), "");
     let mut s = connect(&kafka);
-    let versions: ApiVersionsResponse = decode(
+    let versions: ApiVersionsResponse = ask(
+        &mut s,
         ApiKey::ApiVersions,
         3,
-        call(
-            &mut s,
-            ApiKey::ApiVersions,
-            3,
-            &ApiVersionsRequest::default()
-                .with_client_software_name(StrBytes::from_static_str("t"))
-                .with_client_software_version(StrBytes::from_static_str("1")),
-        )
-        .unwrap(),
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("t"))
+            .with_client_software_version(StrBytes::from_static_str("1")),
     );
     let advertised: Vec<(i16, i16, i16)> = versions
         .api_keys
@@ -333,11 +335,7 @@ fn hostile_frames_close_only_their_connection() {
     assert!(call(&mut s, ApiKey::EndTxn, 3, &EndTxnRequest::default()).is_none());
     // Still serving, still alive.
     let mut s = connect(&kafka);
-    let m: MetadataResponse = decode(
-        ApiKey::Metadata,
-        9,
-        call(&mut s, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap(),
-    );
+    let m: MetadataResponse = ask(&mut s, ApiKey::Metadata, 9, &MetadataRequest::default());
     assert_eq!(m.brokers.len(), 1);
     assert!(n.is_running());
     // The refusals are logged with their causes (the log is read as it comes).
@@ -360,16 +358,11 @@ fn sasl_is_refused_and_apiversions_downgrades() {
     let dir = tempfile::tempdir().unwrap();
     let (_n, kafka) = node(&pki, &dir.path().join("n"), "");
     let mut s = connect(&kafka);
-    let sasl: SaslHandshakeResponse = decode(
+    let sasl: SaslHandshakeResponse = ask(
+        &mut s,
         ApiKey::SaslHandshake,
         1,
-        call(
-            &mut s,
-            ApiKey::SaslHandshake,
-            1,
-            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
-        )
-        .unwrap(),
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
     );
     assert_eq!(
         sasl.error_code,
@@ -424,11 +417,7 @@ async fn a_mirror_refuses_kafka_producers_naming_its_flow() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let mut s = connect(&kafka);
-        let r: ProduceResponse = decode(
-            ApiKey::Produce,
-            9,
-            call(&mut s, ApiKey::Produce, 9, &produce).unwrap(),
-        );
+        let r: ProduceResponse = ask(&mut s, ApiKey::Produce, 9, &produce);
         let p = &r.responses[0].partition_responses[0];
         if p.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code() {
             assert!(
@@ -547,20 +536,15 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
     let (_n, kafka) = node(&pki, &dir.path().join("n"), "auto_create_topics = true\n");
     let mut s = connect(&kafka);
     // Metadata creates the topic (auto-creation on).
-    let _: MetadataResponse = decode(
+    let _: MetadataResponse = ask(
+        &mut s,
         ApiKey::Metadata,
         9,
-        call(
-            &mut s,
-            ApiKey::Metadata,
-            9,
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-                )
-                .with_name(Some(TopicName(StrBytes::from_static_str("t"))))])),
-        )
-        .unwrap(),
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+            )
+            .with_name(Some(TopicName(StrBytes::from_static_str("t"))))])),
     );
     // acks = 0: no answer; the following request's answer is the next thing on the wire.
     let mut frame = BytesMut::new();
@@ -576,16 +560,11 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
     let mut out = (frame.len() as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&frame);
     s.write_all(&out).unwrap();
-    let acked: ProduceResponse = decode(
+    let acked: ProduceResponse = ask(
+        &mut s,
         ApiKey::Produce,
         9,
-        call(
-            &mut s,
-            ApiKey::Produce,
-            9,
-            &produce_request("t", -1, batch_of(5, "b")),
-        )
-        .unwrap(),
+        &produce_request("t", -1, batch_of(5, "b")),
     );
     let p = &acked.responses[0].partition_responses[0];
     assert_eq!(
@@ -594,11 +573,7 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
         "the acks=0 batch took offsets 0..=9"
     );
     // Inside a batch: offset 4 returns the whole first batch, from its base offset 0.
-    let f: FetchResponse = decode(
-        ApiKey::Fetch,
-        12,
-        call(&mut s, ApiKey::Fetch, 12, &fetch_request("t", 4, 0, 1)).unwrap(),
-    );
+    let f: FetchResponse = ask(&mut s, ApiKey::Fetch, 12, &fetch_request("t", 4, 0, 1));
     let data = &f.responses[0].partitions[0];
     assert_eq!(data.high_watermark, 15);
     let records = data.records.clone().unwrap();
@@ -607,11 +582,7 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
     assert_eq!(first[0].record_count(), 10);
     // A long poll at the end: nothing for its max wait...
     let started = std::time::Instant::now();
-    let f: FetchResponse = decode(
-        ApiKey::Fetch,
-        12,
-        call(&mut s, ApiKey::Fetch, 12, &fetch_request("t", 15, 400, 1)).unwrap(),
-    );
+    let f: FetchResponse = ask(&mut s, ApiKey::Fetch, 12, &fetch_request("t", 15, 400, 1));
     assert!(
         started.elapsed() >= Duration::from_millis(350),
         "answered before its max wait"
@@ -634,16 +605,11 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
         .unwrap();
     });
     let started = std::time::Instant::now();
-    let f: FetchResponse = decode(
+    let f: FetchResponse = ask(
+        &mut s,
         ApiKey::Fetch,
         12,
-        call(
-            &mut s,
-            ApiKey::Fetch,
-            12,
-            &fetch_request("t", 15, 10_000, 1),
-        )
-        .unwrap(),
+        &fetch_request("t", 15, 10_000, 1),
     );
     writer.join().unwrap();
     assert!(
@@ -655,7 +621,7 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
     assert_eq!(got[0].base_offset().0, 15);
     // OffsetForLeaderEpoch: epoch 0 (the only one) ends at the log end; a newer current
     // epoch than the node's is unknown to it.
-    let ask = |current: i32| {
+    let epoch_request = |current: i32| {
         OffsetForLeaderEpochRequest::default().with_topics(vec![
             offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
                 .with_topic(TopicName(StrBytes::from_static_str("t")))
@@ -666,18 +632,12 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
                 ]),
         ])
     };
-    let e: OffsetForLeaderEpochResponse = decode(
-        ApiKey::OffsetForLeaderEpoch,
-        4,
-        call(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &ask(0)).unwrap(),
-    );
+    let e: OffsetForLeaderEpochResponse =
+        ask(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &epoch_request(0));
     let p = &e.topics[0].partitions[0];
     assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, 0, 18));
-    let e: OffsetForLeaderEpochResponse = decode(
-        ApiKey::OffsetForLeaderEpoch,
-        4,
-        call(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &ask(3)).unwrap(),
-    );
+    let e: OffsetForLeaderEpochResponse =
+        ask(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &epoch_request(3));
     assert_eq!(
         e.topics[0].partitions[0].error_code,
         kafka_protocol::ResponseError::UnknownLeaderEpoch.code()
@@ -686,20 +646,15 @@ fn acks_zero_whole_batches_long_polls_and_leader_epochs() {
 
 fn metadata_error(kafka: &str, topic: &str) -> i16 {
     let mut s = connect(kafka);
-    let m: MetadataResponse = decode(
+    let m: MetadataResponse = ask(
+        &mut s,
         ApiKey::Metadata,
         9,
-        call(
-            &mut s,
-            ApiKey::Metadata,
-            9,
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-                )
-                .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))])),
-        )
-        .unwrap(),
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+            )
+            .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))])),
     );
     m.topics[0].error_code
 }

@@ -271,61 +271,38 @@ impl GroupCoordinator {
                 last_seen: now,
                 assignment: Vec::new(),
             };
-            g.members.insert(member_id.clone(), member);
-            if g.state != GroupState::PreparingRebalance {
-                g.start_rebalance(now);
-            }
-            g.joined.insert(member_id.clone());
-            let target = g.generation + 1;
-            self.try_complete(g, now);
-            (member_id, g.completed.clone(), target)
+            self.admit(g, member_id, member, false)
         };
-        loop {
-            let notified = notify.notified();
-            {
-                let groups = guard(&self.groups);
-                let g = groups
-                    .get(&req.group)
-                    .ok_or_else(|| err(ErrorCode::UNKNOWN_GROUP, "group vanished"))?;
-                if g.generation >= target_generation && g.state != GroupState::PreparingRebalance {
-                    if !g.members.contains_key(&member_id) {
-                        return Err(err(
-                            ErrorCode::UNKNOWN_MEMBER,
-                            "removed from the group during the rebalance; rejoin",
-                        ));
-                    }
-                    let k = g.kafka.as_ref();
-                    let protocol_name = k.map(|k| k.protocol_name.clone()).unwrap_or_default();
-                    let members = if g.leader == member_id {
-                        g.members
-                            .iter()
-                            .map(|(id, m)| {
-                                let meta = m
-                                    .kafka
-                                    .as_ref()
-                                    .and_then(|mk| {
-                                        mk.protocols.iter().find(|(n, _)| *n == protocol_name)
-                                    })
-                                    .map(|(_, meta)| meta.clone())
-                                    .unwrap_or_default();
-                                (id.clone(), meta)
-                            })
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    return Ok(KafkaJoined {
-                        generation: g.generation,
-                        protocol_type: k.map(|k| k.protocol_type.clone()).unwrap_or_default(),
-                        protocol_name,
-                        leader: g.leader.clone(),
-                        member_id,
-                        members,
-                    });
-                }
+        self.joined(&req.group, &member_id, notify, target_generation, |g| {
+            let k = g.kafka.as_ref();
+            let protocol_name = k.map(|k| k.protocol_name.clone()).unwrap_or_default();
+            // Only the leader is told every member's metadata for the chosen protocol.
+            let members = if g.leader == member_id {
+                g.members
+                    .iter()
+                    .map(|(id, m)| {
+                        let meta = m
+                            .kafka
+                            .as_ref()
+                            .and_then(|mk| mk.protocols.iter().find(|(n, _)| *n == protocol_name))
+                            .map(|(_, meta)| meta.clone())
+                            .unwrap_or_default();
+                        (id.clone(), meta)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            KafkaJoined {
+                generation: g.generation,
+                protocol_type: k.map(|k| k.protocol_type.clone()).unwrap_or_default(),
+                protocol_name,
+                leader: g.leader.clone(),
+                member_id: member_id.clone(),
+                members,
             }
-            notified.await;
-        }
+        })
+        .await
     }
 
     /// A Kafka SyncGroup: the leader's carries every member's assignment; each member gets

@@ -463,35 +463,65 @@ impl GroupCoordinator {
                     .map(|m| m.assignment.clone())
                     .unwrap_or_default(),
             };
-            g.members.insert(member_id.clone(), member);
-            if changed || g.state != GroupState::PreparingRebalance {
-                g.start_rebalance(now);
-            }
-            g.joined.insert(member_id.clone());
-            let target = g.generation + 1;
-            self.try_complete(g, now);
-            (member_id, g.completed.clone(), target)
+            self.admit(g, member_id, member, changed)
         };
+        self.joined(&req.group, &member_id, notify, target_generation, |g| {
+            (
+                g.generation,
+                member_id.clone(),
+                g.leader.clone(),
+                g.members.keys().cloned().collect(),
+            )
+        })
+        .await
+    }
+
+    /// Puts `member` into the group's rebalance (starting one if `changed` or none is under
+    /// way) and completes it if it can; answers the member id, what to wait on, and the
+    /// generation the member joins.
+    fn admit(
+        &self,
+        g: &mut Group,
+        member_id: String,
+        member: Member,
+        changed: bool,
+    ) -> (String, Arc<Notify>, i32) {
+        let now = Instant::now();
+        g.members.insert(member_id.clone(), member);
+        if changed || g.state != GroupState::PreparingRebalance {
+            g.start_rebalance(now);
+        }
+        g.joined.insert(member_id.clone());
+        let target = g.generation + 1;
+        self.try_complete(g, now);
+        (member_id, g.completed.clone(), target)
+    }
+
+    /// Waits until the generation a member joined completes; answers `answer` of the group as
+    /// it then stands, or UNKNOWN_MEMBER if the rebalance removed the member.
+    async fn joined<T>(
+        &self,
+        group: &str,
+        member_id: &str,
+        notify: Arc<Notify>,
+        target_generation: i32,
+        answer: impl Fn(&Group) -> T,
+    ) -> Result<T, WireError> {
         loop {
             let notified = notify.notified();
             {
                 let groups = guard(&self.groups);
                 let g = groups
-                    .get(&req.group)
+                    .get(group)
                     .ok_or_else(|| err(ErrorCode::UNKNOWN_GROUP, "group vanished"))?;
                 if g.generation >= target_generation {
-                    if !g.members.contains_key(&member_id) {
+                    if !g.members.contains_key(member_id) {
                         return Err(err(
                             ErrorCode::UNKNOWN_MEMBER,
                             "removed from the group during the rebalance; rejoin",
                         ));
                     }
-                    return Ok((
-                        g.generation,
-                        member_id,
-                        g.leader.clone(),
-                        g.members.keys().cloned().collect(),
-                    ));
+                    return Ok(answer(g));
                 }
             }
             notified.await;

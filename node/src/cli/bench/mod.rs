@@ -109,6 +109,11 @@ pub struct WanArgs {
     /// Congestion controllers of the source node to compare (comma separated).
     #[arg(long, default_value = "adaptive,bbr,cubic", value_delimiter = ',')]
     congestion: Vec<strait_protocol::transport::Congestion>,
+    /// Run the nodes and the flow exactly as they run with no settings at all (the node's
+    /// default congestion controller, QUIC windows, and the flow's default fetch size and
+    /// in-flight budget), overriding the tuned values above.
+    #[arg(long)]
+    defaults: bool,
     /// Directory for the nodes' data and certificates (a temporary subdirectory).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -889,6 +894,22 @@ async fn bench_mirror(args: &NetArgs) -> anyhow::Result<Value> {
 /// for each congestion controller of the source node.
 async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
     use strait_node::impair::{Impairment, UdpProxy};
+    let defaulted;
+    let args = if args.defaults {
+        let flow = strait_mirror::FlowSpec::new("defaults", Vec::new(), ".*");
+        defaulted = WanArgs {
+            congestion: vec![TransportLimits::default().congestion],
+            stream_window_mib: 0,
+            connection_window_mib: 0,
+            fetch_kb: flow.fetch_kb,
+            in_flight_mb: flow.in_flight_mb,
+            dir: args.dir.clone(),
+            ..*args
+        };
+        &defaulted
+    } else {
+        args
+    };
     let records = args.mib.max(1) * MIB / 1024;
     let mut runs = Vec::new();
     for congestion in &args.congestion {
@@ -969,6 +990,7 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
         }
     }
     Ok(json!({
+        "defaults": args.defaults,
         "backlog_mib": args.mib,
         "partitions": args.partitions,
         "impaired_link": format!("{} ms RTT, {} % loss each way", args.rtt_ms, args.loss * 100.0),
