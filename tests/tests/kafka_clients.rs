@@ -903,3 +903,32 @@ fn a_transactional_kafka_producer_fails_at_once_with_the_reason() {
         "it waited for its timeout"
     );
 }
+
+/// The Kafka listener follows the node's CRL and its reloads: a client certificate revoked
+/// while the node runs is refused on its next connection; another client still gets in.
+#[test]
+fn a_revoked_certificate_is_refused_on_the_kafka_listener_after_a_reload() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    strait_certs::write_crl(pki.dir.path(), 7).unwrap();
+    let extra = format!(
+        "[security]\ncrl = \"{}\"\ncert_reload_interval_ms = 200\n",
+        pki.path("ca.crl").display()
+    );
+    let (_n, kafka) = node(&pki, &dir.path().join("n"), &extra);
+    let produce = |who: &str| {
+        with(
+            &tls(&pki, who),
+            json!({"bootstrap": kafka, "topic": "t", "partitions": 1, "count": 2, "prefix": who,
+                   "conf": {"message.timeout.ms": 4000}}),
+        )
+    };
+    kc::run("confluent_produce.py", &produce("app"));
+    kc::run("confluent_produce.py", &produce("other"));
+    strait_certs::revoke(pki.dir.path(), "app", None, 7).unwrap();
+    // The listener notices the new CRL within its reload interval.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let refused = kc::run_failing("confluent_produce.py", &produce("app"));
+    assert!(refused.contains("certificate revoked"), "{refused}");
+    kc::run("confluent_produce.py", &produce("other"));
+}
