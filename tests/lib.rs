@@ -365,6 +365,17 @@ impl NodeProcess {
             .unwrap_or_else(|log| panic!("node did not start; log: {log:?}"))
     }
 
+    /// Starts a node that may refuse to start: answers its log if it exits or does not come up.
+    pub fn try_start_on(
+        pki: &Pki,
+        cluster: &str,
+        data_dir: &Path,
+        config_toml: &str,
+        port: u16,
+    ) -> Result<NodeProcess, Vec<String>> {
+        NodeProcess::try_start(pki, cluster, data_dir, config_toml, port, &[], None)
+    }
+
     /// Starts a node whose open-file limits are `soft` and `hard`, as `ulimit -Sn`/`-Hn` would
     /// set them; answers the node's log if it exits or does not come up.
     pub fn start_with_file_limit(

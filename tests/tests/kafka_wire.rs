@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use strait_tests::{free_tcp_port, strait_bin, NodeProcess, Pki};
+use strait_tests::{free_tcp_port, free_udp_port, NodeProcess, Pki};
 
 /// A node with a plaintext Kafka listener on loopback.
 fn node(pki: &Pki, dir: &std::path::Path, extra: &str) -> (NodeProcess, String) {
@@ -450,37 +450,17 @@ async fn a_mirror_refuses_kafka_producers_naming_its_flow() {
 fn a_plaintext_listener_off_loopback_is_refused() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("n.toml");
-    std::fs::write(
-        &config,
+    let refused = NodeProcess::try_start_on(
+        &pki,
+        "east",
+        &dir.path().join("n"),
         "[kafka]\nlisten = \"0.0.0.0:19999\"\nplaintext = true\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(strait_bin())
-        .args([
-            "node",
-            "run",
-            "--cluster",
-            "east",
-            "--node-id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("n"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--ca")
-        .arg(pki.ca())
-        .arg("--cert")
-        .arg(pki.path("node-1.crt"))
-        .arg("--key")
-        .arg(pki.path("node-1.key"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        free_udp_port(),
+    );
+    let err = match refused {
+        Ok(_) => panic!("a plaintext listener off loopback started"),
+        Err(log) => log.join("\n"),
+    };
     assert!(
         err.contains("plaintext = true is allowed only on a loopback address"),
         "{err}"

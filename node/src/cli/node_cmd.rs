@@ -340,9 +340,6 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             plaintext: file.kafka.plaintext,
             auto_create_topics: file.kafka.auto_create_topics,
             auto_create_partitions: file.kafka.default_partitions,
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
             crl: file.security.crl.clone(),
             cert_reload_interval: Duration::from_millis(
                 file.security.cert_reload_interval_ms.max(100),
@@ -350,8 +347,8 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             frame_bytes_max: limits.frame_bytes_max,
             request_read_timeout: Duration::from_millis(limits.request_read_timeout_ms),
             handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
-            idle_timeout: Duration::from_secs(600),
             connections_per_ip_max: limits.connections_per_ip_max,
+            ..KafkaConfig::new(listen, ca.clone(), cert.clone(), key.clone())
         });
     if let Some(k) = &kafka_config {
         k.validate().map_err(anyhow::Error::msg)?;

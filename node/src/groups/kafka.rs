@@ -119,29 +119,28 @@ pub(super) fn complete_join(g: &mut Group) {
     g.state = GroupState::Stable;
 }
 
+/// A consumer-protocol message (a subscription or an assignment): a big-endian i16 version,
+/// then the body at that version. None if the bytes are not one.
+fn consumer_protocol<T: Decodable>(raw: &Bytes) -> Option<T> {
+    let mut raw = raw.clone();
+    if raw.len() < 2 {
+        return None;
+    }
+    let version = bytes::Buf::get_i16(&mut raw);
+    T::decode(&mut raw, version.clamp(0, 3)).ok()
+}
+
 /// The topics a consumer subscribes to, from its protocol metadata (empty if it is not
 /// Kafka's consumer protocol).
 fn subscribed_topics(metadata: &Bytes) -> Vec<String> {
-    let mut raw = metadata.clone();
-    if raw.len() < 2 {
-        return Vec::new();
-    }
-    let version = i16::from_be_bytes([raw[0], raw[1]]);
-    let _ = bytes::Buf::get_i16(&mut raw);
-    ConsumerProtocolSubscription::decode(&mut raw, version.clamp(0, 3))
+    consumer_protocol::<ConsumerProtocolSubscription>(metadata)
         .map(|s| s.topics.iter().map(|t| t.as_str().to_string()).collect())
         .unwrap_or_default()
 }
 
 /// The partitions in a consumer protocol assignment (empty if it is not one).
 fn assigned_partitions(assignment: &Bytes) -> Vec<(String, u32)> {
-    let mut raw = assignment.clone();
-    if raw.len() < 2 {
-        return Vec::new();
-    }
-    let version = i16::from_be_bytes([raw[0], raw[1]]);
-    let _ = bytes::Buf::get_i16(&mut raw);
-    ConsumerProtocolAssignment::decode(&mut raw, version.clamp(0, 3))
+    consumer_protocol::<ConsumerProtocolAssignment>(assignment)
         .map(|a| {
             a.assigned_partitions
                 .iter()

@@ -158,23 +158,12 @@ pub async fn bench_kafka(args: &KafkaBenchArgs) -> anyhow::Result<Value> {
     let (quic, _) = raw_quic(&rig, raw_bytes).await?;
     let kafka = KafkaListener::start(
         rig.server.service(),
-        KafkaConfig {
-            listen: "127.0.0.1:0".parse()?,
-            advertised: String::new(),
-            plaintext: false,
-            auto_create_topics: false,
-            auto_create_partitions: 1,
-            ca: rig.certs.join("ca.crt"),
-            cert: rig.certs.join("node-1.crt"),
-            key: rig.certs.join("node-1.key"),
-            crl: None,
-            cert_reload_interval: Duration::from_secs(3600),
-            frame_bytes_max: 64 << 20,
-            request_read_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
-            connections_per_ip_max: 256,
-        },
+        KafkaConfig::new(
+            "127.0.0.1:0".parse()?,
+            rig.certs.join("ca.crt"),
+            rig.certs.join("node-1.crt"),
+            rig.certs.join("node-1.key"),
+        ),
     )
     .await?;
     let bootstrap = kafka.local_addr.to_string();

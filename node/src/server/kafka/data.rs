@@ -16,7 +16,6 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use strait_protocol::acl::{Operation, ResourceKind};
 use strait_protocol::message::OffsetSpec;
@@ -25,16 +24,13 @@ use tokio::task::JoinSet;
 
 use super::dispatch::Ctx;
 use super::errors::{self, About};
+use super::str_bytes;
 use super::topics::auto_create;
 
 /// Longest long-poll a fetch may ask for (as on the native path).
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Most bytes one Kafka fetch answer carries across its partitions.
 const FETCH_RESPONSE_BYTES_MAX: usize = 64 << 20;
-
-fn str_bytes(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 fn partition_id(p: i32) -> Result<u32, WireError> {
     u32::try_from(p).map_err(|_| {
@@ -157,8 +153,9 @@ pub(super) async fn fetch(ctx: &Ctx<'_>, request: FetchRequest) -> FetchResponse
     };
     let broker = ctx.service.broker();
     loop {
-        // Watch every partition before reading, so a batch appended meanwhile wakes us.
-        let mut watchers = JoinSet::new();
+        // Watch every partition before reading, so a batch appended meanwhile wakes us; the
+        // waiting tasks are only started if the answer has to wait.
+        let mut watched = Vec::new();
         for t in &request.topics {
             for p in &t.partitions {
                 if let Ok(partition) = partition_id(p.partition)
@@ -166,9 +163,7 @@ pub(super) async fn fetch(ctx: &Ctx<'_>, request: FetchRequest) -> FetchResponse
                 {
                     let mut grown = partition.grown.subscribe();
                     grown.borrow_and_update();
-                    watchers.spawn(async move {
-                        let _ = grown.changed().await;
-                    });
+                    watched.push(grown);
                 }
             }
         }
@@ -208,8 +203,14 @@ pub(super) async fn fetch(ctx: &Ctx<'_>, request: FetchRequest) -> FetchResponse
         }
         let now = Instant::now();
         // min_bytes 0 answers at once, as in Kafka; an error answers at once too.
-        if failed || total >= min_bytes || now >= deadline || watchers.is_empty() {
+        if failed || total >= min_bytes || now >= deadline || watched.is_empty() {
             return fetch_response(ctx, &request, reads);
+        }
+        let mut watchers = JoinSet::new();
+        for mut grown in watched {
+            watchers.spawn(async move {
+                let _ = grown.changed().await;
+            });
         }
         let _ = tokio::time::timeout(deadline - now, watchers.join_next()).await;
     }

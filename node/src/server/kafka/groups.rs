@@ -26,11 +26,8 @@ use strait_protocol::{ErrorCode, Request, Response, WireError};
 
 use super::dispatch::Ctx;
 use super::errors::{self, About};
+use super::str_bytes;
 use crate::groups::KafkaJoin;
-
-fn str_bytes(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 /// Kafka's code for a group error (INCONSISTENT_GROUP_PROTOCOL has no native twin in
 /// `errors::code`).

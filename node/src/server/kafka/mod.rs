@@ -60,6 +60,29 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// A TLS listener on `listen` with the node's certificate files and Kafka's defaults: the
+    /// bound address advertised, no auto-creation, no CRL, 64 MiB requests, idle connections
+    /// closed after 10 minutes (Kafka's `connections.max.idle.ms`).
+    pub fn new(listen: SocketAddr, ca: PathBuf, cert: PathBuf, key: PathBuf) -> KafkaConfig {
+        KafkaConfig {
+            listen,
+            advertised: String::new(),
+            plaintext: false,
+            auto_create_topics: false,
+            auto_create_partitions: 1,
+            ca,
+            cert,
+            key,
+            crl: None,
+            cert_reload_interval: Duration::from_secs(5),
+            frame_bytes_max: 64 << 20,
+            request_read_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            connections_per_ip_max: 256,
+        }
+    }
+
     /// Refuses a plaintext listener anywhere but loopback: principals come from certificates,
     /// and a plaintext port on a routable address would let anyone in as `ANONYMOUS`.
     pub fn validate(&self) -> Result<(), String> {
@@ -75,6 +98,11 @@ impl KafkaConfig {
         }
         Ok(())
     }
+}
+
+/// A Kafka string field from one of ours.
+fn str_bytes(s: impl Into<String>) -> strait_protocol::kafka::kafka_protocol::protocol::StrBytes {
+    strait_protocol::kafka::kafka_protocol::protocol::StrBytes::from_string(s.into())
 }
 
 /// The principal of a plaintext Kafka connection (Kafka's `User:ANONYMOUS`).

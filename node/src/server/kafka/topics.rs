@@ -18,7 +18,6 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use strait_protocol::acl::{Operation, ResourceKind};
 use strait_protocol::kafka::kafka_protocol;
@@ -26,14 +25,11 @@ use strait_protocol::{ErrorCode, Request, Response, WireError};
 
 use super::dispatch::Ctx;
 use super::errors::{self, About};
+use super::str_bytes;
 
 /// Kafka's config resource types.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-
-fn str_bytes(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 /// The advertised address as Kafka's host and port.
 fn host_port(ctx: &Ctx<'_>) -> (String, i32) {
