@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regex::Regex;
-use strait_protocol::client::{Admin, Client, ClientError};
+use strait_protocol::client::{Admin, Client, ClientError, FetchStreamOptions};
 use strait_protocol::message::Request;
 use strait_protocol::ErrorCode;
 use tokio::sync::{watch, Semaphore};
@@ -44,8 +44,11 @@ pub struct FlowConfig {
     pub naming: Naming,
     /// How often new matching topics and partitions are looked for.
     pub refresh: Duration,
-    /// Most bytes one fetch from the source may return.
+    /// Most bytes one fetch from the source may return; also the credit a partition's
+    /// streaming fetch starts with (and never shrinks below).
     pub fetch_bytes_max: u32,
+    /// The most credit a partition's streaming fetch may grow to on a long, fast link.
+    pub stream_window_max: u32,
     /// Most bytes fetched but not yet appended on the target, over the whole flow.
     pub in_flight_bytes_max: u32,
     /// Cap on the flow's copy rate, to leave a shared WAN link room for others.
@@ -70,6 +73,7 @@ impl FlowConfig {
             naming: Naming::Prefix,
             refresh: Duration::from_secs(5),
             fetch_bytes_max: 4 << 20,
+            stream_window_max: 64 << 20,
             in_flight_bytes_max: 64 << 20,
             rate_bytes_per_s: None,
             groups: None,
@@ -328,6 +332,18 @@ impl MirrorFlow {
                     target_topic: target.clone(),
                     partition: p.id,
                     fetch_bytes_max: self.config.fetch_bytes_max,
+                    stream: FetchStreamOptions {
+                        // Batches reach the copier as they arrive whatever the frame's size,
+                        // so frames as large as a fetch cost the node fewest reads.
+                        frame_bytes_max: self.config.fetch_bytes_max,
+                        // A frame on its way while the one before is appended.
+                        window_min: self.config.fetch_bytes_max.saturating_mul(2),
+                        window_max: self
+                            .config
+                            .stream_window_max
+                            .max(self.config.fetch_bytes_max),
+                        ..FetchStreamOptions::default()
+                    },
                     budget: shared.budget.clone(),
                     pacer: shared.pacer.clone(),
                     status: self.status.clone(),

@@ -58,9 +58,14 @@ pub struct FlowSpec {
     /// Most bytes fetched but not yet appended, in MiB.
     #[serde(default = "default_in_flight_mb")]
     pub in_flight_mb: u32,
-    /// Most bytes one fetch may return, in KiB.
+    /// Most bytes one fetch may return, in KiB; also the credit each partition's streaming
+    /// fetch starts with.
     #[serde(default = "default_fetch_kb")]
     pub fetch_kb: u32,
+    /// The most credit one partition's streaming fetch may grow to, in MiB (it grows only
+    /// while the link needs it: about twice the bandwidth-delay product).
+    #[serde(default = "default_window_max_mb")]
+    pub window_max_mb: u32,
     #[serde(default)]
     pub propagate_deletes: bool,
 }
@@ -83,6 +88,9 @@ fn default_in_flight_mb() -> u32 {
 fn default_fetch_kb() -> u32 {
     4096
 }
+fn default_window_max_mb() -> u32 {
+    64
+}
 
 impl FlowSpec {
     /// A flow with defaults for everything but what it must say.
@@ -102,6 +110,7 @@ impl FlowSpec {
             max_mb_s: None,
             in_flight_mb: default_in_flight_mb(),
             fetch_kb: default_fetch_kb(),
+            window_max_mb: default_window_max_mb(),
             propagate_deletes: false,
         }
     }
@@ -159,6 +168,7 @@ impl FlowSpec {
         c.rate_bytes_per_s = self.max_mb_s.map(|mb| mb << 20);
         c.fetch_bytes_max = self.fetch_kb.clamp(64, 32 << 10) << 10;
         c.in_flight_bytes_max = self.in_flight_mb.clamp(1, 4096) << 20;
+        c.stream_window_max = self.window_max_mb.clamp(1, 1024) << 20;
         c.propagate_deletes = self.propagate_deletes;
         Ok(c)
     }

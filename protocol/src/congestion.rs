@@ -11,6 +11,12 @@
 //! once it is at or above it. A minimum RTT only ever falls, so once it is below the bound
 //! the path is short for good and BBR is dropped: a loopback or LAN connection then costs
 //! exactly what cubic alone does.
+//!
+//! quinn's BBR treats a minimum RTT it has never refreshed as expired, so the first round
+//! trip that fills the window (a flow's first bulk data) sends it into ProbeRTT: four packets
+//! in flight for 200 ms and a round trip, measured as ~0.5 s of a 150 ms link idle just when a
+//! backlog starts to move. The adaptive controller lets BBR take that ProbeRTT on the
+//! connection's first acknowledgement (the handshake's), when there is nothing to slow down.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -42,6 +48,7 @@ impl ControllerFactory for AdaptiveConfig {
             cubic: self.cubic.clone().build(now, current_mtu),
             bbr: Some(self.bbr.clone().build(now, current_mtu)),
             min_rtt: None,
+            primed: false,
         })
     }
 }
@@ -52,6 +59,9 @@ pub struct Adaptive {
     /// Dropped once the path is known to be short.
     bbr: Option<Box<dyn Controller>>,
     min_rtt: Option<Duration>,
+    /// Whether BBR has seen its first acknowledgement, passed to it as not app-limited so its
+    /// first ProbeRTT happens then (see the module's notes).
+    primed: bool,
 }
 
 impl Adaptive {
@@ -90,7 +100,7 @@ impl Controller for Adaptive {
         }
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
         if let Some(bbr) = &mut self.bbr {
-            bbr.on_ack(now, sent, bytes, app_limited, rtt);
+            bbr.on_ack(now, sent, bytes, app_limited && self.primed, rtt);
         }
     }
 
@@ -104,7 +114,13 @@ impl Controller for Adaptive {
         self.cubic
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
         if let Some(bbr) = &mut self.bbr {
-            bbr.on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+            bbr.on_end_acks(
+                now,
+                in_flight,
+                app_limited && self.primed,
+                largest_packet_num_acked,
+            );
+            self.primed = true;
         }
     }
 
@@ -142,6 +158,7 @@ impl Controller for Adaptive {
             cubic: self.cubic.clone_box(),
             bbr: self.bbr.as_ref().map(|b| b.clone_box()),
             min_rtt: self.min_rtt,
+            primed: self.primed,
         })
     }
 
@@ -172,6 +189,7 @@ mod tests {
             cubic: Arc::new(CubicConfig::default()).build(Instant::now(), 1200),
             bbr: Some(Arc::new(BbrConfig::default()).build(Instant::now(), 1200)),
             min_rtt: Some(Duration::from_millis(150)),
+            primed: false,
         };
         assert!(a.uses_bbr());
         assert_eq!(a.window(), a.bbr.as_ref().unwrap().window());

@@ -9,7 +9,10 @@ use crate::error::WireError;
 
 /// Protocol versions this build speaks.
 pub const VERSION_MIN: u16 = 1;
-pub const VERSION_MAX: u16 = 1;
+/// Version 2 added the streaming fetch (`FetchStream`, `FetchCredit`).
+pub const VERSION_MAX: u16 = 2;
+/// The first version that serves `FetchStream`.
+pub const VERSION_FETCH_STREAM: u16 = 2;
 
 /// How many replicas must have a batch before the produce is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -209,6 +212,29 @@ pub enum Request {
         common: Vec<u64>,
         mirror_of: MirrorOrigin,
     },
+    /// Opens a fetch that keeps answering on its stream (protocol version 2): one `Fetched`
+    /// frame after another, each with whole batches following the last, for as long as the
+    /// reader keeps the stream open. The node sends at most the credit the reader granted
+    /// (`window_bytes` at first, then what each `FetchCredit` adds), so the reader's memory
+    /// stays bounded while a long link stays full without a round trip per answer. A frame
+    /// with no batches tells the reader the partition's end every `max_wait_ms` while there is
+    /// nothing new. An error ends the stream with an `Error` frame.
+    FetchStream {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        max_wait_ms: u32,
+        /// Credit granted up front, in bytes.
+        window_bytes: u32,
+        /// Most bytes of batches one frame carries (a batch larger than this travels alone).
+        frame_bytes_max: u32,
+    },
+    /// Sent by a reader on an open `FetchStream`: `bytes` more credit, and the next offset it
+    /// has stored (what the node reports as the reader's position).
+    FetchCredit {
+        bytes: u32,
+        stored: u64,
+    },
 }
 
 /// Which topic of which cluster a mirror topic copies, and through which flow.
@@ -347,6 +373,8 @@ impl Request {
             Request::RemoveFlow { .. } => "remove_flow",
             Request::PromoteFlow { .. } => "promote_flow",
             Request::FailbackTopic { .. } => "failback_topic",
+            Request::FetchStream { .. } => "fetch_stream",
+            Request::FetchCredit { .. } => "fetch_credit",
         }
     }
 }

@@ -48,6 +48,19 @@ impl BufferPool {
     pub fn freeze(&self, mut buffer: BytesMut) -> Bytes {
         let filled = buffer.split().freeze();
         let size = filled.len() + buffer.capacity();
+        self.keep(buffer, size);
+        filled
+    }
+
+    /// Keeps the allocation of `buffer`, whose contents were all cut off and handed out in
+    /// pieces (`split_to`), for a later [`BufferPool::take`]; `size` is what it was taken
+    /// for. It is reused once every piece has been dropped.
+    pub fn give_back(&self, mut buffer: BytesMut, size: usize) {
+        buffer.clear();
+        self.keep(buffer, size);
+    }
+
+    fn keep(&self, buffer: BytesMut, size: usize) {
         if size > 0 && size <= self.kept_bytes_max {
             let mut spare = self.lock();
             // Make room by dropping the oldest: the likeliest to be free, but also the likeliest
@@ -59,7 +72,6 @@ impl BufferPool {
             }
             spare.push((buffer, size));
         }
-        filled
     }
 
     /// Buffers kept right now.
@@ -94,6 +106,26 @@ mod tests {
         let again = pool.take(1000);
         assert_eq!(again.as_ptr(), first, "the warm allocation came back");
         assert_eq!(pool.kept(), 0);
+    }
+
+    #[test]
+    fn a_buffer_handed_out_in_pieces_comes_back_once_every_piece_is_dropped() {
+        let pool = BufferPool::new(4, 1 << 20);
+        let mut b = pool.take(1000);
+        let first = b.as_ptr();
+        b.extend_from_slice(&[1; 1000]);
+        let head = b.split_to(600).freeze();
+        let tail = b.split_to(400).freeze();
+        pool.give_back(b, 1000);
+        assert_eq!(pool.kept(), 1);
+        drop(head);
+        assert_ne!(pool.take(1000).as_ptr(), first, "a piece is still held");
+        drop(tail);
+        assert_eq!(
+            pool.take(1000).as_ptr(),
+            first,
+            "the warm allocation came back"
+        );
     }
 
     #[test]

@@ -108,12 +108,55 @@ pub async fn write_frame<T: serde::Serialize>(
     payload_len: usize,
     stall: Option<Duration>,
 ) -> Result<(), StreamError> {
+    send_frame(send, message, payload, payload_len, stall).await?;
+    send.finish().map_err(lost)
+}
+
+/// Writes one frame and leaves the stream open for more (a streaming fetch's frames, its
+/// reader's credits).
+pub async fn send_frame<T: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    message: &T,
+    payload: impl IntoIterator<Item = Bytes>,
+    payload_len: usize,
+    stall: Option<Duration>,
+) -> Result<(), StreamError> {
     let head = frame::encode(message, payload_len)?;
     write_chunk(send, head, stall).await?;
     for chunk in payload {
         write_chunk(send, chunk, stall).await?;
     }
-    send.finish().map_err(lost)
+    Ok(())
+}
+
+/// Waits for the next frame's prefix of a stream that carries several; None when the peer
+/// finished the stream between frames. With `stall`, fails when nothing arrives for that long.
+pub async fn next_prefix(
+    recv: &mut quinn::RecvStream,
+    stall: Option<Duration>,
+) -> Result<Option<[u8; PREFIX_LEN]>, StreamError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    let mut have = 0;
+    while have < PREFIX_LEN {
+        let read = recv.read(&mut prefix[have..]);
+        let n = match stall {
+            Some(stall) => tokio::time::timeout(stall, read)
+                .await
+                .map_err(|_| StreamError::Stalled(stall))?,
+            None => read.await,
+        }
+        .map_err(lost)?;
+        match n {
+            Some(n) => have += n,
+            None if have == 0 => return Ok(None),
+            None => {
+                return Err(lost(format!(
+                    "stream ended {have} bytes into a frame prefix"
+                )))
+            }
+        }
+    }
+    Ok(Some(prefix))
 }
 
 async fn write_chunk(

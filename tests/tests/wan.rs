@@ -297,3 +297,84 @@ async fn every_wan_scenario_leaves_the_checker_clean() {
     assert!(report.acknowledged > 1000, "{report:?}");
     assert!(report.clean(), "{report}");
 }
+
+/// The sum of a topic's partition ends.
+async fn end_offsets(client: &Arc<Client>, topic: &str, partitions: u32) -> u64 {
+    let admin = Admin::new(client.clone());
+    let mut sum = 0;
+    for p in 0..partitions {
+        sum += admin
+            .list_offset(topic, p, strait_protocol::OffsetSpec::Latest)
+            .await
+            .map_or(0, |(o, _)| o);
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_over_a_link_too_slow_for_one_fetch_per_timeout_makes_steady_progress() {
+    // 100 KB/s: one default 4 MiB fetch would need 42 s, past the 30 s request timeout, so a
+    // copier that waits for whole answers shows nothing for most of a minute (or never gets
+    // anywhere). Batches must land as they arrive.
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let east = NodeProcess::start(&pki, "east", &dir.path().join("east"), "");
+    let proxy = UdpProxy::start(east.address.parse().unwrap()).await;
+    proxy.set(
+        None,
+        Impairment {
+            delay: Duration::from_millis(25),
+            rate_bytes_per_s: Some(100_000),
+            ..Impairment::default()
+        },
+    );
+    let west_config = format!(
+        "[[flows]]\nname = \"east-to-west\"\nsource_bootstrap = [\"{}\"]\ntopics = \"orders\"\nrefresh_ms = 300\nheartbeat_interval_ms = 0\n",
+        proxy.address
+    );
+    let west = NodeProcess::start(&pki, "west", &dir.path().join("west"), &west_config);
+    let source = pki.client(&east.address);
+    Admin::new(source.clone())
+        .create_topic("orders", 1, vec![])
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        source.clone(),
+        ProducerConfig {
+            batch_bytes: 16 << 10,
+            ..ProducerConfig::default()
+        },
+    );
+    let value = vec![b's'; 1000];
+    for _ in 0..6000 {
+        producer
+            .send("orders", Some(0), None, Some(&value), &[])
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let target = pki.client(&west.address);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while end_offsets(&target, "east.orders", 1).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing arrived over the slow link"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // From then on, the lag shrinks every two seconds.
+    let mut seen = vec![end_offsets(&target, "east.orders", 1).await];
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        seen.push(end_offsets(&target, "east.orders", 1).await);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[1] > w[0]),
+        "the mirror's end every 2 s: {seen:?}"
+    );
+    assert!(
+        *seen.last().unwrap() < 6000,
+        "the link was meant to be too slow to finish in the test: {seen:?}"
+    );
+    println!("over 100 KB/s, the mirror's end every 2 s: {seen:?}");
+}

@@ -154,6 +154,8 @@ struct Limits {
     streams_per_connection_max: u32,
     stream_window_bytes: u32,
     connection_window_bytes: u32,
+    /// Bytes sent and not yet acknowledged on one connection (what a long lossy link needs).
+    send_window_bytes: u32,
     idle_timeout_ms: u32,
     request_read_timeout_ms: u64,
     handshake_timeout_ms: u64,
@@ -210,6 +212,7 @@ impl Default for Limits {
             streams_per_connection_max: t.streams_max,
             stream_window_bytes: t.stream_window_bytes,
             connection_window_bytes: t.connection_window_bytes,
+            send_window_bytes: t.send_window_bytes,
             idle_timeout_ms: t.idle_timeout_ms,
             request_read_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
@@ -366,6 +369,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
             streams_max: limits.streams_per_connection_max,
             stream_window_bytes: limits.stream_window_bytes,
             connection_window_bytes: limits.connection_window_bytes,
+            send_window_bytes: limits.send_window_bytes,
             idle_timeout_ms: limits.idle_timeout_ms,
             congestion: limits.congestion,
             ..TransportLimits::default()

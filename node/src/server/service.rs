@@ -139,6 +139,27 @@ impl RequestService {
     }
 
     /// The flows that copy from this node (for the status page).
+    /// Notes where a flow reading over `session` stands in a partition (what `/status` shows
+    /// of the flows that copy from this node); readers other than flows are not noted.
+    pub(super) fn note_reader_position(
+        &self,
+        session: &Session,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) {
+        if session.is_mirror() {
+            self.outgoing.record(
+                session.client_id(),
+                &session.principal,
+                topic,
+                partition,
+                offset,
+                crate::now_ms(),
+            );
+        }
+    }
+
     pub fn outgoing(&self) -> Arc<super::outgoing::OutgoingFlows> {
         self.outgoing.clone()
     }
@@ -324,24 +345,6 @@ impl RequestService {
             | Request::Fetch { .. }
             | Request::ListOffsets { .. }
             | Request::InitProducer {} => {
-                if let Request::Fetch {
-                    topic,
-                    partition,
-                    offset,
-                    ..
-                } = &request
-                {
-                    if session.is_mirror() {
-                        self.outgoing.record(
-                            session.client_id(),
-                            &session.principal,
-                            topic,
-                            *partition,
-                            *offset,
-                            crate::now_ms(),
-                        );
-                    }
-                }
                 handlers::data::serve(self, request, payload, session.is_mirror()).await
             }
             Request::Metadata { .. }
@@ -375,6 +378,11 @@ impl RequestService {
             | Request::RemoveFlow { .. }
             | Request::PromoteFlow { .. }
             | Request::FailbackTopic { .. } => handlers::admin::serve(self, session, request).await,
+            Request::FetchStream { .. } | Request::FetchCredit { .. } => Err(WireError::new(
+                ErrorCode::INVALID_REQUEST,
+                "fetch_stream opens a QUIC stream of its own and fetch_credit only travels on one; \
+                 send them on the node's QUIC listener",
+            )),
             _ => Err(WireError::new(
                 ErrorCode::INVALID_REQUEST,
                 "this node does not know that request; upgrade it",

@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 use super::service::{RequestService, Session};
 use super::ListenConfig;
 
+mod fetch_stream;
+
 /// Request buffers the node keeps for reuse, and the most memory they may hold.
 const REQUEST_BUFFERS_MAX: usize = 16;
 const REQUEST_BUFFER_BYTES_MAX: usize = 128 << 20;
@@ -379,8 +381,41 @@ async fn handle_stream(
             (error(code, e.to_string()), Vec::new())
         }
         Ok(Err(_)) => return,
+        Ok(Ok((
+            Request::FetchStream {
+                topic,
+                partition,
+                offset,
+                max_wait_ms,
+                window_bytes,
+                frame_bytes_max,
+            },
+            _,
+            _,
+        ))) => {
+            let open = fetch_stream::Open {
+                topic,
+                partition,
+                offset,
+                max_wait_ms,
+                window_bytes,
+                frame_bytes_max,
+            };
+            return fetch_stream::serve(listener, peer, send, recv, open).await;
+        }
         Ok(Ok((request, payload, request_held))) => {
             held.push(request_held);
+            if let Request::Fetch {
+                topic,
+                partition,
+                offset,
+                ..
+            } = &request
+            {
+                listener
+                    .service
+                    .note_reader_position(&peer.session, topic, *partition, *offset);
+            }
             // A fetch answer can be as large as it asks for: reserve that too, up front.
             if let Request::Fetch { max_bytes, .. } = &request {
                 let answer =

@@ -119,14 +119,14 @@ pub struct HelloInfo {
 
 /// One live connection to a node, after the hello exchange.
 pub struct Connection {
-    conn: quinn::Connection,
+    pub(super) conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
     pub hello: HelloInfo,
     pub address: String,
-    limits: FrameLimits,
-    timeout: Duration,
+    pub(super) limits: FrameLimits,
+    pub(super) timeout: Duration,
     /// Answer bodies are gathered into these, so a stream of fetches reuses warm memory.
-    buffers: BufferPool,
+    pub(super) buffers: BufferPool,
 }
 
 /// Answer buffers one connection keeps for reuse: enough for a mirror flow's fetch-ahead over
@@ -358,7 +358,7 @@ pub fn explain_handshake(e: &quinn::ConnectionError) -> String {
     }
 }
 
-fn lost(e: impl std::fmt::Display) -> ClientError {
+pub(super) fn lost(e: impl std::fmt::Display) -> ClientError {
     ClientError::ConnectionLost(e.to_string())
 }
 

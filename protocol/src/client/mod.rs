@@ -6,6 +6,7 @@ pub mod admin;
 pub mod conn;
 pub mod consumer;
 pub mod failover;
+pub mod fetch_stream;
 pub mod group;
 pub mod producer;
 
@@ -15,5 +16,6 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 pub use failover::{
     ClusterEndpoint, FailoverConfig, FailoverConsumer, FailoverProducer, Side, TopicMapping,
 };
+pub use fetch_stream::{FetchStream, FetchStreamOptions, FetchWindow, StreamedFetch};
 pub use group::{GroupConfig, RebalanceEvent, Subscription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig};

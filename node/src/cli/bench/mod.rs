@@ -966,15 +966,18 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
             .collect();
         let lossy = wan_copy(through_proxy()?, &west, "lossy", records, args).await?;
         let after = sender_stats(&east, &before);
-        let (clear_mb_s, lossy_mb_s) =
-            (mbps(clear.0 * 1024, clear.1), mbps(lossy.0 * 1024, lossy.1));
+        let (clear_mb_s, lossy_mb_s) = (clear.mb_s(), lossy.mb_s());
+        let steady = clear.steady_mb_s().zip(lossy.steady_mb_s());
         runs.push(json!({
             "congestion": format!("{congestion:?}").to_lowercase(),
             "clear_proxy_mb_s": round(clear_mb_s),
             "impaired_mb_s": round(lossy_mb_s),
-            "impaired_copied_mib": lossy.0 / 1024,
-            "impaired_seconds": round(lossy.1.as_secs_f64()),
+            "impaired_copied_mib": lossy.records / 1024,
+            "impaired_seconds": round(lossy.took.as_secs_f64()),
             "ratio": round(lossy_mb_s / clear_mb_s),
+            "clear_steady_mb_s": steady.map(|(c, _)| round(c)),
+            "impaired_steady_mb_s": steady.map(|(_, l)| round(l)),
+            "steady_ratio": steady.map(|(c, l)| round(l / c)),
             "impaired_sender": {
                 "lost_packets": after.lost_packets,
                 "dropped_by_proxy": proxy.counts().1,
@@ -999,6 +1002,7 @@ async fn bench_wan(args: &WanArgs) -> anyhow::Result<Value> {
         "flow_in_flight_mb": args.in_flight_mb,
         "stream_window_bytes": wan_transport(args, Default::default()).stream_window_bytes,
         "connection_window_bytes": wan_transport(args, Default::default()).connection_window_bytes,
+        "send_window_bytes": wan_transport(args, Default::default()).send_window_bytes,
         "runs": runs,
     }))
 }
@@ -1044,14 +1048,14 @@ struct SenderStats {
 }
 
 /// Runs a gateway flow into `west` for `topic` until it holds `records` or the time limit
-/// passes; answers how many records it copied and how long that took.
+/// passes.
 async fn wan_copy(
     source: Arc<Client>,
     west: &Rig,
     topic: &str,
     records: u64,
     args: &WanArgs,
-) -> anyhow::Result<(u64, Duration)> {
+) -> anyhow::Result<WanCopy> {
     let partitions = args.partitions;
     let mut config = strait_mirror::FlowConfig::new(
         &format!("wan-{topic}"),
@@ -1073,6 +1077,9 @@ async fn wan_copy(
     let target = format!("east.{topic}");
     let start = Instant::now();
     let copied;
+    // When a quarter of the backlog had arrived: the flow's start and the link's ramp are
+    // behind it, so the rest measures the rate it keeps.
+    let mut quarter: Option<(u64, Duration)> = None;
     loop {
         let mut sum = 0;
         for p in 0..partitions {
@@ -1082,18 +1089,47 @@ async fn wan_copy(
                 .map(|(o, _)| o)
                 .unwrap_or(0);
         }
+        if quarter.is_none() && sum >= records / 4 {
+            quarter = Some((sum, start.elapsed()));
+        }
         // A loss-bound controller may need hours for the backlog: past the time limit, the
         // rate is what was copied so far.
         if sum >= records || start.elapsed() >= Duration::from_secs(args.seconds_max.max(1)) {
             copied = sum;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = start.elapsed();
     let _ = stop_tx.send(true);
     let _ = runner.await;
-    Ok((copied, took))
+    let steady = quarter
+        .filter(|(at, when)| copied > *at && took > *when)
+        .map(|(at, when)| (copied - at, took - when));
+    Ok(WanCopy {
+        records: copied,
+        took,
+        steady,
+    })
+}
+
+/// What one copy of the WAN bench did: records copied and how long it took from the flow's
+/// start, and the records and time after the first quarter of the backlog had arrived.
+struct WanCopy {
+    records: u64,
+    took: Duration,
+    steady: Option<(u64, Duration)>,
+}
+
+impl WanCopy {
+    fn mb_s(&self) -> f64 {
+        mbps(self.records * 1024, self.took)
+    }
+
+    fn steady_mb_s(&self) -> Option<f64> {
+        self.steady
+            .map(|(records, took)| mbps(records * 1024, took))
+    }
 }
 
 /// Sends `args.records` records round-robin over the partitions and waits for every
