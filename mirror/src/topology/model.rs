@@ -198,8 +198,11 @@ fn all() -> String {
 pub struct Wan {
     /// Most bytes fetched but not yet appended, in MiB: size it to bandwidth × RTT.
     pub in_flight_mb: u32,
-    /// Most bytes one fetch returns, in KiB.
+    /// Most bytes one fetch returns, in KiB (a streaming fetch's frames on short paths, and
+    /// half the credit its stream starts with).
     pub fetch_kb: u32,
+    /// The most credit one partition's streaming fetch may grow to, in MiB.
+    pub window_max_mb: u32,
     /// Cap on the copy rate in MB/s; none by default.
     pub max_mb_s: Option<u64>,
 }
@@ -210,6 +213,7 @@ impl Default for Wan {
         Wan {
             in_flight_mb: spec.in_flight_mb,
             fetch_kb: spec.fetch_kb,
+            window_max_mb: spec.window_max_mb,
             max_mb_s: None,
         }
     }
@@ -319,6 +323,7 @@ impl Flow {
         spec.max_mb_s = self.wan.max_mb_s;
         spec.in_flight_mb = self.wan.in_flight_mb;
         spec.fetch_kb = self.wan.fetch_kb;
+        spec.window_max_mb = self.wan.window_max_mb;
         spec.propagate_deletes = self.propagate_deletes;
         spec
     }

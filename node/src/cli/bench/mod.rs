@@ -43,7 +43,8 @@ pub enum BenchCommand {
     /// A mirror flow between two in-process clusters against single-node produce throughput.
     Mirror(NetArgs),
     /// A mirror flow through the UDP impairment proxy: catch-up over a clean proxy against the
-    /// same over a long, lossy link, per congestion controller.
+    /// same over a long, lossy link, per congestion controller, whole and once the first
+    /// quarter of the backlog arrived (steady).
     Wan(WanArgs),
     /// This machine's raw ceilings, which every other figure is quoted against: one QUIC
     /// stream with the node's TLS, one TCP + TLS stream, sequential disk writes with and
@@ -98,12 +99,11 @@ pub struct WanArgs {
     /// QUIC connection receive window in MiB (`connection_window_bytes`); 0 for the default.
     #[arg(long, default_value_t = 0)]
     connection_window_mib: u32,
-    /// Most KiB one fetch of the flow may return (the flow's `fetch_kb`): a fetch costs a
-    /// round trip, so long links want large ones.
+    /// The flow's `fetch_kb`: the size of a streaming fetch's frames on short paths, and
+    /// half the credit each partition's stream starts with (it then grows with the link).
     #[arg(long, default_value_t = 32 << 10)]
     fetch_kb: u32,
-    /// Most MiB the flow holds fetched but not yet appended (`in_flight_mb`); at least
-    /// partitions × 3 × fetch, or fetches wait for budget.
+    /// Most MiB the flow holds fetched but not yet appended (`in_flight_mb`).
     #[arg(long, default_value_t = 512)]
     in_flight_mb: u32,
     /// Congestion controllers of the source node to compare (comma separated).
