@@ -17,12 +17,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use strait_protocol::batch::{split_batches, DecodeLimits};
 use strait_protocol::client::{
-    Admin, Client, ClientError, Connection, FetchStream, FetchStreamOptions,
+    Admin, Client, ClientError, Connection, FetchStream, FetchStreamOptions, StoredReporter,
 };
 use strait_protocol::message::{OffsetSpec, Request, Response, VERSION_FETCH_STREAM};
 use strait_protocol::{ErrorCode, Hop, Provenance, RecordBatch};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::endpoint::Endpoint;
 use crate::naming::Naming;
@@ -185,16 +185,21 @@ impl Copier {
     /// came, and whatever queued during an append goes in the next one.
     async fn copy_streaming(&self, conn: Arc<Connection>, from: u64) -> Result<(), ClientError> {
         let stored = AtomicU64::new(from);
+        // The current stream's reporter: the appender tells the node what is stored once it
+        // has caught up, which grants (sent as batches arrive) cannot.
+        let reporter = Mutex::new(None::<StoredReporter>);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(CHUNKS_QUEUED_MAX);
         let fetcher = async {
             let mut position = from;
             let mut stream = self.open_stream(&conn, position).await?;
+            *reporter.lock().expect("reporter lock") = Some(stream.reporter());
             loop {
                 let frame = match stream.next().await {
                     Ok(frame) => frame,
                     Err(e) if e.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
                         position = self.skip_deleted(position).await?;
                         stream = self.open_stream(&conn, position).await?;
+                        *reporter.lock().expect("reporter lock") = Some(stream.reporter());
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -224,6 +229,16 @@ impl Copier {
                 let next = chunk.next;
                 self.append(chunk).await?;
                 stored.store(next, Ordering::Release);
+                if rx.is_empty() {
+                    let current = reporter.lock().expect("reporter lock").clone();
+                    if let Some(current) = current {
+                        // Only the node's status reads it; a stream lost meanwhile is the
+                        // fetcher's to notice.
+                        if let Err(e) = current.report(next).await {
+                            debug!(error = %e, "could not report the stored position");
+                        }
+                    }
+                }
             }
             Ok::<(), ClientError>(())
         };

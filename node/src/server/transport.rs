@@ -381,26 +381,7 @@ async fn handle_stream(
             (error(code, e.to_string()), Vec::new())
         }
         Ok(Err(_)) => return,
-        Ok(Ok((
-            Request::FetchStream {
-                topic,
-                partition,
-                offset,
-                max_wait_ms,
-                window_bytes,
-                frame_bytes_max,
-            },
-            _,
-            _,
-        ))) => {
-            let open = fetch_stream::Open {
-                topic,
-                partition,
-                offset,
-                max_wait_ms,
-                window_bytes,
-                frame_bytes_max,
-            };
+        Ok(Ok((open @ Request::FetchStream { .. }, _, _))) => {
             return fetch_stream::serve(listener, peer, send, recv, open).await;
         }
         Ok(Ok((request, payload, request_held))) => {

@@ -141,7 +141,8 @@ struct Incoming {
 /// An open streaming fetch of one partition.
 pub struct FetchStream {
     conn: Arc<Connection>,
-    send: quinn::SendStream,
+    /// Shared with [`StoredReporter`]s, which tell the node what is stored between grants.
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
     recv: quinn::RecvStream,
     window: FetchWindow,
     frame_bytes_max: u64,
@@ -199,7 +200,7 @@ impl FetchStream {
         wire::send_frame(&mut send, &request, [], 0, Some(stall)).await?;
         Ok(FetchStream {
             conn,
-            send,
+            send: Arc::new(tokio::sync::Mutex::new(send)),
             recv,
             window,
             frame_bytes_max: u64::from(frame_bytes_max.max(1)),
@@ -354,7 +355,7 @@ impl FetchStream {
         }
         let bytes = u32::try_from(deficit).unwrap_or(u32::MAX);
         wire::send_frame(
-            &mut self.send,
+            &mut *self.send.lock().await,
             &Request::FetchCredit { bytes, stored },
             [],
             0,
@@ -368,6 +369,38 @@ impl FetchStream {
     /// The credit the stream holds out now (for status and tests).
     pub fn window(&self) -> u64 {
         self.window.current()
+    }
+
+    /// A handle that tells the node what is stored without granting credit: grants go out as
+    /// batches arrive, before they are stored, so once a reader has stored the last batches
+    /// of a quiet partition only a report says so (the node shows how far each reader is).
+    pub fn reporter(&self) -> StoredReporter {
+        StoredReporter {
+            send: self.send.clone(),
+            stall: self.stall,
+        }
+    }
+}
+
+/// Reports a stream's stored position to the node; see [`FetchStream::reporter`].
+#[derive(Clone)]
+pub struct StoredReporter {
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+    stall: Duration,
+}
+
+impl StoredReporter {
+    /// Tells the node that everything before `stored` is stored.
+    pub async fn report(&self, stored: u64) -> Result<(), ClientError> {
+        wire::send_frame(
+            &mut *self.send.lock().await,
+            &Request::FetchCredit { bytes: 0, stored },
+            [],
+            0,
+            Some(self.stall),
+        )
+        .await?;
+        Ok(())
     }
 }
 

@@ -16,6 +16,8 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 pub use failover::{
     ClusterEndpoint, FailoverConfig, FailoverConsumer, FailoverProducer, Side, TopicMapping,
 };
-pub use fetch_stream::{FetchStream, FetchStreamOptions, FetchWindow, StreamedFetch};
+pub use fetch_stream::{
+    FetchStream, FetchStreamOptions, FetchWindow, StoredReporter, StreamedFetch,
+};
 pub use group::{GroupConfig, RebalanceEvent, Subscription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig};

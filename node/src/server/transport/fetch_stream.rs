@@ -7,6 +7,7 @@
 //! reader goes away (its stream finished, reset or the connection lost) the fetch stops. The
 //! connection's memory budget holds each frame until it has been handed to QUIC.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,62 +22,65 @@ use crate::server::handlers::data::FETCH_BYTES_MAX;
 /// Smallest frame a reader may ask for: below it the per-frame work dominates.
 const FRAME_BYTES_MIN: u32 = 16 << 10;
 
-/// What a stream's reader has granted and stored, as its last credit said.
-#[derive(Debug, Clone, Copy)]
-struct Credit {
-    granted: u64,
-    stored: u64,
-}
-
-/// What the reader asked for when it opened the stream.
-pub(super) struct Open {
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
-    pub max_wait_ms: u32,
-    pub window_bytes: u32,
-    pub frame_bytes_max: u32,
-}
-
-/// Serves one streaming fetch until the reader leaves or an error ends it.
+/// Serves one streaming fetch (`open`, a `Request::FetchStream`) until the reader leaves or an
+/// error ends it.
 pub(super) async fn serve(
     listener: Arc<Listener>,
     peer: Arc<Peer>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
-    open: Open,
+    open: Request,
 ) {
+    let Request::FetchStream {
+        topic,
+        partition,
+        offset,
+        max_wait_ms,
+        window_bytes,
+        frame_bytes_max,
+    } = open
+    else {
+        return;
+    };
     let service = &listener.service;
     let stall = listener.config.answer_write_stall;
-    let frame_max = u64::from(open.frame_bytes_max.clamp(FRAME_BYTES_MIN, FETCH_BYTES_MAX));
-    let (credits, mut credit) = watch::channel(Credit {
-        granted: u64::from(open.window_bytes),
-        stored: open.offset,
-    });
+    let frame_max = u64::from(frame_bytes_max.clamp(FRAME_BYTES_MIN, FETCH_BYTES_MAX));
+    // Credit granted so far, in bytes.
+    let (credits, mut credit) = watch::channel(u64::from(window_bytes));
+    // Where the reader's credits say it has stored up to. It is noted (for the status page)
+    // as it comes, not only when the next frame goes: the reader reports one once it has
+    // caught up, and the node may be waiting for new batches then; each frame notes it again,
+    // which keeps an idle reader shown as reading.
+    let stored = Arc::new(AtomicU64::new(offset));
+    service.note_reader_position(&peer.session, &topic, partition, offset);
+    let note = {
+        let (listener, peer, topic) = (listener.clone(), peer.clone(), topic.clone());
+        move |stored| {
+            listener
+                .service
+                .note_reader_position(&peer.session, &topic, partition, stored)
+        }
+    };
     let _reader = AbortOnDrop(tokio::spawn(read_credits(
         recv,
         credits,
+        stored.clone(),
         listener.config.frame_limits,
+        note,
     )));
-    service.note_reader_position(&peer.session, &open.topic, open.partition, open.offset);
     // Wait for credit worth a good frame: credit comes back in steps as the reader stores
     // what it got, and sending each step at once would cut the stream into many small
     // frames, each a read of its own. The reader never holds out less than it opened with,
     // so this much always comes.
-    let worth_sending = frame_max.min(u64::from(open.window_bytes) / 2).max(1);
+    let worth_sending = frame_max.min(u64::from(window_bytes) / 2).max(1);
     let mut sent: u64 = 0;
-    let mut position = open.offset;
-    let mut noted = open.offset;
+    let mut position = offset;
     loop {
         // Wait for credit; the reader gone (its credit task ended) ends the stream.
         let available = loop {
-            let c = *credit.borrow_and_update();
-            if c.stored != noted {
-                noted = c.stored;
-                service.note_reader_position(&peer.session, &open.topic, open.partition, noted);
-            }
-            if c.granted >= sent + worth_sending {
-                break c.granted - sent;
+            let granted = *credit.borrow_and_update();
+            if granted >= sent + worth_sending {
+                break granted - sent;
             }
             if credit.changed().await.is_err() {
                 return;
@@ -87,10 +91,10 @@ pub(super) async fn serve(
             return;
         };
         let fetch = Request::Fetch {
-            topic: open.topic.clone(),
-            partition: open.partition,
+            topic: topic.clone(),
+            partition,
             offset: position,
-            max_wait_ms: open.max_wait_ms,
+            max_wait_ms,
             min_bytes: 1,
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
         };
@@ -130,14 +134,23 @@ pub(super) async fn serve(
         }
         sent += len;
         position = position.max(next);
+        service.note_reader_position(
+            &peer.session,
+            &topic,
+            partition,
+            stored.load(Ordering::Acquire),
+        );
     }
 }
 
-/// Reads the reader's credits into `credits` until its stream ends or carries anything else.
+/// Adds the reader's credits to `credits` and `note`s each stored position past `stored`,
+/// until its stream ends or carries anything else.
 async fn read_credits(
     mut recv: quinn::RecvStream,
-    credits: watch::Sender<Credit>,
+    credits: watch::Sender<u64>,
+    stored: Arc<AtomicU64>,
     limits: strait_protocol::frame::FrameLimits,
+    note: impl Fn(u64),
 ) {
     loop {
         let prefix = match wire::next_prefix(&mut recv, None).await {
@@ -145,11 +158,13 @@ async fn read_credits(
             Ok(None) | Err(_) => return,
         };
         match wire::read_frame_body::<Request>(&mut recv, prefix, &limits, None, None).await {
-            Ok((Request::FetchCredit { bytes, stored }, _)) => {
-                credits.send_modify(|c| {
-                    c.granted += u64::from(bytes);
-                    c.stored = c.stored.max(stored);
-                });
+            Ok((Request::FetchCredit { bytes, stored: now }, _)) => {
+                if bytes > 0 {
+                    credits.send_modify(|granted| *granted += u64::from(bytes));
+                }
+                if stored.fetch_max(now, Ordering::AcqRel) < now {
+                    note(now);
+                }
             }
             Ok((other, _)) => {
                 debug!(
@@ -167,7 +182,7 @@ async fn read_credits(
 }
 
 /// Resolves once the credit task has ended (the reader left).
-async fn credits_closed(credit: &mut watch::Receiver<Credit>) {
+async fn credits_closed(credit: &mut watch::Receiver<u64>) {
     let mut watching = credit.clone();
     while watching.changed().await.is_ok() {}
 }
