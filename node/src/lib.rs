@@ -17,6 +17,7 @@ pub fn now_ms() -> i64 {
 pub mod admin;
 pub mod authz;
 pub mod broker;
+pub mod controller;
 pub mod data_dir_lock;
 pub mod data_format;
 pub mod durable_file;
