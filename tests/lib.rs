@@ -361,8 +361,31 @@ impl NodeProcess {
         port: u16,
         env: &[(&str, &Path)],
     ) -> NodeProcess {
-        NodeProcess::try_start(pki, cluster, data_dir, config_toml, port, env, None)
+        NodeProcess::try_start(pki, cluster, data_dir, config_toml, port, env, None, None)
             .unwrap_or_else(|log| panic!("node did not start; log: {log:?}"))
+    }
+
+    /// Starts node `node_id` of a cluster of several, with a certificate naming it
+    /// (`CLUSTER-ID`, issued by `pki` if it does not exist yet), as its peers require.
+    pub fn start_member(
+        pki: &Pki,
+        cluster: &str,
+        node_id: u32,
+        data_dir: &Path,
+        config_toml: &str,
+        port: u16,
+    ) -> NodeProcess {
+        NodeProcess::try_start(
+            pki,
+            cluster,
+            data_dir,
+            config_toml,
+            port,
+            &[],
+            None,
+            Some(node_id),
+        )
+        .unwrap_or_else(|log| panic!("node {node_id} did not start; log: {log:?}"))
     }
 
     /// Starts a node that may refuse to start: answers its log if it exits or does not come up.
@@ -373,7 +396,7 @@ impl NodeProcess {
         config_toml: &str,
         port: u16,
     ) -> Result<NodeProcess, Vec<String>> {
-        NodeProcess::try_start(pki, cluster, data_dir, config_toml, port, &[], None)
+        NodeProcess::try_start(pki, cluster, data_dir, config_toml, port, &[], None, None)
     }
 
     /// Starts a node whose open-file limits are `soft` and `hard`, as `ulimit -Sn`/`-Hn` would
@@ -385,9 +408,19 @@ impl NodeProcess {
         soft: u64,
         hard: u64,
     ) -> Result<NodeProcess, Vec<String>> {
-        NodeProcess::try_start(pki, "east", data_dir, "", port, &[], Some((soft, hard)))
+        NodeProcess::try_start(
+            pki,
+            "east",
+            data_dir,
+            "",
+            port,
+            &[],
+            Some((soft, hard)),
+            None,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn try_start(
         pki: &Pki,
         cluster: &str,
@@ -396,8 +429,20 @@ impl NodeProcess {
         port: u16,
         env: &[(&str, &Path)],
         nofile: Option<(u64, u64)>,
+        member: Option<u32>,
     ) -> Result<NodeProcess, Vec<String>> {
         let address = format!("127.0.0.1:{port}");
+        let (node_id, identity) = match member {
+            Some(id) => {
+                let name = format!("{cluster}-{id}");
+                if !pki.path(&format!("{name}.crt")).exists() {
+                    strait_certs::issue(pki.dir.path(), &name, Role::Node, &[])
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+                (id.to_string(), name)
+            }
+            None => ("1".to_string(), "node-1".to_string()),
+        };
         let config = data_dir.with_extension("toml");
         std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&config, config_toml).unwrap_or_else(|e| panic!("{e}"));
@@ -418,7 +463,7 @@ impl NodeProcess {
                 "--cluster",
                 cluster,
                 "--node-id",
-                "1",
+                &node_id,
                 "--listen",
                 &address,
             ])
@@ -429,9 +474,9 @@ impl NodeProcess {
             .arg("--ca")
             .arg(pki.ca())
             .arg("--cert")
-            .arg(pki.path("node-1.crt"))
+            .arg(pki.path(&format!("{identity}.crt")))
             .arg("--key")
-            .arg(pki.path("node-1.key"))
+            .arg(pki.path(&format!("{identity}.key")))
             .env("STRAIT_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::piped())

@@ -19,7 +19,7 @@ pub use lifecycle::{
 };
 pub use tls::{
     client_config, client_config_without_identity, load_certs, load_crls, load_key,
-    reloading_client_config, server_config, server_config_with_crl, stamp, ALPN,
+    reloading_client_config, server_config, server_config_with_crl, stamp, ALPN, CONTROLLER_ALPN,
 };
 
 /// Why a certificate operation failed; each message names the file and the fix.

@@ -20,6 +20,10 @@ use crate::CertError;
 /// The ALPN protocol id of Strait's wire, version 1.
 pub const ALPN: &[u8] = b"strait/1";
 
+/// The ALPN protocol id of controller traffic between nodes (Raft calls, forwarded
+/// proposals, heartbeats): its own connections, never queued behind client data.
+pub const CONTROLLER_ALPN: &[u8] = b"strait-controller/1";
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -120,7 +124,7 @@ pub fn server_config_with_crl(
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|e| identity_error(e, cert, key))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), CONTROLLER_ALPN.to_vec()];
     config.max_early_data_size = 0;
     Ok(config)
 }

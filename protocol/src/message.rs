@@ -9,10 +9,13 @@ use crate::error::WireError;
 
 /// Protocol versions this build speaks.
 pub const VERSION_MIN: u16 = 1;
-/// Version 2 added the streaming fetch (`FetchStream`, `FetchCredit`).
-pub const VERSION_MAX: u16 = 2;
+/// Version 2 added the streaming fetch (`FetchStream`, `FetchCredit`); version 3
+/// `DescribeCluster`.
+pub const VERSION_MAX: u16 = 3;
 /// The first version that serves `FetchStream`.
 pub const VERSION_FETCH_STREAM: u16 = 2;
+/// The first version that serves `DescribeCluster`.
+pub const VERSION_CLUSTER: u16 = 3;
 
 /// How many replicas must have a batch before the produce is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -235,6 +238,39 @@ pub enum Request {
         bytes: u32,
         stored: u64,
     },
+    /// The cluster as the answering node's controller sees it: voters, leader, nodes.
+    DescribeCluster {},
+}
+
+/// A cluster as one node's controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDescription {
+    pub cluster: String,
+    /// The node that answered.
+    pub node_id: u64,
+    /// The controller quorum's voters, and the nodes following its log as learners.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The controller leader, when there is one.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The last metadata entry applied on the answering node.
+    pub applied_index: Option<u64>,
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// A node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub node_id: u64,
+    pub address: String,
+    pub rack: Option<String>,
+    /// Raised at every registration.
+    pub incarnation: u64,
+    /// `alive`, `fenced` (silent past its session timeout) or `unregistered` (a voter not
+    /// heard from yet).
+    pub state: String,
+    pub voter: bool,
 }
 
 /// Which topic of which cluster a mirror topic copies, and through which flow.
@@ -375,6 +411,7 @@ impl Request {
             Request::FailbackTopic { .. } => "failback_topic",
             Request::FetchStream { .. } => "fetch_stream",
             Request::FetchCredit { .. } => "fetch_credit",
+            Request::DescribeCluster {} => "describe_cluster",
         }
     }
 }
@@ -506,4 +543,5 @@ pub enum Response {
         quarantine: String,
         diverged: Vec<Diverged>,
     },
+    Cluster(ClusterDescription),
 }

@@ -10,6 +10,7 @@ mod acl_cmd;
 mod bench;
 mod certs_cmd;
 mod client_cmd;
+mod cluster_cmd;
 mod debug_cmd;
 mod group_cmd;
 mod http;
@@ -67,6 +68,9 @@ pub enum Command {
     /// List, add and remove a node's access rules (ACLs).
     #[command(subcommand)]
     Acl(acl_cmd::AclCommand),
+    /// The cluster's controller quorum and nodes.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
     /// Benchmarks with same-run baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -212,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(c) => certs_cmd::run(c),
         Command::Profile(c) => profile::run(c),
         Command::Acl(c) => acl_cmd::run(c).await,
+        Command::Cluster(c) => cluster_cmd::run(c).await,
         Command::Bench(c) => bench::run(c).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use strait_node::admin::AdminState;
 use strait_node::broker::Broker;
+use strait_node::controller::{Controller, ControllerConfig};
 use strait_node::server::kafka::{KafkaConfig, KafkaListener};
 use strait_node::server::{ListenConfig, PeerLimits, Server};
 use strait_node::storage::LogConfig;
@@ -28,7 +29,8 @@ pub enum NodeCommand {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// TOML file with the same settings (cluster, node_id, listen, advertise, data_dir, ca,
-    /// cert, key, admin_listen) and the sections [topic_defaults] (settings every new topic
+    /// cert, key, admin_listen, controllers, rack) and the sections [controller] (node
+    /// session timeout, heartbeats), [topic_defaults] (settings every new topic
     /// starts from), [kafka] (the Kafka-wire listener), [limits] (frames, streams, windows, timeouts, connections, congestion),
     /// [security] (authorization, superusers, ACLs, CRL, certificate reloads), [quotas]
     /// (per-principal byte rates), [groups]
@@ -67,12 +69,21 @@ pub struct RunArgs {
     /// certificates unless [kafka] plaintext = true, which only a loopback address allows).
     #[arg(long)]
     kafka_listen: Option<SocketAddr>,
+    /// The cluster's controller voters, `ID@HOST:PORT` at their QUIC addresses (1, 3 or 5),
+    /// comma separated; nodes not named follow the metadata log as learners. Default: this
+    /// node alone.
+    #[arg(long, value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// This node's rack or zone: a partition's replicas go to different ones where possible.
+    #[arg(long)]
+    rack: Option<String>,
 }
 
 /// The sections a node config file may hold beside its top-level settings (named in
 /// `node run --help`; a test checks that the file accepts each and that the help names it).
 #[cfg(test)]
-pub const CONFIG_SECTIONS: [&str; 7] = [
+pub const CONFIG_SECTIONS: [&str; 8] = [
+    "[controller]",
     "[topic_defaults]",
     "[kafka]",
     "[limits]",
@@ -95,6 +106,12 @@ struct NodeFile {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     admin_listen: Option<SocketAddr>,
+    /// The controller voters, `["1@host:port", …]` (see `--controllers`).
+    #[serde(default)]
+    controllers: Vec<String>,
+    rack: Option<String>,
+    #[serde(default)]
+    controller: ControllerSection,
     /// Topic settings every new topic starts from, e.g. `flush = "always"`.
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
@@ -145,6 +162,60 @@ impl Default for KafkaSection {
             default_partitions: 1,
         }
     }
+}
+
+/// `[controller]`: liveness of nodes and timing of the metadata quorum.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ControllerSection {
+    /// A node not heard from for this long is fenced: its leaderships move (Kafka's
+    /// `broker.session.timeout.ms`).
+    session_timeout_ms: u64,
+    /// How often a node tells the controller leader it is alive.
+    heartbeat_interval_ms: u64,
+    /// The quorum's Raft heartbeat; a new controller leader is elected after 8–16 of them
+    /// without one.
+    raft_heartbeat_ms: u64,
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        ControllerSection {
+            session_timeout_ms: 9_000,
+            heartbeat_interval_ms: 1_000,
+            raft_heartbeat_ms: 150,
+        }
+    }
+}
+
+/// Parses `ID@HOST:PORT` voter entries.
+fn parse_voters(entries: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut voters = BTreeMap::new();
+    for entry in entries {
+        let Some((id, address)) = entry.split_once('@') else {
+            bail!("controller {entry:?} is not ID@HOST:PORT (for instance 1@10.0.0.1:7400)");
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("controller {entry:?}: {id:?} is not a node id"))?;
+        if address
+            .rsplit_once(':')
+            .is_none_or(|(host, _)| host.is_empty())
+        {
+            bail!("controller {entry:?}: {address:?} is not HOST:PORT");
+        }
+        if voters.insert(id, address.trim().to_string()).is_some() {
+            bail!("controller {id} is named twice in controllers");
+        }
+    }
+    if !matches!(voters.len(), 0 | 1 | 3 | 5) {
+        bail!(
+            "{} controllers named; a quorum has 1, 3 or 5 voters (an even count survives no more failures than one fewer)",
+            voters.len()
+        );
+    }
+    Ok(voters)
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +350,12 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         .or(file.node_id)
         .ok_or_else(|| need("node-id"))?;
     let listen = args.listen.or(file.listen).ok_or_else(|| need("listen"))?;
+    let voters = parse_voters(if args.controllers.is_empty() {
+        &file.controllers
+    } else {
+        &args.controllers
+    })?;
+    let rack = args.rack.or(file.rack.clone());
     let data_dir = args
         .data_dir
         .or(file.data_dir)
@@ -406,7 +483,30 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     let connect =
         super::mirror_cmd::connector(&listen_config.ca, &listen_config.cert, &listen_config.key)?;
     let advertised = listen_config.advertised.clone();
+    let controller_config = ControllerConfig {
+        cluster: cluster.clone(),
+        node_id: u64::from(node_id),
+        voters,
+        advertised: advertised.clone(),
+        kafka_address: kafka_config.as_ref().map(|k| k.advertised.clone()),
+        rack,
+        dir: data_dir.join("controller"),
+        tls: strait_certs::client_config(
+            &listen_config.ca,
+            &listen_config.cert,
+            &listen_config.key,
+        )
+        .context("cannot build the controller's TLS config; check ca, cert and key")?,
+        transport: listen_config.transport,
+        session_timeout: Duration::from_millis(file.controller.session_timeout_ms.max(100)),
+        heartbeat_interval: Duration::from_millis(file.controller.heartbeat_interval_ms.max(10)),
+        raft_heartbeat: Duration::from_millis(file.controller.raft_heartbeat_ms.max(10)),
+    };
     let server = Server::start(broker.clone(), listen_config)?;
+    let controller = Controller::start(controller_config)
+        .await
+        .context("cannot start the controller")?;
+    server.set_controller(controller.clone());
     let kafka = match kafka_config {
         Some(k) => Some(KafkaListener::start(server.service(), k).await?),
         None => None,
@@ -468,6 +568,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         k.shutdown();
     }
     flows.shutdown().await;
+    controller.shutdown().await;
     server.shutdown().await;
     tokio::task::spawn_blocking(move || broker.close()).await?;
     Ok(())

@@ -75,6 +75,15 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// True when this store never held a vote, an entry or a purge: a node that never joined
+    /// a quorum.
+    pub async fn is_pristine(&self) -> bool {
+        let inner = self.inner.lock().await;
+        inner.vote.is_none() && inner.entries.is_empty() && inner.last_purged.is_none()
+    }
+}
+
 fn load(dir: &Path) -> io::Result<Inner> {
     durable_file::create_dir(dir)?;
     let vote = read_state(&dir.join("vote"))?;

@@ -10,9 +10,15 @@
 //!   same image.
 //! - [`log_store`]: the durable Raft log and vote: fsynced before openraft is told they are.
 //! - [`state_machine`]: applies the log to the image and keeps its snapshot.
+//! - [`network`]: Raft calls, forwarded proposals and heartbeats between nodes, over QUIC with
+//!   mutual TLS on the controller's own ALPN.
+//! - [`quorum`]: one node's member: starting or joining the quorum, proposing through the
+//!   leader, registration and heartbeats, and the leader's duties (fencing, learners).
 
 pub mod image;
 pub mod log_store;
+pub mod network;
+pub mod quorum;
 pub mod state_machine;
 mod stored;
 
@@ -20,6 +26,7 @@ use std::io::Cursor;
 
 pub use image::{Command, MetadataImage, Outcome};
 pub use log_store::LogStore;
+pub use quorum::{Controller, ControllerConfig, ControllerError};
 pub use state_machine::StateMachine;
 
 openraft::declare_raft_types!(

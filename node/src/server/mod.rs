@@ -156,6 +156,11 @@ impl Server {
         self.service.set_flows(flows);
     }
 
+    /// Starts serving controller connections with `controller`.
+    pub fn set_controller(&self, controller: Arc<crate::controller::Controller>) {
+        self.service.set_controller(controller);
+    }
+
     /// The request service every front door shares.
     pub fn service(&self) -> Arc<RequestService> {
         self.service.clone()

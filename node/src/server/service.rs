@@ -32,6 +32,9 @@ pub struct RequestService {
     flows: OnceLock<Arc<strait_mirror::FlowManager>>,
     /// The flows that copy from this node.
     outgoing: Arc<super::outgoing::OutgoingFlows>,
+    /// This node's controller member; set once it has started (it dials peers through
+    /// certificates the listener already checked).
+    controller: OnceLock<Arc<crate::controller::Controller>>,
 }
 
 /// Who sent a request, as the service needs to know: the principal and role from the peer's
@@ -135,6 +138,7 @@ impl RequestService {
             advertised,
             flows: OnceLock::new(),
             outgoing: Arc::default(),
+            controller: OnceLock::new(),
         }
     }
 
@@ -165,6 +169,15 @@ impl RequestService {
     }
 
     /// Hands the service the node's flows, so the admin plane can manage them.
+    pub fn set_controller(&self, controller: Arc<crate::controller::Controller>) {
+        let _ = self.controller.set(controller);
+    }
+
+    /// This node's controller member, once started.
+    pub fn controller(&self) -> Option<Arc<crate::controller::Controller>> {
+        self.controller.get().cloned()
+    }
+
     pub fn set_flows(&self, flows: Arc<strait_mirror::FlowManager>) {
         let _ = self.flows.set(flows);
     }
@@ -378,6 +391,13 @@ impl RequestService {
             | Request::RemoveFlow { .. }
             | Request::PromoteFlow { .. }
             | Request::FailbackTopic { .. } => handlers::admin::serve(self, session, request).await,
+            Request::DescribeCluster {} => match self.controller() {
+                Some(controller) => Ok((Response::Cluster(controller.describe()), Vec::new())),
+                None => Err(WireError::new(
+                    ErrorCode::TIMEOUT,
+                    "this node's controller has not started yet; retry in a moment",
+                )),
+            },
             Request::FetchStream { .. } | Request::FetchCredit { .. } => Err(WireError::new(
                 ErrorCode::INVALID_REQUEST,
                 "fetch_stream opens a QUIC stream of its own and fetch_credit only travels on one; \
@@ -472,7 +492,9 @@ impl RequestService {
             Request::MirrorAppend { topic, .. } | Request::MirrorResume { topic, .. } => {
                 check(Operation::Mirror, Topic, topic)
             }
-            Request::ListAcls {} => check(Operation::Describe, Cluster, ""),
+            Request::ListAcls {} | Request::DescribeCluster {} => {
+                check(Operation::Describe, Cluster, "")
+            }
             Request::AddAcl { .. }
             | Request::RemoveAcl { .. }
             | Request::PutFlow { .. }

@@ -263,6 +263,10 @@ async fn handle_connection(incoming: quinn::Incoming, listener: Arc<Listener>) {
     };
     pending.take();
     let principal: Arc<str> = principal.into();
+    if negotiated_alpn(&conn).as_deref() == Some(strait_certs::CONTROLLER_ALPN) {
+        serve_controller(conn, principal, role, &listener).await;
+        return;
+    }
     {
         let max = listener.config.peers.connections_per_principal_max;
         let mut n = listener.per_principal.entry(principal.clone()).or_insert(0);
@@ -319,6 +323,34 @@ async fn handle_connection(incoming: quinn::Incoming, listener: Arc<Listener>) {
 }
 
 /// Decrements a per-key connection count, removing the key at zero.
+/// The application protocol the peer chose in its handshake.
+fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Hands a controller connection (its own ALPN) to this node's controller member: only nodes
+/// of this cluster, by their certificates, and only once the controller runs.
+async fn serve_controller(
+    conn: quinn::Connection,
+    principal: Arc<str>,
+    role: Option<strait_certs::Role>,
+    listener: &Listener,
+) {
+    if role != Some(strait_certs::Role::Node) {
+        warn!(%principal, "controller connection without a node certificate; refused");
+        conn.close(3u32.into(), b"controller traffic needs a node certificate");
+        return;
+    }
+    let Some(controller) = listener.service.controller() else {
+        conn.close(4u32.into(), b"this node's controller is not running yet");
+        return;
+    };
+    crate::controller::network::serve(conn, principal, controller).await;
+}
+
 fn release<K: std::hash::Hash + Eq>(counts: &DashMap<K, u32>, key: &K) {
     if let Some(mut e) = counts.get_mut(key) {
         *e -= 1;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use super::conn::{unexpected, Client, ClientError};
 use crate::acl::{AclListing, AclRule};
-use crate::message::{Metadata, OffsetSpec, Request, Response, TopicDescription};
+use crate::message::{
+    ClusterDescription, Metadata, OffsetSpec, Request, Response, TopicDescription, VERSION_CLUSTER,
+};
 
 /// Administrative calls against a cluster.
 #[derive(Clone)]
@@ -145,6 +147,22 @@ impl Admin {
                 timestamp_ms,
             } => Ok((offset, timestamp_ms)),
             other => Err(unexpected("list_offsets", other)),
+        }
+    }
+
+    /// The cluster as the node's controller sees it: voters, controller leader, nodes (needs
+    /// `describe` on the cluster when authorization is on).
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription, ClientError> {
+        let conn = self.client.connection().await?;
+        if conn.hello.version < VERSION_CLUSTER {
+            return Err(ClientError::Invalid(format!(
+                "the node at {} speaks protocol version {}, which has no cluster description (version {VERSION_CLUSTER}); upgrade it",
+                conn.address, conn.hello.version
+            )));
+        }
+        match self.client.call(&Request::DescribeCluster {}, &[]).await?.0 {
+            Response::Cluster(c) => Ok(c),
+            other => Err(unexpected("describe_cluster", other)),
         }
     }
 

@@ -33,6 +33,11 @@ pub struct StormArgs {
     /// MiB written to the storm's topic before the storm, for the fetches to read.
     #[arg(long, default_value_t = 256)]
     backlog_mib: u64,
+    /// Scheduling priority (nice, 0 to 19) of the storm's client thread. On a machine where
+    /// the storm's client shares the node's cores, its decryption work competes with the node
+    /// at 0; 19 models a client on another machine, which is what the node sees in production.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    storm_nice: i32,
     /// Directory for the node's data and certificates (a temporary subdirectory).
     #[arg(long, default_value = ".")]
     dir: std::path::PathBuf,
@@ -65,8 +70,12 @@ pub async fn bench_storm(args: &StormArgs) -> anyhow::Result<Value> {
     let storm_client = rig.client()?;
     let storm = {
         let (stop, fetched, produced) = (stop.clone(), fetched.clone(), produced.clone());
-        let (fetchers, producers) = (args.fetchers, args.producers);
+        let (fetchers, producers, nice) = (args.fetchers, args.producers, args.storm_nice);
         std::thread::spawn(move || -> anyhow::Result<()> {
+            if nice != 0 {
+                // On Linux a process priority set from a thread applies to that thread only.
+                rustix::process::setpriority_process(None, nice)?;
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -127,6 +136,7 @@ pub async fn bench_storm(args: &StormArgs) -> anyhow::Result<Value> {
         "storm_produce_mb_s": super::round(produce_mb_s),
         "storm_fetchers": args.fetchers,
         "storm_producers": args.producers,
+        "storm_nice": args.storm_nice,
         "round_trips": args.round_trips,
     }))
 }

@@ -1,0 +1,522 @@
+//! One node's controller: its Raft member (voter or learner), the proposals it makes or
+//! forwards, its registration and heartbeats, and, while it leads, the duties of the leader
+//! (fencing silent nodes, adding registered nodes as learners).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use strait_protocol::message::{ClusterDescription, ClusterNode};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::image::{Command, MetadataImage, Outcome};
+use super::network::{
+    ask, node_identity, reply, Call, HeartbeatAnswer, HeartbeatReply, NetworkFactory, Peers,
+    ProposeAnswer, ProposeError,
+};
+use super::{LogStore, StateMachine, TypeConfig};
+
+/// How long a proposal may look for a leader before it fails.
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
+/// Deadline of one forwarded proposal or heartbeat.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a node's controller needs to know.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub cluster: String,
+    pub node_id: u64,
+    /// The voters, by id, at their QUIC addresses; empty: this node alone (a one-node cluster).
+    pub voters: BTreeMap<u64, String>,
+    /// This node's QUIC address as peers and clients reach it.
+    pub advertised: String,
+    pub kafka_address: Option<String>,
+    pub rack: Option<String>,
+    /// Where the metadata log, vote and snapshots live.
+    pub dir: PathBuf,
+    /// This node's client TLS config (its node certificate), for dialling peers.
+    pub tls: rustls::ClientConfig,
+    pub transport: strait_protocol::transport::TransportLimits,
+    /// A node not heard from for this long is fenced (Kafka's `broker.session.timeout.ms`).
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// Raft's heartbeat; elections start after 8–16 of them without a leader.
+    pub raft_heartbeat: Duration,
+}
+
+impl ControllerConfig {
+    /// The voters, with this node alone when none are named.
+    pub fn voter_set(&self) -> BTreeMap<u64, String> {
+        if self.voters.is_empty() {
+            BTreeMap::from([(self.node_id, self.advertised.clone())])
+        } else {
+            self.voters.clone()
+        }
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("the controller's storage: {0}")]
+    Storage(#[from] super::StorageError),
+    #[error("the controller's settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("the controller could not start: {0}")]
+    Start(String),
+}
+
+/// Liveness the leader tracks per node: the incarnation it heard from, and when.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    incarnation: u64,
+    seen: Instant,
+}
+
+/// A running controller member.
+pub struct Controller {
+    config: ControllerConfig,
+    raft: Raft<TypeConfig>,
+    peers: Arc<Peers>,
+    image: watch::Receiver<Arc<MetadataImage>>,
+    /// The incarnation this node registered as (0: not yet).
+    incarnation: AtomicU64,
+    sessions: Mutex<HashMap<u64, Session>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Controller {
+    /// Opens the stores, joins the quorum and starts registering this node.
+    pub async fn start(config: ControllerConfig) -> Result<Arc<Controller>, ControllerError> {
+        let log = LogStore::open(config.dir.join("log")).await?;
+        let pristine = log.is_pristine().await;
+        let state = StateMachine::open(config.dir.join("state")).await?;
+        let image = state.image();
+        let beat = config.raft_heartbeat.as_millis().max(10) as u64;
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster.clone(),
+            heartbeat_interval: beat,
+            // Wide, so two voters rarely draw the same moment (0.9 draws once per start).
+            election_timeout_min: beat * 8,
+            election_timeout_max: beat * 16,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()?;
+        let peers = Arc::new(
+            Peers::new(&config.cluster, config.tls.clone(), &config.transport)
+                .map_err(|e| ControllerError::Start(e.to_string()))?,
+        );
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            NetworkFactory {
+                peers: peers.clone(),
+            },
+            log,
+            state,
+        )
+        .await
+        .map_err(|e| ControllerError::Start(e.to_string()))?;
+        let voters = config.voter_set();
+        // Only the lowest voter starts a new quorum, and only from empty storage: a voter
+        // that ever held a vote or entry rejoins the quorum it knew.
+        if pristine && voters.keys().next() == Some(&config.node_id) {
+            let members: BTreeMap<u64, BasicNode> = voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {
+                    info!(voters = ?voters.keys().collect::<Vec<_>>(), "controller quorum initialized")
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ControllerError::Start(e.to_string())),
+            }
+        }
+        let controller = Arc::new(Controller {
+            config,
+            raft,
+            peers,
+            image,
+            incarnation: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(controller.clone().keep_registered()),
+            tokio::spawn(controller.clone().lead()),
+        ];
+        *controller.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(controller)
+    }
+
+    /// The metadata image as applied on this node, and every later one.
+    pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.image.clone()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// The incarnation this node is registered as (0 until registered).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Puts `command` in the metadata log (through the leader, wherever it is) and answers its
+    /// outcome once applied. Retries while there is no leader or the leader changes, up to
+    /// [`PROPOSE_DEADLINE`].
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        let deadline = Instant::now() + PROPOSE_DEADLINE;
+        loop {
+            let attempt = match self.raft.current_leader().await {
+                Some(leader) if leader == self.config.node_id => {
+                    self.propose_here(command.clone()).await
+                }
+                Some(leader) => match self.address_of(leader) {
+                    Some(address) => ask::<ProposeAnswer>(
+                        &self.peers,
+                        leader,
+                        &address,
+                        &Call::Propose(command.clone()),
+                        CALL_DEADLINE,
+                    )
+                    .await
+                    .unwrap_or_else(|e| Err(ProposeError::Failed(e.to_string()))),
+                    None => Err(ProposeError::NoLeader(PROPOSE_DEADLINE)),
+                },
+                None => Err(ProposeError::NoLeader(PROPOSE_DEADLINE)),
+            };
+            match attempt {
+                Err(e) if Instant::now() < deadline && retriable(&e) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Proposes on this node, which must lead.
+    async fn propose_here(&self, command: Command) -> Result<Outcome, ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    asked: self.config.node_id,
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// A member's address, from the membership the log holds.
+    fn address_of(&self, id: u64) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Answers a call from a peer whose node certificate names `principal`.
+    pub(super) async fn answer(&self, principal: &str, call: Call) -> Result<Vec<u8>, String> {
+        let cluster = &self.config.cluster;
+        let claims = |sender: u64| {
+            if principal == node_identity(cluster, sender) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{principal} sent a call as node {sender}; its certificate must name {}",
+                    node_identity(cluster, sender)
+                ))
+            }
+        };
+        match call {
+            Call::Append(req) => {
+                claims(req.vote.leader_id.node_id)?;
+                reply(&self.raft.append_entries(req).await)
+            }
+            Call::Vote(req) => {
+                claims(req.vote.leader_id.node_id)?;
+                reply(&self.raft.vote(req).await)
+            }
+            Call::Snapshot(req) => {
+                claims(req.vote.leader_id.node_id)?;
+                reply(&self.raft.install_snapshot(req).await)
+            }
+            Call::Propose(command) => {
+                if !principal.starts_with(&format!("{cluster}-")) {
+                    return Err(format!("{principal} is not a node of cluster {cluster}"));
+                }
+                reply::<ProposeAnswer>(&self.propose_here(command).await)
+            }
+            Call::Heartbeat {
+                node_id,
+                incarnation,
+            } => {
+                claims(node_id)?;
+                reply::<HeartbeatReply>(&self.heartbeat_from(node_id, incarnation))
+            }
+        }
+    }
+
+    /// The leader's view of a heartbeat.
+    fn heartbeat_from(&self, node_id: u64, incarnation: u64) -> HeartbeatReply {
+        if !self.leads() {
+            return Err(ProposeError::NotLeader {
+                asked: self.config.node_id,
+                leader: self.raft.metrics().borrow().current_leader,
+            });
+        }
+        let image = self.image.borrow().clone();
+        match image.nodes.get(&node_id) {
+            Some(n) if n.incarnation == incarnation && !n.fenced => {
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        node_id,
+                        Session {
+                            incarnation,
+                            seen: Instant::now(),
+                        },
+                    );
+                Ok(HeartbeatAnswer::Alive)
+            }
+            _ => Ok(HeartbeatAnswer::Register),
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Registers this node, then heartbeats to the leader; registers again when told to.
+    async fn keep_registered(self: Arc<Self>) {
+        loop {
+            if self.incarnation() == 0 {
+                let command = Command::RegisterNode {
+                    node_id: self.config.node_id,
+                    address: self.config.advertised.clone(),
+                    kafka_address: self.config.kafka_address.clone(),
+                    rack: self.config.rack.clone(),
+                };
+                match self.propose(command).await {
+                    Ok(Outcome::Registered { incarnation }) => {
+                        info!(
+                            node = self.config.node_id,
+                            incarnation, "registered with the controller"
+                        );
+                        self.incarnation.store(incarnation, Ordering::Release);
+                        continue;
+                    }
+                    Ok(other) => warn!(?other, "registration answered unexpectedly"),
+                    Err(e) => {
+                        warn!(error = %e, "registration with the controller failed; retrying")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            tokio::time::sleep(self.config.heartbeat_interval).await;
+            let incarnation = self.incarnation();
+            let answer = match self.raft.current_leader().await {
+                Some(l) if l == self.config.node_id => {
+                    self.heartbeat_from(self.config.node_id, incarnation)
+                }
+                Some(l) => match self.address_of(l) {
+                    Some(address) => ask::<HeartbeatReply>(
+                        &self.peers,
+                        l,
+                        &address,
+                        &Call::Heartbeat {
+                            node_id: self.config.node_id,
+                            incarnation,
+                        },
+                        CALL_DEADLINE,
+                    )
+                    .await
+                    .unwrap_or_else(|e| Err(ProposeError::Failed(e.to_string()))),
+                    None => continue,
+                },
+                None => continue,
+            };
+            if answer == Ok(HeartbeatAnswer::Register) {
+                warn!(
+                    node = self.config.node_id,
+                    incarnation,
+                    "the controller no longer knows this incarnation (fenced); registering again"
+                );
+                self.incarnation.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// While this node leads: fence nodes silent past the session timeout, and make every
+    /// registered node a learner of the metadata log.
+    async fn lead(self: Arc<Self>) {
+        let mut led_term = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (leads, term, members) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                let members: Vec<u64> = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect();
+                (m.state == ServerState::Leader, m.current_term, members)
+            };
+            if !leads {
+                led_term = None;
+                continue;
+            }
+            let image = self.image.borrow().clone();
+            let now = Instant::now();
+            if led_term != Some(term) {
+                // A new leader has heard from nobody yet: every node gets a full session.
+                led_term = Some(term);
+                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                sessions.clear();
+                for (id, node) in &image.nodes {
+                    sessions.insert(
+                        *id,
+                        Session {
+                            incarnation: node.incarnation,
+                            seen: now,
+                        },
+                    );
+                }
+            }
+            let silent: Vec<(u64, u64)> = {
+                let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                image
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| !n.fenced)
+                    .filter(|(id, n)| match sessions.get(id) {
+                        Some(s) if s.incarnation == n.incarnation => {
+                            now.duration_since(s.seen) > self.config.session_timeout
+                        }
+                        // Registered since this leader started tracking: from now on.
+                        _ => false,
+                    })
+                    .map(|(id, n)| (*id, n.incarnation))
+                    .collect()
+            };
+            for (node_id, incarnation) in silent {
+                warn!(node = node_id, incarnation, timeout = ?self.config.session_timeout, "node silent past its session timeout; fencing it");
+                let _ = self
+                    .propose_here(Command::FenceNode {
+                        node_id,
+                        incarnation,
+                    })
+                    .await;
+            }
+            {
+                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, node) in &image.nodes {
+                    if sessions
+                        .get(id)
+                        .is_none_or(|s| s.incarnation != node.incarnation)
+                    {
+                        sessions.insert(
+                            *id,
+                            Session {
+                                incarnation: node.incarnation,
+                                seen: now,
+                            },
+                        );
+                    }
+                }
+            }
+            for (id, node) in &image.nodes {
+                if !members.contains(id) {
+                    let learner = BasicNode {
+                        addr: node.address.clone(),
+                    };
+                    if let Err(e) = self.raft.add_learner(*id, learner, false).await {
+                        warn!(node = id, error = %e, "could not add the node as a learner");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cluster as this node sees it.
+    pub fn describe(&self) -> ClusterDescription {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let image = self.image.borrow().clone();
+        let mut nodes: Vec<ClusterNode> = image
+            .nodes
+            .iter()
+            .map(|(id, n)| ClusterNode {
+                node_id: *id,
+                address: n.address.clone(),
+                rack: n.rack.clone(),
+                incarnation: n.incarnation,
+                state: if n.fenced { "fenced" } else { "alive" }.into(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        for (id, node) in membership.nodes() {
+            if !image.nodes.contains_key(id) {
+                nodes.push(ClusterNode {
+                    node_id: *id,
+                    address: node.addr.clone(),
+                    rack: None,
+                    incarnation: 0,
+                    state: "unregistered".into(),
+                    voter: voters.contains(id),
+                });
+            }
+        }
+        nodes.sort_by_key(|n| n.node_id);
+        ClusterDescription {
+            cluster: self.config.cluster.clone(),
+            node_id: self.config.node_id,
+            voters,
+            learners,
+            leader: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map(|l| l.index),
+            nodes,
+        }
+    }
+
+    /// Stops this member (its stores stay as they are on disk).
+    pub async fn shutdown(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn retriable(e: &ProposeError) -> bool {
+    matches!(
+        e,
+        ProposeError::NotLeader { .. } | ProposeError::NoLeader(_) | ProposeError::Failed(_)
+    )
+}

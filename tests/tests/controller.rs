@@ -1,0 +1,201 @@
+//! The controller quorum with real processes: a one-node cluster is a one-voter quorum, three
+//! voters elect one leader, and a `kill -9` of the leader leaves the other two electing a new
+//! one and carrying on with metadata changes (fencing the dead node); the killed node comes
+//! back under a new incarnation and never sees older metadata than it had.
+
+use std::time::{Duration, Instant};
+
+use strait_protocol::client::Admin;
+use strait_protocol::message::ClusterDescription;
+use strait_tests::{free_udp_port, strait, NodeProcess, Pki};
+
+async fn describe(pki: &Pki, address: &str) -> Option<ClusterDescription> {
+    Admin::new(pki.client(address))
+        .describe_cluster()
+        .await
+        .ok()
+}
+
+/// Polls `address` until `done` holds of its description (panics with the last one after
+/// `within`); answers it and how long it took.
+async fn wait_for(
+    pki: &Pki,
+    address: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&ClusterDescription) -> bool,
+) -> (ClusterDescription, Duration) {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < within {
+        if let Some(d) = describe(pki, address).await {
+            if done(&d) {
+                return (d, started.elapsed());
+            }
+            last = Some(d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {within:?} at {address}; last seen: {last:#?}");
+}
+
+fn state_of(d: &ClusterDescription, id: u64) -> Option<&str> {
+    d.nodes
+        .iter()
+        .find(|n| n.node_id == id)
+        .map(|n| n.state.as_str())
+}
+
+fn incarnation_of(d: &ClusterDescription, id: u64) -> u64 {
+    d.nodes
+        .iter()
+        .find(|n| n.node_id == id)
+        .map_or(0, |n| n.incarnation)
+}
+
+#[tokio::test]
+async fn a_single_node_is_a_one_voter_quorum_and_describes_itself() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&pki, "east", &dir.path().join("n1"), "");
+    let (d, _) = wait_for(
+        &pki,
+        &node.address,
+        Duration::from_secs(15),
+        "registration",
+        |d| state_of(d, 1) == Some("alive"),
+    )
+    .await;
+    assert_eq!(d.voters, vec![1]);
+    assert_eq!(d.leader, Some(1));
+    assert!(d.learners.is_empty());
+    let out = strait(&[
+        "cluster",
+        "describe",
+        "--json",
+        "--bootstrap",
+        &node.address,
+        "--ca",
+        pki.ca().to_str().unwrap(),
+        "--cert",
+        pki.path("app.crt").to_str().unwrap(),
+        "--key",
+        pki.path("app.key").to_str().unwrap(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["leader"], 1, "{json:#}");
+    assert_eq!(json["nodes"][0]["state"], "alive", "{json:#}");
+    assert_eq!(json["nodes"][0]["voter"], true, "{json:#}");
+}
+
+#[tokio::test]
+async fn three_voters_survive_the_kill_of_their_leader_and_fence_it() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let voters: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
+        .collect();
+    let config = format!(
+        "controllers = [{}]\n[controller]\nsession_timeout_ms = 1000\nheartbeat_interval_ms = 200\nraft_heartbeat_ms = 100\n",
+        voters.join(", ")
+    );
+    let data = |id: usize| dir.path().join(format!("n{id}"));
+    let started = Instant::now();
+    let mut nodes: Vec<Option<NodeProcess>> = (0..3)
+        .map(|i| {
+            Some(NodeProcess::start_member(
+                &pki,
+                "east",
+                i as u32 + 1,
+                &data(i + 1),
+                &config,
+                ports[i],
+            ))
+        })
+        .collect();
+    let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let all_alive = |d: &ClusterDescription| {
+        d.leader.is_some() && (1..=3).all(|id| state_of(d, id) == Some("alive"))
+    };
+    let mut leader = None;
+    for i in 0..3 {
+        let (d, _) = wait_for(
+            &pki,
+            &address(i),
+            Duration::from_secs(30),
+            "a quorum of three",
+            all_alive,
+        )
+        .await;
+        assert_eq!(d.voters, vec![1, 2, 3]);
+        assert!(leader.is_none() || leader == d.leader, "one leader: {d:#?}");
+        leader = d.leader;
+    }
+    println!(
+        "cold start to three registered nodes: {:?}",
+        started.elapsed()
+    );
+    let leader = leader.unwrap();
+    let before = describe(&pki, &address(leader as usize - 1)).await.unwrap();
+    let old_incarnation = incarnation_of(&before, leader);
+
+    nodes[leader as usize - 1].as_mut().unwrap().kill9();
+    let killed = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != leader).collect();
+    for &i in &survivors {
+        wait_for(
+            &pki,
+            &address(i),
+            Duration::from_secs(10),
+            "a new leader",
+            |d| d.leader.is_some_and(|l| l != leader),
+        )
+        .await;
+    }
+    let elected = killed.elapsed();
+    // The metadata change the new leader makes: fencing the silent node, seen everywhere.
+    for &i in &survivors {
+        wait_for(
+            &pki,
+            &address(i),
+            Duration::from_secs(5),
+            "the dead leader fenced",
+            |d| state_of(d, leader) == Some("fenced"),
+        )
+        .await;
+    }
+    println!(
+        "kill -9 of the controller leader: new leader within {elected:?}, its fencing applied on both survivors {:?} after the kill (session timeout 1 s)",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "metadata changes resumed within 5 s"
+    );
+
+    // Back under a new incarnation, with everything it had applied before and more.
+    let applied_before = before.applied_index.unwrap_or(0);
+    let i = leader as usize - 1;
+    nodes[i] = Some(NodeProcess::start_member(
+        &pki,
+        "east",
+        leader as u32,
+        &data(i + 1),
+        &config,
+        ports[i],
+    ));
+    let (d, _) = wait_for(
+        &pki,
+        &address(i),
+        Duration::from_secs(15),
+        "the old leader back",
+        |d| state_of(d, leader) == Some("alive") && incarnation_of(d, leader) > old_incarnation,
+    )
+    .await;
+    assert!(d.applied_index.unwrap_or(0) > applied_before, "{d:#?}");
+    let others = describe(&pki, &address(survivors[0])).await.unwrap();
+    assert_eq!(others.leader, d.leader, "one leader after the return");
+}
