@@ -457,8 +457,10 @@ impl Controller {
 
     /// The cluster as this node sees it.
     pub fn describe(&self) -> ClusterDescription {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
+        // A copy, so no guard of the metrics is held while the image's is taken: openraft
+        // writes the metrics from its core, and nested guards of two watches can deadlock
+        // with their writers.
+        let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();

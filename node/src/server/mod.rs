@@ -70,6 +70,32 @@ pub struct ListenConfig {
     pub groups: crate::groups::GroupSettings,
 }
 
+impl ListenConfig {
+    /// A listener on an ephemeral loopback port with the default limits, open to every
+    /// authenticated peer, certificates never reloaded: what benchmarks run in-process.
+    pub fn local(ca: PathBuf, cert: PathBuf, key: PathBuf) -> ListenConfig {
+        ListenConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertised: "127.0.0.1:0".into(),
+            ca,
+            cert,
+            key,
+            frame_limits: Default::default(),
+            transport: Default::default(),
+            request_read_timeout: Duration::from_secs(30),
+            answer_write_stall: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            authz: Arc::new(crate::authz::Authorizer::open_to_all()),
+            crl: None,
+            cert_reload_interval: Duration::from_secs(3600),
+            cert_expiry_warning: Duration::ZERO,
+            peers: Default::default(),
+            quotas: Default::default(),
+            groups: Default::default(),
+        }
+    }
+}
+
 /// Bounds on what one peer may hold open, so no peer can slow the node for the others.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerLimits {

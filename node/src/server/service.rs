@@ -32,9 +32,8 @@ pub struct RequestService {
     flows: OnceLock<Arc<strait_mirror::FlowManager>>,
     /// The flows that copy from this node.
     outgoing: Arc<super::outgoing::OutgoingFlows>,
-    /// This node's controller member; set once it has started (it dials peers through
-    /// certificates the listener already checked).
-    controller: OnceLock<Arc<crate::controller::Controller>>,
+    /// This node's controller member, once it has started (replaced when it restarts).
+    controller: std::sync::RwLock<Option<Arc<crate::controller::Controller>>>,
 }
 
 /// Who sent a request, as the service needs to know: the principal and role from the peer's
@@ -138,7 +137,7 @@ impl RequestService {
             advertised,
             flows: OnceLock::new(),
             outgoing: Arc::default(),
-            controller: OnceLock::new(),
+            controller: std::sync::RwLock::new(None),
         }
     }
 
@@ -170,12 +169,15 @@ impl RequestService {
 
     /// Hands the service the node's flows, so the admin plane can manage them.
     pub fn set_controller(&self, controller: Arc<crate::controller::Controller>) {
-        let _ = self.controller.set(controller);
+        *self.controller.write().unwrap_or_else(|e| e.into_inner()) = Some(controller);
     }
 
     /// This node's controller member, once started.
     pub fn controller(&self) -> Option<Arc<crate::controller::Controller>> {
-        self.controller.get().cloned()
+        self.controller
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_flows(&self, flows: Arc<strait_mirror::FlowManager>) {

@@ -529,23 +529,12 @@ impl Rig {
             LogConfig::default(),
         )?;
         let config = ListenConfig {
-            listen: "127.0.0.1:0".parse()?,
-            advertised: "127.0.0.1:0".into(),
-            ca: certs.join("ca.crt"),
-            cert: certs.join("node-1.crt"),
-            key: certs.join("node-1.key"),
-            frame_limits: Default::default(),
             transport,
-            request_read_timeout: Duration::from_secs(30),
-            answer_write_stall: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            authz: Arc::new(strait_node::authz::Authorizer::open_to_all()),
-            crl: None,
-            cert_reload_interval: Duration::from_secs(3600),
-            cert_expiry_warning: Duration::ZERO,
-            peers: Default::default(),
-            quotas: Default::default(),
-            groups: Default::default(),
+            ..ListenConfig::local(
+                certs.join("ca.crt"),
+                certs.join("node-1.crt"),
+                certs.join("node-1.key"),
+            )
         };
         let server = Server::start(broker.clone(), config)?;
         Ok(Rig {
