@@ -575,6 +575,11 @@ impl Drop for NodeProcess {
 /// State files a node writes through its durable-write helper; a power cut keeps each at its
 /// last durable content, or removes it if it never had one.
 const STATE_FILES: &[&str] = &[
+    // The controller's vote, commit point, purge mark and snapshot.
+    "vote",
+    "committed",
+    "purged",
+    "snapshot",
     "topic.json",
     "producer-ids",
     "recovery-point",

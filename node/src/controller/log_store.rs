@@ -8,7 +8,7 @@
 //! openraft issued them.
 //!
 //! Files in the store's directory:
-//! - `log`: records `[length u32][crc32c u32][version u8 + postcard entry]`, appended and
+//! - `metadata.log`: records `[length u32][crc32c u32][version u8 + postcard entry]`, appended and
 //!   fsynced. A record cut short at the end (a crash mid-append, before its fsync and so before
 //!   anyone was told) is cut off at open; a damaged record with more after it is corruption and
 //!   refuses the open, naming the file and offset.
@@ -37,6 +37,8 @@ use super::{StorageError, TypeConfig};
 use crate::durable_file;
 use crate::storage::durability_journal;
 
+/// The log's file name (`.log`, like segments: appended, and fsynced as it grows).
+const LOG_FILE: &str = "metadata.log";
 /// Bytes before a record's body: its length and CRC.
 const RECORD_HEADER: usize = 8;
 
@@ -90,7 +92,7 @@ fn load(dir: &Path) -> io::Result<Inner> {
     // Both are stored as an Option (openraft's type), inside the Option of never written.
     let committed = read_state::<Option<LogId<u64>>>(&dir.join("committed"))?.flatten();
     let last_purged = read_state::<Option<LogId<u64>>>(&dir.join("purged"))?.flatten();
-    let path = dir.join("log");
+    let path = dir.join(LOG_FILE);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -331,7 +333,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             offsets.push((*index, buf.len() as u64));
             encode_record(&held.entry, &mut buf).map_err(|e| StorageIOError::write_logs(&e))?;
         }
-        let path = inner.dir.join("log");
+        let path = inner.dir.join(LOG_FILE);
         let len = buf.len() as u64;
         let file = blocking(move || {
             durable_file::write(&path, &buf)?;
@@ -421,7 +423,7 @@ mod tests {
             .await
             .expect("append");
         drop(store);
-        let path = dir.path().join("log");
+        let path = dir.path().join(LOG_FILE);
         let whole = std::fs::metadata(&path).expect("log").len();
         // A crash mid-append: the next record's header and half its body.
         let mut torn = Vec::new();
@@ -448,7 +450,7 @@ mod tests {
             .await
             .expect("append");
         drop(store);
-        let path = dir.path().join("log");
+        let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("log");
         bytes[RECORD_HEADER + 2] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
