@@ -370,6 +370,17 @@ mod tests {
         }
     }
 
+    /// A directory holding a closed store with entries 1 to `n` of term 1.
+    async fn closed_store_of(n: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = LogStore::open(dir.path().into()).await.expect("open");
+        store
+            .blocking_append((1..=n).map(|i| entry(1, i)))
+            .await
+            .expect("append");
+        dir
+    }
+
     async fn indexes(store: &mut LogStore) -> Vec<u64> {
         store
             .try_get_log_entries(..)
@@ -416,13 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_cut_short_at_the_end_is_dropped_and_appends_go_on_after_it() {
-        let dir = tempfile::tempdir().expect("dir");
-        let mut store = LogStore::open(dir.path().into()).await.expect("open");
-        store
-            .blocking_append((1..=3).map(|i| entry(1, i)))
-            .await
-            .expect("append");
-        drop(store);
+        let dir = closed_store_of(3).await;
         let path = dir.path().join(LOG_FILE);
         let whole = std::fs::metadata(&path).expect("log").len();
         // A crash mid-append: the next record's header and half its body.
@@ -443,13 +448,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_damaged_record_before_the_end_refuses_the_open_and_names_the_file() {
-        let dir = tempfile::tempdir().expect("dir");
-        let mut store = LogStore::open(dir.path().into()).await.expect("open");
-        store
-            .blocking_append((1..=3).map(|i| entry(1, i)))
-            .await
-            .expect("append");
-        drop(store);
+        let dir = closed_store_of(3).await;
         let path = dir.path().join(LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("log");
         bytes[RECORD_HEADER + 2] ^= 0x40;
