@@ -237,3 +237,91 @@ async fn the_metadata_log_survives_kill_and_power_cut() {
         println!("round {round}: {cut:?}");
     }
 }
+
+/// The leader of three paused (SIGSTOP) past the election timeout: the other two elect a new
+/// leader in a higher term and fence the silent one; resumed, the old leader steps down,
+/// learns the fencing and registers again. Never two leaders in one term.
+#[tokio::test]
+async fn a_paused_leader_steps_down_when_it_resumes() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let voters: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
+        .collect();
+    let config = format!(
+        "controllers = [{}]\n[controller]\nsession_timeout_ms = 1000\nheartbeat_interval_ms = 200\nraft_heartbeat_ms = 100\n",
+        voters.join(", ")
+    );
+    let nodes: Vec<NodeProcess> = (0..3)
+        .map(|i| {
+            NodeProcess::start_member(
+                &pki,
+                "east",
+                i as u32 + 1,
+                &dir.path().join(format!("n{}", i + 1)),
+                &config,
+                ports[i],
+            )
+        })
+        .collect();
+    let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let (d, _) = wait_for(
+        &pki,
+        &address(0),
+        Duration::from_secs(30),
+        "a quorum of three",
+        |d| d.leader.is_some() && (1..=3).all(|id| state_of(d, id) == Some("alive")),
+    )
+    .await;
+    let (old, old_term) = (d.leader.unwrap(), d.term);
+    let old_incarnation = incarnation_of(&d, old);
+    let paused = nodes[old as usize - 1].pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &paused])
+        .status()
+        .unwrap()
+        .success());
+    let survivors: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != old).collect();
+    let mut new = None;
+    for &i in &survivors {
+        let (d, _) = wait_for(
+            &pki,
+            &address(i),
+            Duration::from_secs(10),
+            "a new leader, the old one fenced",
+            |d| d.leader.is_some_and(|l| l != old) && state_of(d, old) == Some("fenced"),
+        )
+        .await;
+        assert!(d.term > old_term, "a new leader in a higher term: {d:#?}");
+        assert!(new.is_none() || new == d.leader, "one leader: {d:#?}");
+        new = d.leader;
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &paused])
+        .status()
+        .unwrap()
+        .success());
+    let (d, _) = wait_for(
+        &pki,
+        &address(old as usize - 1),
+        Duration::from_secs(15),
+        "the old leader following",
+        |d| {
+            d.leader == new
+                && state_of(d, old) == Some("alive")
+                && incarnation_of(d, old) > old_incarnation
+        },
+    )
+    .await;
+    for &i in &survivors {
+        let other = describe(&pki, &address(i)).await.unwrap();
+        assert_eq!(other.leader, new, "still one leader");
+        assert!(
+            other.term >= d.term || other.term + 1 >= d.term,
+            "{other:#?} vs {d:#?}"
+        );
+    }
+}
