@@ -151,6 +151,7 @@ impl Controller {
         let tasks = vec![
             tokio::spawn(controller.clone().keep_registered()),
             tokio::spawn(controller.clone().lead()),
+            tokio::spawn(controller.clone().break_ties()),
         ];
         *controller.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(controller)
@@ -359,6 +360,48 @@ impl Controller {
                 );
                 self.incarnation.store(0, Ordering::Release);
             }
+        }
+    }
+
+    /// openraft 0.9 draws each voter's election timeout once per start, so two voters that
+    /// drew the same moment split every vote from then on (fixed upstream only in 0.10; seen
+    /// here as two survivors of three never electing). While no leader is known for two whole
+    /// election windows, a voter waits a random part of a window and starts an election
+    /// itself, which moves its moment apart from the other's.
+    async fn break_ties(self: Arc<Self>) {
+        let window = self.config.raft_heartbeat * 16;
+        let mut leaderless_since: Option<Instant> = None;
+        let mut seed = self.config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ crate::now_ms().unsigned_abs();
+        loop {
+            tokio::time::sleep(self.config.raft_heartbeat).await;
+            let (leader, voter) = {
+                let m = self.raft.metrics().borrow().clone();
+                let id = self.config.node_id;
+                let voter = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id);
+                (m.current_leader, voter)
+            };
+            if leader.is_some() || !voter {
+                leaderless_since = None;
+                continue;
+            }
+            let since = *leaderless_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < window * 2 {
+                continue;
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            tokio::time::sleep(window.mul_f64((seed % 1000) as f64 / 1000.0)).await;
+            if self.raft.metrics().borrow().current_leader.is_none() {
+                info!(node = self.config.node_id, leaderless = ?since.elapsed(), "no controller leader; starting an election to break a tie");
+                let _ = self.raft.trigger().elect().await;
+            }
+            leaderless_since = Some(Instant::now());
         }
     }
 

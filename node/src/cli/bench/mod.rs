@@ -26,6 +26,7 @@ use strait_protocol::client::{
 use strait_protocol::transport::{transport_config, TransportLimits};
 use strait_protocol::{Acks, BatchBuilder, Compression, OffsetSpec, RecordBatch};
 
+mod controller;
 mod kafka;
 mod progress;
 mod storm;
@@ -53,6 +54,9 @@ pub enum BenchCommand {
     /// Single-record produce round trips on one connection, quiet and then while other
     /// connections storm the node with 32 MiB fetches and large produces (p99 ratio).
     Storm(storm::StormArgs),
+    /// Three controller voters: a metadata change until every voter applied it (p50, p99),
+    /// against one fdatasync.
+    Controller(controller::ControllerArgs),
     /// librdkafka (kcat) producing and consuming through the Kafka listener against Strait's
     /// own client over QUIC, a raw QUIC stream and a raw TCP + TLS stream.
     Kafka(kafka::KafkaBenchArgs),
@@ -219,6 +223,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Storm(args) => {
             let report = storm::bench_storm(&args).await?;
             print_report("storm", &report, args.json);
+        }
+        BenchCommand::Controller(args) => {
+            let report = controller::bench_controller(&args).await?;
+            print_report("controller", &report, args.json);
         }
         BenchCommand::Kafka(args) => {
             let report = kafka::bench_kafka(&args).await?;

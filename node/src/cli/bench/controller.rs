@@ -1,0 +1,177 @@
+//! `strait bench controller`: three controller voters in one process, each behind its own
+//! node listener (QUIC + mTLS, as between machines). Times how long a metadata change takes
+//! from its proposal until every voter has applied it. The same-run baseline is one fdatasync
+//! of a small write: a change commits only once the leader and a follower have synced it.
+//! (Election times come from `tests/tests/controller.rs`, which kills real processes.)
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use strait_certs::Role;
+use strait_node::broker::Broker;
+use strait_node::controller::{Command, Controller, ControllerConfig, Outcome};
+use strait_node::server::{ListenConfig, Server};
+use strait_node::storage::LogConfig;
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Metadata changes timed (topic creations, one at a time).
+    #[arg(long, default_value_t = 500)]
+    changes: u32,
+    /// The quorum's Raft heartbeat, in ms (elections start after 8–16 of them).
+    #[arg(long, default_value_t = 150)]
+    raft_heartbeat_ms: u64,
+    /// Directory for the voters' data and certificates (a temporary subdirectory).
+    #[arg(long, default_value = ".")]
+    dir: std::path::PathBuf,
+    /// Print JSON for scripts instead of the human format.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const CLUSTER: &str = "bench";
+
+pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
+    let root = tempfile::Builder::new()
+        .prefix(".strait-bench-")
+        .tempdir_in(&args.dir)?;
+    let certs = root.path().join("certs");
+    strait_certs::init_ca(&certs)?;
+    let mut servers = Vec::new();
+    for id in 1..=3u64 {
+        let name = format!("{CLUSTER}-{id}");
+        strait_certs::issue(&certs, &name, Role::Node, &[])?;
+        let data = root.path().join(&name);
+        let broker = Broker::open(
+            CLUSTER,
+            strait_protocol::NodeId(id as u32),
+            &data,
+            LogConfig::default(),
+        )?;
+        let config = ListenConfig::local(
+            certs.join("ca.crt"),
+            certs.join(format!("{name}.crt")),
+            certs.join(format!("{name}.key")),
+        );
+        servers.push((Server::start(broker, config)?, data));
+    }
+    let voters: BTreeMap<u64, String> = (1..=3u64)
+        .zip(&servers)
+        .map(|(id, (s, _))| (id, s.local_addr.to_string()))
+        .collect();
+    let mut configs = Vec::new();
+    for (id, (_, data)) in (1..=3u64).zip(&servers) {
+        let name = format!("{CLUSTER}-{id}");
+        configs.push(ControllerConfig {
+            cluster: CLUSTER.into(),
+            node_id: id,
+            voters: voters.clone(),
+            advertised: voters[&id].clone(),
+            kafka_address: None,
+            rack: None,
+            dir: data.join("controller"),
+            tls: strait_certs::client_config(
+                &certs.join("ca.crt"),
+                &certs.join(format!("{name}.crt")),
+                &certs.join(format!("{name}.key")),
+            )?,
+            transport: Default::default(),
+            session_timeout: Duration::from_secs(9),
+            heartbeat_interval: Duration::from_secs(1),
+            raft_heartbeat: Duration::from_millis(args.raft_heartbeat_ms),
+        });
+    }
+    let started = Instant::now();
+    let mut members: Vec<Arc<Controller>> = Vec::new();
+    for (config, (server, _)) in configs.iter().zip(&servers) {
+        let controller = Controller::start(config.clone()).await?;
+        server.set_controller(controller.clone());
+        members.push(controller);
+    }
+    let leader = agreed_leader(&members).await?;
+    let first_election = started.elapsed();
+    // Topics are placed on registered nodes: wait until all three have registered.
+    for m in &members {
+        m.image()
+            .wait_for(|img| img.nodes.values().filter(|n| !n.fenced).count() == 3)
+            .await?;
+    }
+
+    // Metadata changes: proposed through the leader, done when all three applied them.
+    let mut change = Histogram::<u64>::new(3)?;
+    for i in 0..args.changes {
+        let name = format!("t{i}");
+        let t0 = Instant::now();
+        let outcome = members[leader]
+            .propose(Command::CreateTopic {
+                name: name.clone(),
+                partitions: 1,
+                replication_factor: Some(1),
+                settings: BTreeMap::new(),
+            })
+            .await?;
+        if let Outcome::Refused(why) = outcome {
+            anyhow::bail!("the controller refused topic {name}: {why}");
+        }
+        for m in &members {
+            m.image()
+                .wait_for(|img| img.topics.contains_key(&name))
+                .await?;
+        }
+        change.record(t0.elapsed().as_micros() as u64)?;
+    }
+
+    let fsync_us = fdatasync_p50_us(&root.path().join("fsync-probe"))?;
+    for (m, (s, _)) in members.iter().zip(&servers) {
+        m.shutdown().await;
+        s.shutdown().await;
+    }
+    let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+    Ok(json!({
+        "voters": 3,
+        "raft_heartbeat_ms": args.raft_heartbeat_ms,
+        "first_election_ms": first_election.as_millis() as u64,
+        "change_to_all_voters_p50_us": p(&change, 0.5),
+        "change_to_all_voters_p99_us": p(&change, 0.99),
+        "changes": args.changes,
+        "baseline_fdatasync_p50_us": fsync_us,
+        "change_p50_over_fdatasync": super::round(p(&change, 0.5) as f64 / fsync_us.max(1) as f64),
+    }))
+}
+
+/// Waits until every member names the same leader; answers its index.
+async fn agreed_leader(members: &[Arc<Controller>]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: Vec<Option<u64>> = members.iter().map(|m| m.describe().leader).collect();
+        if let Some(Some(l)) = seen.first() {
+            if seen.iter().all(|s| *s == Some(*l)) {
+                return Ok(*l as usize - 1);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no leader agreed on within 60 s: {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The median time of one fdatasync after a small write.
+fn fdatasync_p50_us(path: &Path) -> anyhow::Result<u64> {
+    let mut f = std::fs::File::create(path)?;
+    let mut h = Histogram::<u64>::new(3)?;
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        f.write_all(&[7u8; 128])?;
+        f.sync_data()?;
+        h.record(t0.elapsed().as_micros() as u64)?;
+    }
+    std::fs::remove_file(path)?;
+    Ok(h.value_at_quantile(0.5))
+}
