@@ -53,6 +53,22 @@ fn incarnation_of(d: &ClusterDescription, id: u64) -> u64 {
         .map_or(0, |n| n.incarnation)
 }
 
+/// Three loopback ports and the node config naming them as the voters, with short timeouts
+/// (a node silent for 1 s is fenced; Raft heartbeat 100 ms).
+fn three_voters() -> (Vec<u16>, String) {
+    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let voters: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
+        .collect();
+    let config = format!(
+        "controllers = [{}]\n[controller]\nsession_timeout_ms = 1000\nheartbeat_interval_ms = 200\nraft_heartbeat_ms = 100\n",
+        voters.join(", ")
+    );
+    (ports, config)
+}
+
 #[tokio::test]
 async fn a_single_node_is_a_one_voter_quorum_and_describes_itself() {
     let pki = Pki::new();
@@ -92,16 +108,7 @@ async fn a_single_node_is_a_one_voter_quorum_and_describes_itself() {
 async fn three_voters_survive_the_kill_of_their_leader_and_fence_it() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let voters: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
-        .collect();
-    let config = format!(
-        "controllers = [{}]\n[controller]\nsession_timeout_ms = 1000\nheartbeat_interval_ms = 200\nraft_heartbeat_ms = 100\n",
-        voters.join(", ")
-    );
+    let (ports, config) = three_voters();
     let data = |id: usize| dir.path().join(format!("n{id}"));
     let started = Instant::now();
     let mut nodes: Vec<Option<NodeProcess>> = (0..3)
@@ -245,16 +252,7 @@ async fn the_metadata_log_survives_kill_and_power_cut() {
 async fn a_paused_leader_steps_down_when_it_resumes() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let voters: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
-        .collect();
-    let config = format!(
-        "controllers = [{}]\n[controller]\nsession_timeout_ms = 1000\nheartbeat_interval_ms = 200\nraft_heartbeat_ms = 100\n",
-        voters.join(", ")
-    );
+    let (ports, config) = three_voters();
     let nodes: Vec<NodeProcess> = (0..3)
         .map(|i| {
             NodeProcess::start_member(
