@@ -16,6 +16,7 @@ use strait_protocol::client::{Client, ClientOptions};
 
 pub mod checker;
 pub mod kafka_clients;
+pub mod quorum;
 pub use strait_node::impair;
 
 /// The `strait` binary, building it first if this test run has not.
@@ -126,20 +127,44 @@ impl Default for Pki {
     }
 }
 
-/// A free UDP port on loopback (bound, then released).
-pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    s.local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+/// A port for a node to listen on later, below the kernel's ephemeral range: a port the
+/// kernel handed out for `bind(0)` and released would be handed out again (to a proxy's
+/// socket, a client's) before the node that was meant to get it binds it.
+fn reserved_port(bindable: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1).max(10_001));
+    let mut seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+        ^ DRAWS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    for _ in 0..1000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % u64::from(high - low)) as u16;
+        if bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high} after 1000 tries");
 }
 
-/// A free TCP port on loopback (bound, then released), for admin listeners.
+/// A free UDP port on loopback, for a node's QUIC listener.
+pub fn free_udp_port() -> u16 {
+    reserved_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A free TCP port on loopback, for admin and Kafka listeners.
 pub fn free_tcp_port() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    s.local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+    reserved_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// `GET path` on an admin listener: the whole HTTP/1.1 answer (status line, headers, body),

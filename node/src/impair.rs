@@ -207,10 +207,13 @@ async fn downstream(
     let line = DelayLine::start(Exit::To(front, client));
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
-        let Ok(n) = back.recv(&mut buf).await else {
-            return;
-        };
-        schedule(&control, Direction::Down, &buf[..n], &line);
+        match back.recv(&mut buf).await {
+            Ok(n) => schedule(&control, Direction::Down, &buf[..n], &line),
+            // An ICMP "port unreachable" for an earlier datagram (the upstream was not up yet,
+            // or restarts): a router forgets it, and so does the relay.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(_) => return,
+        }
     }
 }
 

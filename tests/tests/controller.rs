@@ -3,55 +3,13 @@
 //! one and carrying on with metadata changes (fencing the dead node); the killed node comes
 //! back under a new incarnation and never sees older metadata than it had.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::time::{Duration, Instant};
 
-use strait_protocol::client::Admin;
 use strait_protocol::message::ClusterDescription;
+use strait_tests::quorum::{describe, incarnation_of, state_of, wait_for, QUICK_TIMEOUTS};
 use strait_tests::{free_udp_port, strait, NodeProcess, Pki};
-
-async fn describe(pki: &Pki, address: &str) -> Option<ClusterDescription> {
-    Admin::new(pki.client(address))
-        .describe_cluster()
-        .await
-        .ok()
-}
-
-/// Polls `address` until `done` holds of its description (panics with the last one after
-/// `within`); answers it and how long it took.
-async fn wait_for(
-    pki: &Pki,
-    address: &str,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&ClusterDescription) -> bool,
-) -> (ClusterDescription, Duration) {
-    let started = Instant::now();
-    let mut last = None;
-    while started.elapsed() < within {
-        if let Some(d) = describe(pki, address).await {
-            if done(&d) {
-                return (d, started.elapsed());
-            }
-            last = Some(d);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within {within:?} at {address}; last seen: {last:#?}");
-}
-
-fn state_of(d: &ClusterDescription, id: u64) -> Option<&str> {
-    d.nodes
-        .iter()
-        .find(|n| n.node_id == id)
-        .map(|n| n.state.as_str())
-}
-
-fn incarnation_of(d: &ClusterDescription, id: u64) -> u64 {
-    d.nodes
-        .iter()
-        .find(|n| n.node_id == id)
-        .map_or(0, |n| n.incarnation)
-}
 
 /// Three loopback ports and the node config naming them as the voters, with short timeouts
 /// (a node silent for 1 s is fenced; Raft heartbeat 100 ms).
@@ -62,10 +20,7 @@ fn three_voters() -> (Vec<u16>, String) {
         .enumerate()
         .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
         .collect();
-    let config = format!(
-        "controllers = [{}]\n[controller]\nsession_timeout_ms = 1000\nheartbeat_interval_ms = 200\nraft_heartbeat_ms = 100\n",
-        voters.join(", ")
-    );
+    let config = format!("controllers = [{}]\n{QUICK_TIMEOUTS}", voters.join(", "));
     (ports, config)
 }
 

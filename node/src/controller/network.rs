@@ -10,7 +10,7 @@
 //! bidirectional stream: a length-prefixed postcard request, then the answer, under the
 //! deadline openraft gives.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,10 @@ pub enum CallError {
 pub struct Peers {
     endpoint: quinn::Endpoint,
     cluster: String,
+    /// This node's own route to each voter (its `controllers` list), used before the address
+    /// the membership records: the initializing voter wrote the membership from its view of
+    /// the network, and another node may reach a voter at another address (NAT, a proxy).
+    routes: BTreeMap<u64, String>,
     connections: tokio::sync::Mutex<HashMap<u64, quinn::Connection>>,
 }
 
@@ -95,6 +99,7 @@ impl Peers {
     /// `tls` is this node's client config (its node certificate), with the controller ALPN.
     pub fn new(
         cluster: &str,
+        routes: BTreeMap<u64, String>,
         mut tls: rustls::ClientConfig,
         limits: &strait_protocol::transport::TransportLimits,
     ) -> std::io::Result<Peers> {
@@ -109,6 +114,7 @@ impl Peers {
         Ok(Peers {
             endpoint,
             cluster: cluster.to_string(),
+            routes,
             connections: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -122,6 +128,7 @@ impl Peers {
         deadline: Duration,
     ) -> Result<Vec<u8>, CallError> {
         let failed = |reason: String| CallError::Failed { target, reason };
+        let address = self.routes.get(&target).map_or(address, String::as_str);
         let conn = tokio::time::timeout(deadline, self.connection(target, address))
             .await
             .map_err(|_| CallError::Unreachable {

@@ -109,8 +109,13 @@ impl Controller {
         }
         .validate()?;
         let peers = Arc::new(
-            Peers::new(&config.cluster, config.tls.clone(), &config.transport)
-                .map_err(|e| ControllerError::Start(e.to_string()))?,
+            Peers::new(
+                &config.cluster,
+                config.voters.clone(),
+                config.tls.clone(),
+                &config.transport,
+            )
+            .map_err(|e| ControllerError::Start(e.to_string()))?,
         );
         let raft = Raft::new(
             config.node_id,
@@ -298,6 +303,14 @@ impl Controller {
         }
     }
 
+    /// How long one heartbeat may take: a third of the session, so that a call stuck on a
+    /// leader that just died (a cut link answers nothing) leaves time to find the new leader
+    /// and heartbeat to it before the new leader fences this node, which would move its
+    /// leaderships for nothing.
+    fn heartbeat_deadline(&self) -> Duration {
+        (self.config.session_timeout / 3).clamp(Duration::from_millis(100), CALL_DEADLINE)
+    }
+
     fn leads(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -344,7 +357,7 @@ impl Controller {
                             node_id: self.config.node_id,
                             incarnation,
                         },
-                        CALL_DEADLINE,
+                        self.heartbeat_deadline(),
                     )
                     .await
                     .unwrap_or_else(|e| Err(ProposeError::Failed(e.to_string()))),
