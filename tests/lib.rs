@@ -413,6 +413,29 @@ impl NodeProcess {
         .unwrap_or_else(|log| panic!("node {node_id} did not start; log: {log:?}"))
     }
 
+    /// [`NodeProcess::start_member`] with extra environment (e.g. the durability journal).
+    pub fn start_member_with_env(
+        pki: &Pki,
+        cluster: &str,
+        node_id: u32,
+        data_dir: &Path,
+        config_toml: &str,
+        port: u16,
+        env: &[(&str, &Path)],
+    ) -> NodeProcess {
+        NodeProcess::try_start(
+            pki,
+            cluster,
+            data_dir,
+            config_toml,
+            port,
+            env,
+            None,
+            Some(node_id),
+        )
+        .unwrap_or_else(|log| panic!("node {node_id} did not start; log: {log:?}"))
+    }
+
     /// Starts a node that may refuse to start: answers its log if it exits or does not come up.
     pub fn try_start_on(
         pki: &Pki,

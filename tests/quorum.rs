@@ -74,11 +74,19 @@ pub struct Mesh {
     pub nodes: Vec<Option<NodeProcess>>,
     proxies: BTreeMap<(usize, usize), UdpProxy>,
     configs: Vec<String>,
+    /// Each node's durability journal (for [`crate::power_loss`]), when kept.
+    pub journals: Option<Vec<std::path::PathBuf>>,
 }
 
 impl Mesh {
     /// Starts the proxies and the `n` nodes, data under `dir/n<ID>`.
     pub async fn start(pki: &Pki, dir: &Path, n: usize) -> Mesh {
+        Mesh::start_with(pki, dir, n, false).await
+    }
+
+    /// [`Mesh::start`], the nodes keeping durability journals (`dir/n<ID>.journal`) when
+    /// `journals`, so that a suite can simulate power cuts.
+    pub async fn start_with(pki: &Pki, dir: &Path, n: usize, journals: bool) -> Mesh {
         let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
         let mut proxies = BTreeMap::new();
         for i in 0..n {
@@ -106,6 +114,11 @@ impl Mesh {
             nodes: (0..n).map(|_| None).collect(),
             proxies,
             configs,
+            journals: journals.then(|| {
+                (0..n)
+                    .map(|i| dir.join(format!("n{}.journal", i + 1)))
+                    .collect()
+            }),
         };
         for i in 0..n {
             mesh.restart(pki, dir, i);
@@ -115,13 +128,19 @@ impl Mesh {
 
     /// (Re)starts node index `i` (id `i + 1`) on its port and data.
     pub fn restart(&mut self, pki: &Pki, dir: &Path, i: usize) {
-        self.nodes[i] = Some(NodeProcess::start_member(
+        let journal = self.journals.as_ref().map(|j| j[i].clone());
+        let env: Vec<(&str, &Path)> = journal
+            .iter()
+            .map(|j| ("STRAIT_TEST_DURABLE_JOURNAL", j.as_path()))
+            .collect();
+        self.nodes[i] = Some(NodeProcess::start_member_with_env(
             pki,
             "east",
             i as u32 + 1,
             &dir.join(format!("n{}", i + 1)),
             &self.configs[i],
             self.ports[i],
+            &env,
         ));
     }
 
@@ -143,6 +162,16 @@ impl Mesh {
     /// term, has applied the same metadata and sees every node alive; answers the round's
     /// descriptions (by node index).
     pub async fn settled(&self, pki: &Pki, within: Duration) -> Vec<ClusterDescription> {
+        self.settled_where(pki, within, |_| true).await
+    }
+
+    /// [`Mesh::settled`], with `also` holding of every description.
+    pub async fn settled_where(
+        &self,
+        pki: &Pki,
+        within: Duration,
+        also: impl Fn(&ClusterDescription) -> bool,
+    ) -> Vec<ClusterDescription> {
         let n = self.ports.len() as u64;
         let started = Instant::now();
         let mut last = Vec::new();
@@ -159,6 +188,7 @@ impl Mesh {
                     d.leader.is_some()
                         && Some((d.leader, d.term, d.applied_index)) == first
                         && (1..=n).all(|id| state_of(d, id) == Some("alive"))
+                        && also(d)
                 })
             });
             if agree {
