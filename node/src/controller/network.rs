@@ -255,11 +255,12 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
 }
 
 /// Serves one controller connection from a peer node until it closes. `principal` is the name
-/// on the peer's node certificate.
+/// on the peer's node certificate. Each call goes to the member `controller` names at the
+/// time: a member started anew (after a stop) answers on connections its predecessor accepted.
 pub async fn serve(
     conn: quinn::Connection,
     principal: Arc<str>,
-    controller: Arc<super::Controller>,
+    controller: impl Fn() -> Option<Arc<super::Controller>>,
 ) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
@@ -269,7 +270,11 @@ pub async fn serve(
                 return;
             }
         };
-        let (controller, principal) = (controller.clone(), principal.clone());
+        let Some(controller) = controller() else {
+            conn.close(4u32.into(), b"this node's controller stopped");
+            return;
+        };
+        let principal = principal.clone();
         tokio::spawn(async move {
             let read = tokio::time::timeout(Duration::from_secs(30), read_message(&mut recv)).await;
             let Ok(Ok(body)) = read else {

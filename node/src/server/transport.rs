@@ -344,11 +344,12 @@ async fn serve_controller(
         conn.close(3u32.into(), b"controller traffic needs a node certificate");
         return;
     }
-    let Some(controller) = listener.service.controller() else {
+    if listener.service.controller().is_none() {
         conn.close(4u32.into(), b"this node's controller is not running yet");
         return;
-    };
-    crate::controller::network::serve(conn, principal, controller).await;
+    }
+    let service = listener.service.clone();
+    crate::controller::network::serve(conn, principal, move || service.controller()).await;
 }
 
 fn release<K: std::hash::Hash + Eq>(counts: &DashMap<K, u32>, key: &K) {

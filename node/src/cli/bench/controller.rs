@@ -2,7 +2,11 @@
 //! node listener (QUIC + mTLS, as between machines). Times how long a metadata change takes
 //! from its proposal until every voter has applied it. The same-run baseline is one fdatasync
 //! of a small write: a change commits only once the leader and a follower have synced it.
-//! (Election times come from `tests/tests/controller.rs`, which kills real processes.)
+//! Then elections: the leader's controller stops (its node stays up and answers the others'
+//! calls with errors, as a node whose controller died would), and the time until the other
+//! two agree on a new leader is measured; the stopped one starts again from its disk and
+//! rejoins before the next round. (`tests/tests/controller*.rs` kill real processes and cut
+//! links; they print their election times too.)
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,8 +28,11 @@ pub struct ControllerArgs {
     /// Metadata changes timed (topic creations, one at a time).
     #[arg(long, default_value_t = 500)]
     changes: u32,
-    /// The quorum's Raft heartbeat, in ms (elections start after 8–16 of them).
-    #[arg(long, default_value_t = 150)]
+    /// Leader failures timed (the leader's controller stopped, then started again).
+    #[arg(long, default_value_t = 10)]
+    elections: u32,
+    /// The quorum's Raft heartbeat, in ms (a new leader after 24–32 of them).
+    #[arg(long, default_value_t = 100)]
     raft_heartbeat_ms: u64,
     /// Directory for the voters' data and certificates (a temporary subdirectory).
     #[arg(long, default_value = ".")]
@@ -127,6 +134,40 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
         change.record(t0.elapsed().as_micros() as u64)?;
     }
 
+    // Elections: stop the leader's controller, time until the other two agree on another.
+    let mut election = Histogram::<u64>::new(3)?;
+    let mut leader = leader;
+    for round in 0..args.elections {
+        members[leader].shutdown().await;
+        let t0 = Instant::now();
+        let survivors: Vec<Arc<Controller>> = (0..3)
+            .filter(|i| *i != leader)
+            .map(|i| members[i].clone())
+            .collect();
+        let next = agreed_leader_but(&survivors, Some(leader))
+            .await
+            .map_err(|e| anyhow::anyhow!("election {round}: {e}"))?;
+        let elected = t0.elapsed();
+        election.record(elected.as_micros() as u64)?;
+        let restarted = Controller::start(configs[leader].clone()).await?;
+        servers[leader].0.set_controller(restarted.clone());
+        members[leader] = restarted;
+        leader = agreed_leader(&members)
+            .await
+            .map_err(|e| anyhow::anyhow!("after election {round}: {e}"))?;
+        // Steady again before the next round: the restarted member holds the whole log (one
+        // still behind cannot win, yet its failed elections delay the one that can).
+        let applied = members[leader].describe().applied_index;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while members.iter().any(|m| m.describe().applied_index < applied) {
+            if Instant::now() > deadline {
+                anyhow::bail!("after election {round}: a member did not catch up within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::debug!(round, ?elected, to = next, "election timed");
+    }
+
     let fsync_us = fdatasync_p50_us(&root.path().join("fsync-probe"))?;
     for (m, (s, _)) in members.iter().zip(&servers) {
         m.shutdown().await;
@@ -142,17 +183,30 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
         "changes": args.changes,
         "baseline_fdatasync_p50_us": fsync_us,
         "change_p50_over_fdatasync": super::round(p(&change, 0.5) as f64 / fsync_us.max(1) as f64),
+        "elections": args.elections,
+        "election_p50_ms": p(&election, 0.5) / 1000,
+        "election_p99_ms": p(&election, 0.99) / 1000,
+        "election_max_ms": election.max() / 1000,
     }))
 }
 
-/// Waits until every member names the same leader; answers its index.
+/// Waits until every member names the same leader; answers its index (of the three).
 async fn agreed_leader(members: &[Arc<Controller>]) -> anyhow::Result<usize> {
+    agreed_leader_but(members, None).await
+}
+
+/// Waits until every member names the same leader, and not `old` (an index of the three).
+async fn agreed_leader_but(
+    members: &[Arc<Controller>],
+    old: Option<usize>,
+) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let seen: Vec<Option<u64>> = members.iter().map(|m| m.describe().leader).collect();
         if let Some(Some(l)) = seen.first() {
-            if seen.iter().all(|s| *s == Some(*l)) {
-                return Ok(*l as usize - 1);
+            let index = *l as usize - 1;
+            if seen.iter().all(|s| *s == Some(*l)) && old != Some(index) {
+                return Ok(index);
             }
         }
         if Instant::now() > deadline {
