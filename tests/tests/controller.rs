@@ -278,3 +278,81 @@ async fn a_paused_leader_steps_down_when_it_resumes() {
         );
     }
 }
+
+/// Nodes that are not voters follow the metadata log as learners: two of them join three
+/// voters, register, and see every change the voters make (the fencing of one of them after
+/// its `kill -9`); when the controller leader dies, a voter, never a learner, takes over.
+#[tokio::test]
+async fn nodes_beyond_the_voters_follow_the_log_as_learners() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ports, config) = three_voters();
+    ports.extend([free_udp_port(), free_udp_port()]);
+    let mut nodes: Vec<NodeProcess> = (0..5)
+        .map(|i| {
+            NodeProcess::start_member(
+                &pki,
+                "east",
+                i as u32 + 1,
+                &dir.path().join(format!("n{}", i + 1)),
+                &config,
+                ports[i],
+            )
+        })
+        .collect();
+    let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let everyone = |d: &ClusterDescription| {
+        d.leader.is_some()
+            && d.learners == vec![4, 5]
+            && (1..=5).all(|id| state_of(d, id) == Some("alive"))
+    };
+    for i in 0..5 {
+        let (d, _) = wait_for(
+            &pki,
+            &address(i),
+            Duration::from_secs(30),
+            "five nodes, two of them learners",
+            everyone,
+        )
+        .await;
+        assert_eq!(d.voters, vec![1, 2, 3], "{d:#?}");
+        let leader = d.leader.unwrap();
+        assert!(leader <= 3, "a learner leads: {d:#?}");
+        let learner = d.nodes.iter().find(|n| n.node_id == 4).unwrap();
+        assert!(!learner.voter, "{d:#?}");
+    }
+
+    // A change the voters make reaches the learners too.
+    nodes[4].kill9();
+    let killed = Instant::now();
+    for i in 0..4 {
+        wait_for(
+            &pki,
+            &address(i),
+            Duration::from_secs(10),
+            "node 5 fenced",
+            |d| state_of(d, 5) == Some("fenced"),
+        )
+        .await;
+    }
+    println!(
+        "node 5 killed: its fencing applied on all four others {:?} later (session timeout 1 s)",
+        killed.elapsed()
+    );
+
+    // The leader dies: a voter takes over; the learner stays one.
+    let before = describe(&pki, &address(3)).await.unwrap();
+    let leader = before.leader.unwrap();
+    nodes[leader as usize - 1].kill9();
+    let (d, _) = wait_for(
+        &pki,
+        &address(3),
+        Duration::from_secs(15),
+        "a new leader, seen by the learner",
+        |d| d.leader.is_some_and(|l| l != leader) && state_of(d, leader) == Some("fenced"),
+    )
+    .await;
+    let new = d.leader.unwrap();
+    assert!(new <= 3, "a learner took over: {d:#?}");
+    assert_eq!(d.learners, vec![4, 5], "{d:#?}");
+}

@@ -182,15 +182,29 @@ impl Controller {
     /// [`PROPOSE_DEADLINE`].
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
         let deadline = Instant::now() + PROPOSE_DEADLINE;
+        // A node that is not yet a member (a new learner registering) hears from no leader:
+        // it asks the voters it was configured with in turn, and follows their hints.
+        let voters: Vec<u64> = self.config.voter_set().into_keys().collect();
+        let mut hint: Option<u64> = None;
+        let mut turn = 0usize;
         loop {
-            let attempt = match self.raft.current_leader().await {
-                Some(leader) if leader == self.config.node_id => {
-                    self.propose_here(command.clone()).await
+            let target = match self.raft.current_leader().await.or(hint.take()) {
+                Some(leader) => leader,
+                None => {
+                    turn += 1;
+                    voters[turn % voters.len()]
                 }
-                Some(leader) => match self.address_of(leader) {
+            };
+            let attempt = if target == self.config.node_id {
+                self.propose_here(command.clone()).await
+            } else {
+                match self
+                    .address_of(target)
+                    .or_else(|| self.config.voters.get(&target).cloned())
+                {
                     Some(address) => ask::<ProposeAnswer>(
                         &self.peers,
-                        leader,
+                        target,
                         &address,
                         &Call::Propose(command.clone()),
                         CALL_DEADLINE,
@@ -198,9 +212,11 @@ impl Controller {
                     .await
                     .unwrap_or_else(|e| Err(ProposeError::Failed(e.to_string()))),
                     None => Err(ProposeError::NoLeader(PROPOSE_DEADLINE)),
-                },
-                None => Err(ProposeError::NoLeader(PROPOSE_DEADLINE)),
+                }
             };
+            if let Err(ProposeError::NotLeader { leader, .. }) = &attempt {
+                hint = *leader;
+            }
             match attempt {
                 Err(e) if Instant::now() < deadline && retriable(&e) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
