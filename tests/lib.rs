@@ -400,17 +400,7 @@ impl NodeProcess {
         config_toml: &str,
         port: u16,
     ) -> NodeProcess {
-        NodeProcess::try_start(
-            pki,
-            cluster,
-            data_dir,
-            config_toml,
-            port,
-            &[],
-            None,
-            Some(node_id),
-        )
-        .unwrap_or_else(|log| panic!("node {node_id} did not start; log: {log:?}"))
+        NodeProcess::start_member_with_env(pki, cluster, node_id, data_dir, config_toml, port, &[])
     }
 
     /// [`NodeProcess::start_member`] with extra environment (e.g. the durability journal).

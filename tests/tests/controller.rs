@@ -24,6 +24,27 @@ fn three_voters() -> (Vec<u16>, String) {
     (ports, config)
 }
 
+/// Nodes 1..=N of cluster east on `ports`, data under `dir/n<ID>`, all with `config`.
+fn start_members(
+    pki: &Pki,
+    dir: &std::path::Path,
+    ports: &[u16],
+    config: &str,
+) -> Vec<NodeProcess> {
+    (0..ports.len())
+        .map(|i| {
+            NodeProcess::start_member(
+                pki,
+                "east",
+                i as u32 + 1,
+                &dir.join(format!("n{}", i + 1)),
+                config,
+                ports[i],
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_single_node_is_a_one_voter_quorum_and_describes_itself() {
     let pki = Pki::new();
@@ -66,17 +87,9 @@ async fn three_voters_survive_the_kill_of_their_leader_and_fence_it() {
     let (ports, config) = three_voters();
     let data = |id: usize| dir.path().join(format!("n{id}"));
     let started = Instant::now();
-    let mut nodes: Vec<Option<NodeProcess>> = (0..3)
-        .map(|i| {
-            Some(NodeProcess::start_member(
-                &pki,
-                "east",
-                i as u32 + 1,
-                &data(i + 1),
-                &config,
-                ports[i],
-            ))
-        })
+    let mut nodes: Vec<Option<NodeProcess>> = start_members(&pki, dir.path(), &ports, &config)
+        .into_iter()
+        .map(Some)
         .collect();
     let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let all_alive = |d: &ClusterDescription| {
@@ -208,18 +221,7 @@ async fn a_paused_leader_steps_down_when_it_resumes() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (ports, config) = three_voters();
-    let nodes: Vec<NodeProcess> = (0..3)
-        .map(|i| {
-            NodeProcess::start_member(
-                &pki,
-                "east",
-                i as u32 + 1,
-                &dir.path().join(format!("n{}", i + 1)),
-                &config,
-                ports[i],
-            )
-        })
-        .collect();
+    let nodes = start_members(&pki, dir.path(), &ports, &config);
     let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let (d, _) = wait_for(
         &pki,
@@ -288,18 +290,7 @@ async fn nodes_beyond_the_voters_follow_the_log_as_learners() {
     let dir = tempfile::tempdir().unwrap();
     let (mut ports, config) = three_voters();
     ports.extend([free_udp_port(), free_udp_port()]);
-    let mut nodes: Vec<NodeProcess> = (0..5)
-        .map(|i| {
-            NodeProcess::start_member(
-                &pki,
-                "east",
-                i as u32 + 1,
-                &dir.path().join(format!("n{}", i + 1)),
-                &config,
-                ports[i],
-            )
-        })
-        .collect();
+    let mut nodes = start_members(&pki, dir.path(), &ports, &config);
     let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let everyone = |d: &ClusterDescription| {
         d.leader.is_some()

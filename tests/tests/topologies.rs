@@ -310,6 +310,27 @@ async fn quickstart_mirrors_east_into_west() {
 /// kcat lines that work as printed: a record produced into east with kcat is read from the
 /// mirror in west with kcat.
 fn kcat_lines_work(up: &Up) {
+    // The topology's `controllers` and `rack` reach the node: east is a one-voter quorum.
+    let certs = up.state.path().join("certs");
+    let path = |f: &str| certs.join(f).display().to_string();
+    let described = strait(&[
+        "cluster",
+        "describe",
+        "--json",
+        "--bootstrap",
+        "127.0.0.1:7401",
+        "--ca",
+        &path("ca.crt"),
+        "--cert",
+        &path("admin.crt"),
+        "--key",
+        &path("admin.key"),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(json["voters"], serde_json::json!([1]), "{json:#}");
+    assert_eq!(json["leader"], 1, "{json:#}");
+    assert_eq!(json["nodes"][0]["address"], "127.0.0.1:7401", "{json:#}");
+    assert_eq!(json["nodes"][0]["rack"], "us-east-1a", "{json:#}");
     let output = up.output.lock().unwrap().clone();
     assert!(
         output.contains("Kafka bootstrap of east (node 1): 127.0.0.1:9092"),

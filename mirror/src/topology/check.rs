@@ -12,7 +12,7 @@ use std::path::Path;
 
 use strait_protocol::ids::TopicName;
 
-use super::model::Topology;
+use super::model::{Cluster, Topology};
 use crate::naming::{target_topic, Naming};
 
 /// One thing wrong with a topology.
@@ -89,6 +89,55 @@ impl Checker {
         });
     }
 
+    /// `controllers`: `ID@HOST:PORT` entries naming 1, 3 or 5 of the cluster's own nodes, each
+    /// at the address the node listens on (the nodes dial these; a typo would leave a voter
+    /// no one reaches).
+    fn controllers(&mut self, cluster: &Cluster, element: &str) {
+        let mut seen = BTreeSet::new();
+        for entry in &cluster.controllers {
+            let Some((id, address)) = entry.split_once('@') else {
+                self.problem(
+                    element,
+                    format!("controller {entry:?} is not ID@HOST:PORT (for instance \"1@127.0.0.1:7001\")"),
+                );
+                continue;
+            };
+            let Ok(id) = id.trim().parse::<u32>() else {
+                self.problem(
+                    element,
+                    format!("controller {entry:?}: {id:?} is not a node id"),
+                );
+                continue;
+            };
+            if !seen.insert(id) {
+                self.problem(
+                    element,
+                    format!("controller {id} is named twice in controllers"),
+                );
+            }
+            match cluster.nodes.iter().find(|n| n.id == id) {
+                None => self.problem(
+                    element,
+                    format!("controller {entry:?} names node {id}, which this cluster does not declare; voters are nodes of their own cluster"),
+                ),
+                Some(node) if node.address != address.trim() => self.problem(
+                    element,
+                    format!("controller {entry:?}: node {id} listens on {}; name it there", node.address),
+                ),
+                Some(_) => {}
+            }
+        }
+        if !matches!(cluster.controllers.len(), 0 | 1 | 3 | 5) {
+            self.problem(
+                element,
+                format!(
+                    "{} controllers named; a quorum has 1, 3 or 5 voters (an even count survives no more failures than one fewer)",
+                    cluster.controllers.len()
+                ),
+            );
+        }
+    }
+
     fn clusters(&mut self, t: &Topology) {
         if t.name.is_empty() || !plain_name(&t.name) {
             self.problem(
@@ -116,8 +165,9 @@ impl Checker {
             match cluster.nodes.len() {
                 0 => self.problem(&element, "has no nodes; add a [[clusters.nodes]] entry"),
                 1 => {}
-                n => self.problem(&element, format!("has {n} nodes; clusters of several nodes need replicated partitions, which this version does not have: declare one node per cluster")),
+                n => self.problem(&element, format!("has {n} nodes; a cluster of several nodes needs its partitions placed across them, which this version does not do yet (the controller quorum runs, the data plane follows): declare one node per cluster")),
             }
+            self.controllers(cluster, &element);
             let mut ids = BTreeSet::new();
             for node in &cluster.nodes {
                 let element = format!("cluster {}, node {}", cluster.name, node.id);

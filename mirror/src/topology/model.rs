@@ -119,6 +119,10 @@ pub struct Cluster {
     #[serde(default)]
     pub region: Option<String>,
     pub nodes: Vec<Node>,
+    /// The controller quorum's voters, `["ID@HOST:PORT", …]` (1, 3 or 5 of the nodes, at their
+    /// `address`), as in a node's config. Empty: each node is a one-voter quorum of itself.
+    #[serde(default)]
+    pub controllers: Vec<String>,
 }
 
 /// One node of a cluster.
@@ -136,6 +140,9 @@ pub struct Node {
     /// Data directory; relative paths are under the state dir. Default `<cluster>-<id>`.
     #[serde(default)]
     pub data_dir: Option<String>,
+    /// Rack or zone: replicas of a partition go to different ones.
+    #[serde(default)]
+    pub rack: Option<String>,
 }
 
 /// A topic and the clusters it is produced on.

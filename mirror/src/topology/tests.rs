@@ -218,3 +218,38 @@ nodes = [{ id = 1, address = "127.0.0.1:7000", admin = "127.0.0.1:9000" }]
         "{problems:?}"
     );
 }
+
+#[test]
+fn controllers_name_the_clusters_own_nodes_at_their_addresses() {
+    let with = |entries: &str| {
+        TWO_REGIONS.replace(
+            "nodes = [{ id = 1, address = \"127.0.0.1:7001\", admin = \"127.0.0.1:9001\" }]",
+            &format!(
+                "nodes = [{{ id = 1, address = \"127.0.0.1:7001\", admin = \"127.0.0.1:9001\", rack = \"a\" }}]\ncontrollers = [{entries}]"
+            ),
+        )
+    };
+    let sound = with("\"1@127.0.0.1:7001\"");
+    assert!(sound.contains("controllers"), "{sound}");
+    notes(&sound);
+    one_problem_containing(
+        &with("\"1-127.0.0.1:7001\""),
+        &["cluster east", "ID@HOST:PORT"],
+    );
+    one_problem_containing(
+        &with("\"2@127.0.0.1:7001\""),
+        &["node 2", "does not declare"],
+    );
+    one_problem_containing(
+        &with("\"1@127.0.0.1:7009\""),
+        &["listens on 127.0.0.1:7001"],
+    );
+    one_problem_containing(
+        &with("\"1@127.0.0.1:7001\", \"1@127.0.0.1:7001\""),
+        &["named twice"],
+    );
+    one_problem_containing(
+        &with("\"1@127.0.0.1:7001\", \"1@127.0.0.1:7001\""),
+        &["2 controllers named", "1, 3 or 5"],
+    );
+}

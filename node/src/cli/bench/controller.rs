@@ -1,6 +1,7 @@
-//! `strait bench controller`: three controller voters in one process, each behind its own
-//! node listener (QUIC + mTLS, as between machines). Times how long a metadata change takes
-//! from its proposal until every voter has applied it. The same-run baseline is one fdatasync
+//! `strait bench controller`: three controller voters and (by default) two learners in one
+//! process, each behind its own node listener (QUIC + mTLS, as between machines). Times how
+//! long a metadata change takes from its proposal until every voter, and every node, has
+//! applied it. The same-run baseline is one fdatasync
 //! of a small write: a change commits only once the leader and a follower have synced it.
 //! Then elections: the leader's controller stops (its node stays up and answers the others'
 //! calls with errors, as a node whose controller died would), and the time until the other
@@ -28,6 +29,10 @@ pub struct ControllerArgs {
     /// Metadata changes timed (topic creations, one at a time).
     #[arg(long, default_value_t = 500)]
     changes: u32,
+    /// Nodes beside the three voters, following the metadata log as learners; a change is
+    /// timed until every node, learners included, applied it.
+    #[arg(long, default_value_t = 2)]
+    learners: u32,
     /// Leader failures timed (the leader's controller stopped, then started again).
     #[arg(long, default_value_t = 10)]
     elections: u32,
@@ -51,7 +56,8 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
     let certs = root.path().join("certs");
     strait_certs::init_ca(&certs)?;
     let mut servers = Vec::new();
-    for id in 1..=3u64 {
+    let nodes = 3 + u64::from(args.learners);
+    for id in 1..=nodes {
         let name = format!("{CLUSTER}-{id}");
         strait_certs::issue(&certs, &name, Role::Node, &[])?;
         let data = root.path().join(&name);
@@ -73,13 +79,13 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
         .map(|(id, (s, _))| (id, s.local_addr.to_string()))
         .collect();
     let mut configs = Vec::new();
-    for (id, (_, data)) in (1..=3u64).zip(&servers) {
+    for (id, (server, data)) in (1..=nodes).zip(&servers) {
         let name = format!("{CLUSTER}-{id}");
         configs.push(ControllerConfig {
             cluster: CLUSTER.into(),
             node_id: id,
             voters: voters.clone(),
-            advertised: voters[&id].clone(),
+            advertised: server.local_addr.to_string(),
             kafka_address: None,
             rack: None,
             dir: data.join("controller"),
@@ -103,15 +109,24 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
     }
     let leader = agreed_leader(&members).await?;
     let first_election = started.elapsed();
-    // Topics are placed on registered nodes: wait until all three have registered.
+    // Topics are placed on registered nodes: wait until all have registered, and the
+    // learners follow the log.
     for m in &members {
         m.image()
-            .wait_for(|img| img.nodes.values().filter(|n| !n.fenced).count() == 3)
+            .wait_for(|img| img.nodes.values().filter(|n| !n.fenced).count() == nodes as usize)
             .await?;
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members[leader].describe().learners.len() < args.learners as usize {
+        if Instant::now() > deadline {
+            anyhow::bail!("the learners were not added within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
-    // Metadata changes: proposed through the leader, done when all three applied them.
+    // Metadata changes: proposed through the leader, done when every node applied them.
     let mut change = Histogram::<u64>::new(3)?;
+    let mut everywhere = Histogram::<u64>::new(3)?;
     for i in 0..args.changes {
         let name = format!("t{i}");
         let t0 = Instant::now();
@@ -126,12 +141,18 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
         if let Outcome::Refused(why) = outcome {
             anyhow::bail!("the controller refused topic {name}: {why}");
         }
-        for m in &members {
+        for (n, m) in members.iter().enumerate() {
+            if n == 3 {
+                change.record(t0.elapsed().as_micros() as u64)?;
+            }
             m.image()
                 .wait_for(|img| img.topics.contains_key(&name))
                 .await?;
         }
-        change.record(t0.elapsed().as_micros() as u64)?;
+        if members.len() == 3 {
+            change.record(t0.elapsed().as_micros() as u64)?;
+        }
+        everywhere.record(t0.elapsed().as_micros() as u64)?;
     }
 
     // Elections: stop the leader's controller, time until the other two agree on another.
@@ -176,10 +197,13 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
     let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
     Ok(json!({
         "voters": 3,
+        "learners": args.learners,
         "raft_heartbeat_ms": args.raft_heartbeat_ms,
         "first_election_ms": first_election.as_millis() as u64,
         "change_to_all_voters_p50_us": p(&change, 0.5),
         "change_to_all_voters_p99_us": p(&change, 0.99),
+        "change_to_every_node_p50_us": p(&everywhere, 0.5),
+        "change_to_every_node_p99_us": p(&everywhere, 0.99),
         "changes": args.changes,
         "baseline_fdatasync_p50_us": fsync_us,
         "change_p50_over_fdatasync": super::round(p(&change, 0.5) as f64 / fsync_us.max(1) as f64),

@@ -245,6 +245,18 @@ fn node_config(
         doc.insert("kafka".into(), section.into());
     }
     doc.insert("data_dir".into(), data_dir.display().to_string().into());
+    let voters = topology
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)
+        .map(|c| c.controllers.clone())
+        .unwrap_or_default();
+    if !voters.is_empty() {
+        doc.insert("controllers".into(), voters.into());
+    }
+    if let Some(rack) = &node.rack {
+        doc.insert("rack".into(), rack.clone().into());
+    }
     doc.insert(
         "ca".into(),
         certs.join("ca.crt").display().to_string().into(),
