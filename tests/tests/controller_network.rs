@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use strait_protocol::client::{Admin, Producer, ProducerConfig};
 use strait_tests::quorum::{describe, incarnation_of, state_of, wait_for, LeaderLog, Mesh};
 use strait_tests::Pki;
 
@@ -144,4 +145,100 @@ async fn c1_a_leader_reaching_one_of_four_voters_is_replaced_without_split_brain
 #[tokio::test]
 async fn a_voter_cut_from_the_leader_alone_is_fenced_and_the_majority_serves() {
     cut_the_leader(3, 1).await;
+}
+
+/// One record to partition 0 of `t` on the node at `address`, one attempt: the error code if
+/// the node refused it.
+async fn write_once(pki: &Pki, address: &str) -> Result<u64, Option<strait_protocol::ErrorCode>> {
+    let config = ProducerConfig {
+        attempts: 1,
+        linger_ms: 0,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(pki.client(address), config);
+    let sent = producer.send("t", Some(0), None, Some(b"x"), &[]).await;
+    let delivered = match sent {
+        Ok(delivery) => delivery.wait().await,
+        Err(e) => Err(e),
+    };
+    delivered.map_err(|e| {
+        println!("write to {address}: {e}");
+        e.code()
+    })
+}
+
+/// A node cut off from the controller quorum stops taking writes by itself within its session
+/// timeout, even the controller leader (it needs a majority's word that it still leads), while
+/// the majority keeps taking them; healed, it registers anew and takes writes again.
+#[tokio::test]
+async fn a_node_cut_off_from_the_controller_stops_taking_writes_until_it_registers_again() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(&pki, dir.path(), 3).await;
+    let leader = mesh.agreed(&pki, Duration::from_secs(30)).await as usize - 1;
+    for i in 0..3 {
+        Admin::new(pki.client(&mesh.address(i)))
+            .create_topic("t", 1, vec![])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = write_once(&pki, &mesh.address(i)).await {
+            assert!(
+                Instant::now() < deadline,
+                "node {} refuses writes: {e:?}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for o in (0..3).filter(|o| *o != leader) {
+        mesh.cut(leader, o, true);
+    }
+    let cut = Instant::now();
+    let refused = loop {
+        match write_once(&pki, &mesh.address(leader)).await {
+            Err(Some(code)) if code == strait_protocol::ErrorCode::NOT_LEADER => {
+                break cut.elapsed()
+            }
+            other => assert!(
+                cut.elapsed() < Duration::from_secs(10),
+                "the cut-off leader still takes writes: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("the cut-off leader refused writes {refused:?} after the cut (session timeout 1 s)");
+    // The majority elects and writes on.
+    let others: Vec<usize> = (0..3).filter(|o| *o != leader).collect();
+    for &o in &others {
+        wait_for(
+            &pki,
+            &mesh.address(o),
+            Duration::from_secs(15),
+            "a new leader",
+            |d| d.leader.is_some_and(|l| l as usize - 1 != leader),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = write_once(&pki, &mesh.address(o)).await {
+            assert!(
+                Instant::now() < deadline,
+                "node {} refuses writes: {e:?}",
+                o + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for &o in &others {
+        mesh.cut(leader, o, false);
+    }
+    let healed = Instant::now();
+    while let Err(e) = write_once(&pki, &mesh.address(leader)).await {
+        assert!(
+            healed.elapsed() < Duration::from_secs(15),
+            "the healed node still refuses writes: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("healed: writes taken again {:?} later", healed.elapsed());
 }

@@ -356,6 +356,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
     } else {
         &args.controllers
     })?;
+    let alone = voters.len() <= 1;
     let rack = args.rack.or(file.rack.clone());
     let data_dir = args
         .data_dir
@@ -503,11 +504,23 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(file.controller.heartbeat_interval_ms.max(10)),
         raft_heartbeat: Duration::from_millis(file.controller.raft_heartbeat_ms.max(10)),
     };
+    if !alone && controller_config.session_timeout < controller_config.raft_heartbeat * 32 {
+        tracing::warn!(
+            session_timeout = ?controller_config.session_timeout,
+            "the session timeout is shorter than a controller election (up to 32 raft heartbeats): every node stops taking writes while one runs; raise [controller] session_timeout_ms"
+        );
+    }
     let server = Server::start(broker.clone(), listen_config)?;
     let controller = Controller::start(controller_config)
         .await
         .context("cannot start the controller")?;
     server.set_controller(controller.clone());
+    // A node takes writes once registered. Alone in its quorum it registers at once, so it
+    // waits for that before it reports ready; a node of several voters serves reads meanwhile
+    // (its peers may not be up yet) and takes writes once the quorum registers it.
+    if alone && !controller.registered_within(Duration::from_secs(5)).await {
+        tracing::warn!("not registered with the controller within 5 s; serving reads, refusing writes (retriable) until it is");
+    }
     let kafka = match kafka_config {
         Some(k) => Some(KafkaListener::start(server.service(), k).await?),
         None => None,

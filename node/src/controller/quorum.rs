@@ -12,7 +12,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
 use strait_protocol::message::{ClusterDescription, ClusterNode};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::image::{Command, MetadataImage, Outcome};
 use super::network::{
@@ -86,6 +86,10 @@ pub struct Controller {
     image: watch::Receiver<Arc<MetadataImage>>,
     /// The incarnation this node registered as (0: not yet).
     incarnation: AtomicU64,
+    /// When the controller leader last confirmed this incarnation alive: the moment the
+    /// heartbeat it answered was sent (never later than the leader heard it, so this node
+    /// stops leading no later than the leader fences it).
+    confirmed: Mutex<Option<Instant>>,
     sessions: Mutex<HashMap<u64, Session>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -150,6 +154,7 @@ impl Controller {
             peers,
             image,
             incarnation: AtomicU64::new(0),
+            confirmed: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         });
@@ -175,6 +180,66 @@ impl Controller {
     /// The incarnation this node is registered as (0 until registered).
     pub fn incarnation(&self) -> u64 {
         self.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Whether this node may act as a leader of its partitions (take writes): only while
+    /// registered and confirmed alive by the controller leader within the session timeout.
+    /// A node cut off from the controller stops by itself, no later than the leader fences
+    /// it (Kafka brokers fence themselves the same way when their lease runs out); it
+    /// leads again only once it has registered anew.
+    pub fn may_lead(&self) -> Result<(), String> {
+        if self.incarnation() == 0 {
+            return Err(format!(
+                "node {} is not registered with its cluster's controller (yet); it takes writes once it is",
+                self.config.node_id
+            ));
+        }
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        match confirmed {
+            Some(at) if at.elapsed() <= self.config.session_timeout => Ok(()),
+            _ => Err(format!(
+                "node {} has not been confirmed alive by its cluster's controller for over {:?} (cut off from the controller quorum?), so the controller fences it; it takes writes again once it registers anew",
+                self.config.node_id, self.config.session_timeout
+            )),
+        }
+    }
+
+    /// Waits until this node is registered, at most `within`; answers whether it is.
+    pub async fn registered_within(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.may_lead().is_err() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// While leading: the latest moment by which a majority of the voters (this one
+    /// included) had heartbeated to it, or `None` if they have not.
+    fn majority_heard_at(&self) -> Option<Instant> {
+        let voters: Vec<u64> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let needed = voters.len() / 2; // besides this one
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut heard: Vec<Instant> = voters
+            .iter()
+            .filter(|v| **v != self.config.node_id)
+            .filter_map(|v| sessions.get(v).map(|s| s.seen))
+            .collect();
+        heard.sort_unstable_by(|a, b| b.cmp(a));
+        match needed {
+            0 => Some(Instant::now()),
+            n => heard.get(n - 1).copied(),
+        }
+    }
+
+    fn confirm(&self, sent: Instant) {
+        *self.confirmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent);
     }
 
     /// Puts `command` in the metadata log (through the leader, wherever it is) and answers its
@@ -347,6 +412,9 @@ impl Controller {
                             node = self.config.node_id,
                             incarnation, "registered with the controller"
                         );
+                        // Applied by the leader before this answer, and its session for the new
+                        // incarnation starts at its next round after that: now is no later.
+                        self.confirm(Instant::now());
                         self.incarnation.store(incarnation, Ordering::Release);
                         continue;
                     }
@@ -360,10 +428,23 @@ impl Controller {
             }
             tokio::time::sleep(self.config.heartbeat_interval).await;
             let incarnation = self.incarnation();
+            let mut sent = Instant::now();
             let answer = match self.raft.current_leader().await {
-                Some(l) if l == self.config.node_id => {
-                    self.heartbeat_from(self.config.node_id, incarnation)
-                }
+                // The leader counts itself alive only as of the last moment a majority of the
+                // voters (itself included) heartbeated to it: a leader cut off from the other
+                // voters must stop taking writes like any node that cannot reach the leader.
+                Some(l) if l == self.config.node_id => match self.majority_heard_at() {
+                    Some(at) => {
+                        sent = sent.min(at);
+                        self.heartbeat_from(self.config.node_id, incarnation)
+                    }
+                    None => {
+                        debug!("no majority of the voters heartbeated to this leader lately");
+                        Err(ProposeError::Failed(
+                            "a majority of the voters did not confirm this leader".into(),
+                        ))
+                    }
+                },
                 Some(l) => match self.address_of(l) {
                     Some(address) => ask::<HeartbeatReply>(
                         &self.peers,
@@ -381,6 +462,9 @@ impl Controller {
                 },
                 None => continue,
             };
+            if answer == Ok(HeartbeatAnswer::Alive) {
+                self.confirm(sent);
+            }
             if answer == Ok(HeartbeatAnswer::Register) {
                 warn!(
                     node = self.config.node_id,

@@ -347,6 +347,17 @@ impl RequestService {
             ));
         }
         self.authorize(session, &request)?;
+        if matches!(
+            request,
+            Request::Produce { .. } | Request::MirrorAppend { .. }
+        ) {
+            // Writes only while the controller counts this node alive (see `may_lead`).
+            if let Some(controller) = self.controller() {
+                controller
+                    .may_lead()
+                    .map_err(|why| WireError::new(ErrorCode::NOT_LEADER, why))?;
+            }
+        }
         match request {
             Request::Hello {
                 version_min,
