@@ -49,7 +49,13 @@ fn start_members(
 async fn a_single_node_is_a_one_voter_quorum_and_describes_itself() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(&pki, "east", &dir.path().join("n1"), "");
+    let admin = format!("127.0.0.1:{}", strait_tests::free_tcp_port());
+    let node = NodeProcess::start(
+        &pki,
+        "east",
+        &dir.path().join("n1"),
+        &format!("admin_listen = \"{admin}\"\n"),
+    );
     let (d, _) = wait_for(
         &pki,
         &node.address,
@@ -78,6 +84,14 @@ async fn a_single_node_is_a_one_voter_quorum_and_describes_itself() {
     assert_eq!(json["leader"], 1, "{json:#}");
     assert_eq!(json["nodes"][0]["state"], "alive", "{json:#}");
     assert_eq!(json["nodes"][0]["voter"], true, "{json:#}");
+    let metrics = strait_tests::http_body(&strait_tests::http_get(&admin, "/metrics")).to_string();
+    for line in [
+        "strait_controller_leader{cluster=\"east\",node=\"1\"} 1",
+        "strait_controller_takes_writes{cluster=\"east\",node=\"1\"} 1",
+        "strait_controller_nodes{state=\"alive\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ impl Collector for NodeGauges {
                 f64::from(u8::from(super::readiness(state).is_ok())),
             )],
         )?;
+        controller(state, &mut e)?;
         partitions(state, &mut e)?;
         groups(state, &mut e)?;
         flows(state, &mut e)?;
@@ -59,6 +60,70 @@ impl Collector for NodeGauges {
 struct NodeLabels {
     cluster: LabelText,
     node: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeStateLabels {
+    state: LabelText,
+}
+
+/// The controller as this node sees it: whether it leads the quorum, the term, how far it
+/// applied the metadata log, whether it may take writes, and the cluster's nodes by state.
+fn controller(state: &AdminState, e: &mut DescriptorEncoder) -> fmt::Result {
+    let Some(c) = &state.controller else {
+        return Ok(());
+    };
+    let d = c.describe();
+    let node = || NodeLabels {
+        cluster: state.broker.cluster.as_str().into(),
+        node: state.broker.node_id.to_string().into(),
+    };
+    family(
+        e,
+        "strait_controller_leader",
+        Kind::Gauge,
+        "1 while this node leads its cluster's controller quorum.",
+        [(node(), f64::from(u8::from(d.leader == Some(d.node_id))))],
+    )?;
+    family(
+        e,
+        "strait_controller_term",
+        Kind::Gauge,
+        "The controller quorum's term as this node knows it; each election raises it.",
+        [(node(), d.term as f64)],
+    )?;
+    family(
+        e,
+        "strait_controller_applied_index",
+        Kind::Gauge,
+        "The last metadata-log entry this node applied.",
+        [(node(), d.applied_index.unwrap_or(0) as f64)],
+    )?;
+    family(
+        e,
+        "strait_controller_takes_writes",
+        Kind::Gauge,
+        "1 while the controller counts this node alive (registered, confirmed within its session timeout); 0: it answers writes with not_leader.",
+        [(node(), f64::from(u8::from(c.may_lead().is_ok())))],
+    )?;
+    let mut by_state = std::collections::BTreeMap::new();
+    for n in &d.nodes {
+        *by_state.entry(n.state.clone()).or_insert(0u32) += 1;
+    }
+    family(
+        e,
+        "strait_controller_nodes",
+        Kind::Gauge,
+        "The cluster's nodes by state (alive, fenced, unregistered), as this node's metadata shows them.",
+        by_state.into_iter().map(|(s, n)| {
+            (
+                NodeStateLabels {
+                    state: s.as_str().into(),
+                },
+                f64::from(n),
+            )
+        }),
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub groups: Arc<crate::groups::GroupCoordinator>,
     /// The flows that copy from this node.
     pub outgoing: Arc<crate::server::outgoing::OutgoingFlows>,
+    /// This node's controller member.
+    pub controller: Option<Arc<crate::controller::Controller>>,
     /// Certificates whose expiry is exposed: (what, file).
     pub certificates: Vec<(String, std::path::PathBuf)>,
     /// Certificates expiring sooner than this count as expiring.

@@ -541,6 +541,7 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         ("ca".to_string(), ca_path.clone()),
     ];
     let admin = Arc::new(AdminState {
+        controller: Some(controller.clone()),
         broker: broker.clone(),
         quic_address: advertised,
         ready: AtomicBool::new(false),
