@@ -6,6 +6,7 @@
 
 mod check;
 mod model;
+mod voters;
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ pub use check::{certificate_files, check, node_identity, Problem};
 pub use model::{
     Cluster, Defaults, FailoverPair, Flow, Node, Principal, Security, Topic, Topology, Wan,
 };
+pub use voters::{parse_voters, VoterError};
 
 /// Why a topology file cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -189,36 +189,6 @@ impl Default for ControllerSection {
     }
 }
 
-/// Parses `ID@HOST:PORT` voter entries.
-fn parse_voters(entries: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
-    let mut voters = BTreeMap::new();
-    for entry in entries {
-        let Some((id, address)) = entry.split_once('@') else {
-            bail!("controller {entry:?} is not ID@HOST:PORT (for instance 1@10.0.0.1:7400)");
-        };
-        let id: u64 = id
-            .trim()
-            .parse()
-            .with_context(|| format!("controller {entry:?}: {id:?} is not a node id"))?;
-        if address
-            .rsplit_once(':')
-            .is_none_or(|(host, _)| host.is_empty())
-        {
-            bail!("controller {entry:?}: {address:?} is not HOST:PORT");
-        }
-        if voters.insert(id, address.trim().to_string()).is_some() {
-            bail!("controller {id} is named twice in controllers");
-        }
-    }
-    if !matches!(voters.len(), 0 | 1 | 3 | 5) {
-        bail!(
-            "{} controllers named; a quorum has 1, 3 or 5 voters (an even count survives no more failures than one fewer)",
-            voters.len()
-        );
-    }
-    Ok(voters)
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Limits {
@@ -351,11 +321,19 @@ pub async fn run(command: NodeCommand) -> anyhow::Result<()> {
         .or(file.node_id)
         .ok_or_else(|| need("node-id"))?;
     let listen = args.listen.or(file.listen).ok_or_else(|| need("listen"))?;
-    let voters = parse_voters(if args.controllers.is_empty() {
-        &file.controllers
-    } else {
-        &args.controllers
-    })?;
+    let (voters, problems) =
+        strait_mirror::topology::parse_voters(if args.controllers.is_empty() {
+            &file.controllers
+        } else {
+            &args.controllers
+        });
+    if let Some(first) = problems.first() {
+        bail!("{first}");
+    }
+    let voters: BTreeMap<u64, String> = voters
+        .into_iter()
+        .map(|(id, address)| (u64::from(id), address))
+        .collect();
     let alone = voters.len() <= 1;
     let rack = args.rack.or(file.rack.clone());
     let data_dir = args

@@ -24,7 +24,6 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
-use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -194,7 +193,7 @@ impl Peers {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let expected = node_identity(&self.cluster, target);
-        match identity(&conn) {
+        match crate::server::peer_identity(&conn) {
             Some((principal, Some(strait_certs::Role::Node))) if principal == expected => {}
             other => {
                 conn.close(1u32.into(), b"not the node dialled");
@@ -211,20 +210,6 @@ impl Peers {
 /// The name a node's certificate carries: `CLUSTER-ID` (as `topology up` issues them).
 pub fn node_identity(cluster: &str, id: u64) -> String {
     strait_mirror::topology::node_identity(cluster, u32::try_from(id).unwrap_or(u32::MAX))
-}
-
-/// The peer certificate's principal and role.
-pub fn identity(conn: &quinn::Connection) -> Option<(String, Option<strait_certs::Role>)> {
-    let leaf = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?
-        .first()?
-        .clone();
-    Some((
-        strait_certs::principal_of(&leaf)?,
-        strait_certs::role_of(&leaf),
-    ))
 }
 
 async fn write_message(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {

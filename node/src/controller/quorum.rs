@@ -263,10 +263,7 @@ impl Controller {
             let attempt = if target == self.config.node_id {
                 self.propose_here(command.clone()).await
             } else {
-                match self
-                    .address_of(target)
-                    .or_else(|| self.config.voters.get(&target).cloned())
-                {
+                match self.address_of(target) {
                     Some(address) => ask::<ProposeAnswer>(
                         &self.peers,
                         target,
@@ -282,8 +279,9 @@ impl Controller {
             if let Err(ProposeError::NotLeader { leader, .. }) = &attempt {
                 hint = *leader;
             }
+            // Every failure (no leader, a moved leader, a lost call) is worth another try.
             match attempt {
-                Err(e) if Instant::now() < deadline && retriable(&e) => {
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 other => return other,
@@ -305,7 +303,9 @@ impl Controller {
         }
     }
 
-    /// A member's address, from the membership the log holds.
+    /// A member's address, from the membership the log holds, else a configured voter's
+    /// (a node not yet in the membership knows only those). [`Peers`] dials its own route to a
+    /// voter whichever this names.
     fn address_of(&self, id: u64) -> Option<String> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
@@ -313,6 +313,7 @@ impl Controller {
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
+            .or_else(|| self.config.voters.get(&id).cloned())
     }
 
     /// Answers a call from a peer whose node certificate names `principal`.
@@ -542,19 +543,13 @@ impl Controller {
             let image = self.image.borrow().clone();
             let now = Instant::now();
             if led_term != Some(term) {
-                // A new leader has heard from nobody yet: every node gets a full session.
+                // A new leader has heard from nobody yet: forgetting every session gives every
+                // node a full one, started by the tracking below.
                 led_term = Some(term);
-                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                sessions.clear();
-                for (id, node) in &image.nodes {
-                    sessions.insert(
-                        *id,
-                        Session {
-                            incarnation: node.incarnation,
-                            seen: now,
-                        },
-                    );
-                }
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
             }
             let silent: Vec<(u64, u64)> = {
                 let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -566,7 +561,7 @@ impl Controller {
                         Some(s) if s.incarnation == n.incarnation => {
                             now.duration_since(s.seen) > self.config.session_timeout
                         }
-                        // Registered since this leader started tracking: from now on.
+                        // Not tracked yet (a new leader, a new incarnation): from now on.
                         _ => false,
                     })
                     .map(|(id, n)| (*id, n.incarnation))
@@ -582,6 +577,7 @@ impl Controller {
                     .await;
             }
             {
+                // Start tracking every node not tracked in its current incarnation.
                 let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
                 for (id, node) in &image.nodes {
                     if sessions
@@ -670,11 +666,4 @@ impl Controller {
         }
         let _ = self.raft.shutdown().await;
     }
-}
-
-fn retriable(e: &ProposeError) -> bool {
-    matches!(
-        e,
-        ProposeError::NotLeader { .. } | ProposeError::NoLeader(_) | ProposeError::Failed(_)
-    )
 }

@@ -36,6 +36,7 @@ use tracing::info;
 
 pub use self::local::LocalEndpoint;
 pub use self::service::{RequestService, Session};
+pub(crate) use self::transport::peer_identity;
 use crate::broker::Broker;
 use crate::groups::GroupCoordinator;
 use crate::metrics::Metrics;

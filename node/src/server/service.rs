@@ -167,7 +167,7 @@ impl RequestService {
         self.outgoing.clone()
     }
 
-    /// Hands the service the node's flows, so the admin plane can manage them.
+    /// Hands the service the node's controller member (again, when it restarts).
     pub fn set_controller(&self, controller: Arc<crate::controller::Controller>) {
         *self.controller.write().unwrap_or_else(|e| e.into_inner()) = Some(controller);
     }
@@ -180,6 +180,7 @@ impl RequestService {
             .clone()
     }
 
+    /// Hands the service the node's flows, so the admin plane can manage them.
     pub fn set_flows(&self, flows: Arc<strait_mirror::FlowManager>) {
         let _ = self.flows.set(flows);
     }

@@ -250,13 +250,7 @@ async fn handle_connection(incoming: quinn::Incoming, listener: Arc<Listener>) {
             return;
         }
     };
-    let leaf = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|certs| certs.first().cloned());
-    let role = leaf.as_ref().and_then(|c| strait_certs::role_of(c));
-    let principal = leaf.as_ref().and_then(|c| strait_certs::principal_of(c));
-    let Some(principal) = principal else {
+    let Some((principal, role)) = peer_identity(&conn) else {
         warn!(%peer, "peer certificate has no common name; connection refused");
         conn.close(1u32.into(), b"certificate without a common name");
         return;
@@ -322,7 +316,23 @@ async fn handle_connection(incoming: quinn::Incoming, listener: Arc<Listener>) {
     }
 }
 
-/// Decrements a per-key connection count, removing the key at zero.
+/// The principal (common name) and role on the peer's leaf certificate; `None` without a
+/// certificate or without a common name.
+pub(crate) fn peer_identity(
+    conn: &quinn::Connection,
+) -> Option<(String, Option<strait_certs::Role>)> {
+    let leaf = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?
+        .first()?
+        .clone();
+    Some((
+        strait_certs::principal_of(&leaf)?,
+        strait_certs::role_of(&leaf),
+    ))
+}
+
 /// The application protocol the peer chose in its handshake.
 fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?
@@ -352,6 +362,7 @@ async fn serve_controller(
     crate::controller::network::serve(conn, principal, move || service.controller()).await;
 }
 
+/// Decrements a per-key connection count, removing the key at zero.
 fn release<K: std::hash::Hash + Eq>(counts: &DashMap<K, u32>, key: &K) {
     if let Some(mut e) = counts.get_mut(key) {
         *e -= 1;

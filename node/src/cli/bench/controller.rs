@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -116,13 +117,10 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
             .wait_for(|img| img.nodes.values().filter(|n| !n.fenced).count() == nodes as usize)
             .await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while members[leader].describe().learners.len() < args.learners as usize {
-        if Instant::now() > deadline {
-            anyhow::bail!("the learners were not added within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll("the learners' joining", || {
+        (members[leader].describe().learners.len() >= args.learners as usize).then_some(())
+    })
+    .await?;
 
     // Metadata changes: proposed through the leader, done when every node applied them.
     let mut change = Histogram::<u64>::new(3)?;
@@ -141,18 +139,15 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
         if let Outcome::Refused(why) = outcome {
             anyhow::bail!("the controller refused topic {name}: {why}");
         }
-        for (n, m) in members.iter().enumerate() {
-            if n == 3 {
-                change.record(t0.elapsed().as_micros() as u64)?;
+        let (voters, learners) = members.split_at(3);
+        for (group, histogram) in [(voters, &mut change), (learners, &mut everywhere)] {
+            for m in group {
+                m.image()
+                    .wait_for(|img| img.topics.contains_key(&name))
+                    .await?;
             }
-            m.image()
-                .wait_for(|img| img.topics.contains_key(&name))
-                .await?;
+            histogram.record(t0.elapsed().as_micros() as u64)?;
         }
-        if members.len() == 3 {
-            change.record(t0.elapsed().as_micros() as u64)?;
-        }
-        everywhere.record(t0.elapsed().as_micros() as u64)?;
     }
 
     // Elections: stop the leader's controller, time until the other two agree on another.
@@ -167,7 +162,7 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
             .collect();
         let next = agreed_leader_but(&survivors, Some(leader))
             .await
-            .map_err(|e| anyhow::anyhow!("election {round}: {e}"))?;
+            .with_context(|| format!("election {round}"))?;
         let elected = t0.elapsed();
         election.record(elected.as_micros() as u64)?;
         let restarted = Controller::start(configs[leader].clone()).await?;
@@ -175,21 +170,23 @@ pub async fn bench_controller(args: &ControllerArgs) -> anyhow::Result<Value> {
         members[leader] = restarted;
         leader = agreed_leader(&members)
             .await
-            .map_err(|e| anyhow::anyhow!("after election {round}: {e}"))?;
+            .with_context(|| format!("after election {round}"))?;
         // Steady again before the next round: the restarted member holds the whole log (one
         // still behind cannot win, yet its failed elections delay the one that can).
         let applied = members[leader].describe().applied_index;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while members.iter().any(|m| m.describe().applied_index < applied) {
-            if Instant::now() > deadline {
-                anyhow::bail!("after election {round}: a member did not catch up within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        poll("every member catching up", || {
+            members
+                .iter()
+                .all(|m| m.describe().applied_index >= applied)
+                .then_some(())
+        })
+        .await
+        .with_context(|| format!("after election {round}"))?;
         tracing::debug!(round, ?elected, to = next, "election timed");
     }
 
-    let fsync_us = fdatasync_p50_us(&root.path().join("fsync-probe"))?;
+    let probe = root.path().join("fsync-probe");
+    let fsync_us = tokio::task::spawn_blocking(move || fdatasync_p50_us(&probe)).await??;
     for (m, (s, _)) in members.iter().zip(&servers) {
         m.shutdown().await;
         s.shutdown().await;
@@ -224,17 +221,23 @@ async fn agreed_leader_but(
     members: &[Arc<Controller>],
     old: Option<usize>,
 ) -> anyhow::Result<usize> {
+    poll("a leader every member names", || {
+        let seen: Vec<Option<u64>> = members.iter().map(|m| m.describe().leader).collect();
+        let index = (*seen.first()?)? as usize - 1;
+        (seen.iter().all(|s| *s == seen[0]) && old != Some(index)).then_some(index)
+    })
+    .await
+}
+
+/// Polls `ready` every 10 ms until it answers, for at most a minute.
+async fn poll<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen: Vec<Option<u64>> = members.iter().map(|m| m.describe().leader).collect();
-        if let Some(Some(l)) = seen.first() {
-            let index = *l as usize - 1;
-            if seen.iter().all(|s| *s == Some(*l)) && old != Some(index) {
-                return Ok(index);
-            }
+        if let Some(v) = ready() {
+            return Ok(v);
         }
         if Instant::now() > deadline {
-            anyhow::bail!("no leader agreed on within 60 s: {seen:?}");
+            anyhow::bail!("no {what} within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

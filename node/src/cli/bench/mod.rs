@@ -54,8 +54,8 @@ pub enum BenchCommand {
     /// Single-record produce round trips on one connection, quiet and then while other
     /// connections storm the node with 32 MiB fetches and large produces (p99 ratio).
     Storm(storm::StormArgs),
-    /// Three controller voters: a metadata change until every voter applied it (p50, p99),
-    /// against one fdatasync.
+    /// Three controller voters and two learners: a metadata change until every voter and
+    /// every node applied it (p50, p99) against one fdatasync, then elections (p50, p99).
     Controller(controller::ControllerArgs),
     /// librdkafka (kcat) producing and consuming through the Kafka listener against Strait's
     /// own client over QUIC, a raw QUIC stream and a raw TCP + TLS stream.
